@@ -1,0 +1,329 @@
+"""A compact decoder-only transformer covering the GPT-2 and Llama families.
+
+One file, read top to bottom: config, KV cache, the building blocks, the model.
+
+The forward pass takes N new tokens with their own position ids and an optional
+boolean attention mask over [cached slots + new slots].  That one call serves
+every decoder in the package:
+
+* one-token decoding       N = 1, no mask (attend to everything cached);
+* a chain of draft tokens  N = gamma, causal mask (the default when N > 1);
+* a token tree             N = nodes, each node attends to the cache and to its
+                           ancestors only (see ``sdd_edu.tree.tree_attention_mask``).
+
+Keys and values are written into a preallocated cache at slots
+``[cache.length, cache.length + N)``.  Rejected drafts need no rollback: the next
+write simply overwrites them (``truncate``), and the accepted path of a tree is
+kept by copying its slots down (``keep``), never by recomputing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+FAMILIES = ("gpt2", "llama")
+
+
+@dataclass
+class ModelConfig:
+    family: str  # "gpt2": learned positions, LayerNorm, GELU; "llama": RoPE, RMSNorm, SwiGLU, GQA
+    vocab_size: int
+    n_layer: int
+    n_head: int
+    n_kv_head: int  # == n_head for GPT-2; fewer for grouped-query attention
+    d_model: int
+    d_ff: int
+    max_seq_len: int
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = True
+    bos_token_id: Optional[int] = None
+    eos_token_id: Optional[int] = None
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown model family {self.family!r}; expected one of {FAMILIES}")
+        if self.d_model % self.n_head or self.n_head % self.n_kv_head:
+            raise ValueError("d_model must divide by n_head, and n_head by n_kv_head")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def num_parameters(self) -> int:
+        """Parameter count implied by the config (tied head counted once)."""
+        d, hd, L = self.d_model, self.head_dim, self.n_layer
+        qkv_out = (self.n_head + 2 * self.n_kv_head) * hd
+        if self.family == "gpt2":
+            attn = d * qkv_out + qkv_out + d * d + d
+            mlp = d * self.d_ff + self.d_ff + self.d_ff * d + d
+            norms = 2 * 2 * d
+            emb = self.vocab_size * d + self.max_seq_len * d
+            final = 2 * d
+        else:
+            attn = d * qkv_out + d * d
+            mlp = 3 * d * self.d_ff
+            norms = 2 * d
+            emb = self.vocab_size * d
+            final = d
+        head = 0 if self.tie_embeddings else self.vocab_size * d
+        return L * (attn + mlp + norms) + emb + final + head
+
+
+class KVCache:
+    """Preallocated keys/values for every layer, written by slot.
+
+    ``length`` counts the committed slots.  A forward over N tokens writes slots
+    [length, length + N) and advances ``length``; ``truncate`` and ``keep`` then
+    decide which of those writes survive.
+    """
+
+    def __init__(self, config: ModelConfig, max_len: int, batch_size: int = 1,
+                 device=None, dtype=torch.float32):
+        shape = (config.n_layer, batch_size, config.n_kv_head, max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (nl, B, nkv, S, hs)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.length = 0
+
+    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v of shape (B, nkv, N, hs) at slots [start, start + N); return all slots so far."""
+        end = start + k.shape[2]
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def truncate(self, length: int):
+        """Forget every slot from ``length`` on (rejected drafts are simply overwritten later)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of length {self.length} to {length}")
+        self.length = length
+
+    def keep(self, start: int, slots) -> None:
+        """Keep only ``slots`` (relative to ``start``) of the slots written after ``start``.
+
+        Used after tree verification: the accepted path's keys/values are moved
+        down to [start, start + len(slots)) in order; nothing is recomputed.
+        Positions were baked into the keys (RoPE) or the embeddings (GPT-2) when
+        they were written, so moving a slot does not change its meaning.
+        """
+        slots = torch.as_tensor(list(slots), dtype=torch.long, device=self.k.device)
+        if slots.numel() and (int(slots.min()) < 0 or start + int(slots.max()) >= self.length):
+            raise ValueError("keep(): slot index outside the slots written after start")
+        src = start + slots
+        n = slots.numel()
+        # index_select copies, so overlapping source and destination ranges are safe
+        self.k[:, :, :, start:start + n] = self.k.index_select(3, src)
+        self.v[:, :, :, start:start + n] = self.v.index_select(3, src)
+        self.length = start + n
+
+
+class Linear(nn.Linear):
+    """nn.Linear with a faster one-row path on the CPU.
+
+    Decoding one token multiplies one row by every weight matrix, a matrix-vector
+    product whose speed is set by memory bandwidth.  On some CPUs the BLAS runs
+    that product at a fraction of the bandwidth (measured here: about 10 GB/s
+    against 28 GB/s); cutting the weight into row blocks and feeding the vector as
+    a (in, 1) column to a batched matmul streams the weights at full speed.  Results
+    agree with nn.Linear to float rounding.
+    """
+
+    ROW_BLOCKS = 4
+    MAX_ROWS = 16  # past a few rows the product is compute-bound and the BLAS matrix-matrix path does as well
+
+    def forward(self, x):
+        rows = x.numel() // self.in_features
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and rows <= self.MAX_ROWS
+                and self.out_features % self.ROW_BLOCKS == 0):
+            c = self.ROW_BLOCKS
+            w = self.weight.view(c, self.out_features // c, self.in_features)  # (c, out/c, in)
+            columns = x.reshape(rows, self.in_features).t().expand(c, -1, -1)  # (c, in, rows), strides (0, 1, in)
+            y = torch.bmm(w, columns)  # (c, out/c, rows)
+            y = y.permute(2, 0, 1).reshape(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias
+        return super().forward(x)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # normalise in fp32 for stability, as the reference implementation does
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float):
+    """cos/sin tables of shape (max_len, head_dim) for rotary embeddings (half-split layout)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (S, hs/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (S, hs)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate x (B, h, N, hs) by its positions' angles; cos/sin are (B, 1, N, hs)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        bias = config.family == "gpt2"
+        # q, k and v in one matmul: one weight read instead of three
+        self.qkv = Linear(config.d_model, (config.n_head + 2 * config.n_kv_head) * self.head_dim, bias=bias)
+        self.out = Linear(config.d_model, config.d_model, bias=bias)
+
+    def forward(self, x, rope, cache: Optional[KVCache], start: int, mask):
+        B, N, _ = x.shape
+        nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.qkv(x).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
+        q = q.view(B, N, nh, hs).transpose(1, 2)  # (B, nh, N, hs)
+        k = k.view(B, N, nkv, hs).transpose(1, 2)  # (B, nkv, N, hs)
+        v = v.view(B, N, nkv, hs).transpose(1, 2)  # (B, nkv, N, hs)
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.write(self.layer_idx, start, k, v)  # (B, nkv, start + N, hs)
+        if nkv != nh:  # grouped-query attention: each kv head serves nh / nkv query heads
+            k = k.repeat_interleave(nh // nkv, dim=1)
+            v = v.repeat_interleave(nh // nkv, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, N, hs)
+        return self.out(y.transpose(1, 2).reshape(B, N, nh * hs))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gated = config.family == "llama"
+        if self.gated:  # SwiGLU: gate and up projections fused into one matmul
+            self.up = Linear(config.d_model, 2 * config.d_ff, bias=False)
+            self.down = Linear(config.d_ff, config.d_model, bias=False)
+        else:
+            self.up = Linear(config.d_model, config.d_ff)
+            self.down = Linear(config.d_ff, config.d_model)
+
+    def forward(self, x):
+        if self.gated:
+            gate, up = self.up(x).chunk(2, dim=-1)
+            return self.down(F.silu(gate) * up)
+        return self.down(F.gelu(self.up(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        Norm = (lambda d: RMSNorm(d, config.norm_eps)) if config.family == "llama" \
+            else (lambda d: nn.LayerNorm(d, eps=config.norm_eps))
+        self.norm1 = Norm(config.d_model)
+        self.attn = Attention(config, layer_idx)
+        self.norm2 = Norm(config.d_model)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope, cache, start, mask):
+        x = x + self.attn(self.norm1(x), rope, cache, start, mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.tok_emb = nn.Embedding(c.vocab_size, c.d_model)
+        self.pos_emb = nn.Embedding(c.max_seq_len, c.d_model) if c.family == "gpt2" else None
+        self.blocks = nn.ModuleList(Block(c, i) for i in range(c.n_layer))
+        self.norm = RMSNorm(c.d_model, c.norm_eps) if c.family == "llama" else nn.LayerNorm(c.d_model, eps=c.norm_eps)
+        self.head = Linear(c.d_model, c.vocab_size, bias=False)
+        if c.tie_embeddings:
+            self.head.weight = self.tok_emb.weight
+        if c.family == "llama":
+            cos, sin = rope_tables(c.head_dim, c.max_seq_len, c.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+
+    @property
+    def device(self):
+        return self.tok_emb.weight.device
+
+    @property
+    def dtype(self):
+        return self.tok_emb.weight.dtype
+
+    def new_cache(self, max_len: int, batch_size: int = 1) -> KVCache:
+        if max_len > self.config.max_seq_len:
+            raise ValueError(f"cache length {max_len} exceeds the model's context ({self.config.max_seq_len})")
+        return KVCache(self.config, max_len, batch_size, self.device, self.dtype)
+
+    def forward(self, input_ids: torch.Tensor, cache: Optional[KVCache] = None,
+                position_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
+                last_only: bool = False) -> torch.Tensor:
+        """Logits (B, N, V) in float32 for N new tokens (B, N).
+
+        position_ids: (B, N) or (N,); default: the next N positions after the cache.
+        attention_mask: bool (N, S) or (B, N, S) over S = cached slots + N new slots,
+            True = may attend.  Default: causal.
+        last_only: compute logits for the last token only (prefill needs no more).
+        """
+        B, N = input_ids.shape
+        start = cache.length if cache is not None else 0
+        if cache is not None and start + N > cache.max_len:
+            raise ValueError(f"KV cache full: {start} + {N} > {cache.max_len} slots")
+        if position_ids is None:
+            position_ids = torch.arange(start, start + N, device=input_ids.device)
+        position_ids = position_ids.expand(B, N)
+        if int(position_ids.max()) >= self.config.max_seq_len:
+            raise ValueError(f"position {int(position_ids.max())} is past the model's context "
+                             f"of {self.config.max_seq_len} tokens")
+
+        mask = self._attention_mask(attention_mask, start, N, input_ids.device)
+        x = self.tok_emb(input_ids)  # (B, N, d)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(position_ids)
+        else:
+            rope = (self.rope_cos[position_ids].unsqueeze(1).to(x.dtype),  # (B, 1, N, hs)
+                    self.rope_sin[position_ids].unsqueeze(1).to(x.dtype))
+        for block in self.blocks:
+            x = block(x, rope, cache, start, mask)
+        if cache is not None:
+            cache.length = start + N
+        if last_only:
+            x = x[:, -1:]
+        return self.head(self.norm(x)).float()
+
+    @staticmethod
+    def _attention_mask(attention_mask, start, N, device):
+        if attention_mask is not None:
+            m = attention_mask.to(device=device, dtype=torch.bool)
+            if m.shape[-2:] != (N, start + N):
+                raise ValueError(f"attention mask must be (N, S) = ({N}, {start + N}), got {tuple(m.shape)}")
+            return m.unsqueeze(-3) if m.dim() == 3 else m  # broadcast over heads
+        if N == 1:
+            return None  # one new token may see everything before it
+        # causal over the new tokens, full view of the cache: slot j visible to query i iff j <= start + i
+        slots = torch.arange(start + N, device=device)
+        return slots[None, :] <= (start + torch.arange(N, device=device))[:, None]  # (N, S)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
