@@ -317,7 +317,10 @@ def _read_state_dict(path: Path) -> dict:
         from safetensors.torch import load_file
         state = {}
         for f in files:
-            state.update(load_file(str(f)))
+            try:
+                state.update(load_file(str(f)))
+            except Exception as exc:
+                raise SddError(f"{f}: not a readable safetensors file ({exc})") from None
         return state
     files = sorted(path.glob("pytorch_model*.bin"))
     if not files:
@@ -335,12 +338,13 @@ def read_hf_checkpoint(path: Path) -> tuple[ModelConfig, dict]:
         raise SddError(f"{path}: not a Hugging Face checkpoint (no config.json)")
     hf = json.loads(cfg_file.read_text())
     kind = hf.get("model_type")
+    if kind not in ("gpt2", "llama"):
+        raise SddError(f"{path}: model_type {kind!r} is not supported; the engine covers 'gpt2' and 'llama'")
     raw = {k.removeprefix("transformer.").removeprefix("model."): v for k, v in _read_state_dict(path).items()}
-    if kind == "gpt2":
-        return _gpt2(hf, raw)
-    if kind == "llama":
-        return _llama(hf, raw)
-    raise SddError(f"{path}: model_type {kind!r} is not supported; the engine covers 'gpt2' and 'llama'")
+    try:
+        return _gpt2(hf, raw) if kind == "gpt2" else _llama(hf, raw)
+    except KeyError as exc:
+        raise SddError(f"{path}: the weights lack {exc} for a {kind} model") from None
 
 
 def _gpt2(hf: dict, raw: dict):

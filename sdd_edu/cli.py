@@ -1,0 +1,181 @@
+"""Command line: ``python -m sdd_edu {info,generate,demo,engine-bench}`` (also installed as ``sdd-edu``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import SddError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _add_device_args(p):
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default=None, help="auto (default: fp32 on CPU, bf16/fp16 on GPU), fp32, bf16, fp16")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .decoding import METHODS
+    from .ladders import DEFAULT_LADDER
+
+    parser = argparse.ArgumentParser(prog="python -m sdd_edu", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="device, ladders, models and where artefacts are cached")
+    _add_device_args(p)
+
+    p = sub.add_parser("generate", help="generate a continuation of a prompt or a HumanEval task")
+    p.add_argument("prompt", help="text, or a HumanEval id such as HumanEval/0")
+    p.add_argument("--ladder", default=DEFAULT_LADDER)
+    p.add_argument("--method", default="baseline", choices=METHODS)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    _add_device_args(p)
+
+    p = sub.add_parser("demo", help="complete a few HumanEval prompts and print tokens/s")
+    p.add_argument("--ladder", default=DEFAULT_LADDER)
+    p.add_argument("--prompts", type=_positive_int, default=3)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=128)
+    _add_device_args(p)
+
+    p = sub.add_parser("engine-bench", help="our baseline vs transformers' generate on the same model")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--prompts", type=_positive_int, default=3)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=128)
+    p.add_argument("--repeats", type=_positive_int, default=3)
+    p.add_argument("--json", metavar="PATH", default=None, help="also save the results as JSON")
+    _add_device_args(p)
+    return parser
+
+
+def _setup(args):
+    import torch
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+
+
+def cmd_info(args) -> None:
+    import platform
+
+    import torch
+
+    from .ladders import LADDERS
+    from .loading import MODELS, cache_dir, embedded_gguf_path, resolve_device, resolve_dtype
+    from .measure.timing import device_description
+
+    dev = resolve_device(args.device)
+    print(f"sdd-edu on Python {platform.python_version()}, torch {torch.__version__}")
+    print(f"device: {device_description(dev)}; default dtype {str(resolve_dtype(args.dtype, dev)).replace('torch.', '')}")
+    print(f"CUDA available: {torch.cuda.is_available()}; MPS available: "
+          f"{bool(getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available())} (opt-in: --device mps)")
+    print(f"cache: {cache_dir()}")
+    try:
+        path = embedded_gguf_path()
+        print(f"embedded model: {path} ({path.stat().st_size / 1e6:.0f} MB GGUF)")
+    except SddError as exc:
+        print(f"embedded model: missing ({exc})")
+    print("\nladders (target <- draft <- n-gram):")
+    for lad in LADDERS.values():
+        print(f"  {lad.name:<12} {lad.target} <- {lad.draft or '(no draft model)'} <- {lad.ngram}: {lad.description}")
+    print("\nmodels:")
+    for name, desc in MODELS.items():
+        print(f"  {name:<38} {desc}")
+
+
+def cmd_generate(args) -> None:
+    from .decoding import generate
+
+    if args.json:
+        res = generate(args.ladder, args.prompt, method=args.method, max_new_tokens=args.max_new_tokens,
+                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                       device=args.device, dtype=args.dtype)
+        print(json.dumps(res.to_dict()))
+        return
+    from .ladders import get_ladder, load_cached
+
+    target = load_cached(get_ladder(args.ladder).target, device=args.device, dtype=args.dtype)
+    emitted: list[int] = []
+    printed = [""]
+
+    def stream(tokens):  # print the text as it grows (decode the whole so far: tokens may merge)
+        emitted.extend(tokens)
+        text = target.decode(emitted)
+        sys.stdout.write(text[len(printed[0]):])
+        sys.stdout.flush()
+        printed[0] = text
+
+    res = generate(args.ladder, args.prompt, method=args.method, max_new_tokens=args.max_new_tokens,
+                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                   stream=stream, device=args.device, dtype=args.dtype)
+    print(f"\n\n--- {res.stats.summary()}")
+
+
+def cmd_demo(args) -> None:
+    from tqdm.auto import tqdm
+
+    from .data import humaneval_prompts
+    from .decoding import generate
+    from .ladders import get_ladder, load_cached
+    from .measure.timing import device_description, median
+
+    lad = get_ladder(args.ladder)
+    target = load_cached(lad.target, device=args.device, dtype=args.dtype)
+    print(f"ladder {lad.name}: {target!r}, loaded in {target.load_seconds:.1f} s")
+    print(f"device: {device_description(target.device)}")
+    generate(target, "def warm_up():", max_new_tokens=8)  # first calls allocate; keep them out of the numbers
+    speeds = []
+    for task_id, prompt in tqdm(humaneval_prompts(args.prompts), desc="demo", unit="prompt"):
+        res = generate(target, prompt, max_new_tokens=args.max_new_tokens)
+        speeds.append(res.stats.tokens_per_second)
+        tqdm.write(f"\n=== {task_id} (baseline, greedy) ===\n{prompt}\033[1m{res.text}\033[0m")
+        tqdm.write(f"--- {res.stats.summary()}")
+    print(f"\nbaseline: median {median(speeds):.1f} tokens/s over {len(speeds)} prompts on {device_description(target.device)}")
+
+
+def cmd_engine_bench(args) -> None:
+    from .measure.engine_bench import engine_bench, format_engine_bench
+
+    res = engine_bench(args.model, args.prompts, args.max_new_tokens, args.repeats, args.device, args.dtype)
+    print(format_engine_bench(res))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=1)
+        print(f"saved {args.json}")
+
+
+COMMANDS = {"info": cmd_info, "generate": cmd_generate, "demo": cmd_demo, "engine-bench": cmd_engine_bench}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _setup(args)
+        COMMANDS[args.command](args)
+    except SddError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

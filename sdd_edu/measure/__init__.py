@@ -1,0 +1,1 @@
+"""Measuring on the reader's own device: timing helpers and benchmarks."""
