@@ -25,6 +25,22 @@ def _add_device_args(p):
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch")
 
 
+def _add_method_args(p):
+    g = p.add_argument_group("method settings (defaults per method: sdd_edu.decoding.DEFAULTS)")
+    g.add_argument("--gamma", type=int, help="speculative: draft tokens per step")
+    g.add_argument("--width", type=int, help="tree/staged: children per node")
+    g.add_argument("--depth", type=int, help="tree/staged: maximum tree depth")
+    g.add_argument("--budget", type=int, help="tree/staged: nodes sent to the target")
+    g.add_argument("--rounds", type=int, help="staged: extra draft forwards after the n-gram-guided one")
+    g.add_argument("--rule", choices=["rrs", "target"], help="sampling rule for trees (default rrs)")
+
+
+def method_settings(args) -> dict:
+    """The method settings given on the command line (unset ones keep the method's defaults)."""
+    names = ("gamma", "width", "depth", "budget", "rounds", "rule")
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .decoding import METHODS
     from .ladders import DEFAULT_LADDER
@@ -45,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    _add_method_args(p)
     _add_device_args(p)
 
     p = sub.add_parser("demo", help="complete a few HumanEval prompts and print tokens/s")
@@ -104,12 +121,12 @@ def cmd_generate(args) -> None:
     if args.json:
         res = generate(args.ladder, args.prompt, method=args.method, max_new_tokens=args.max_new_tokens,
                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                       device=args.device, dtype=args.dtype)
+                       device=args.device, dtype=args.dtype, **method_settings(args))
         print(json.dumps(res.to_dict()))
         return
-    from .ladders import get_ladder, load_cached
+    from .ladders import load_ladder
 
-    target = load_cached(get_ladder(args.ladder).target, device=args.device, dtype=args.dtype)
+    target = load_ladder(args.ladder, device=args.device, dtype=args.dtype).target
     emitted: list[int] = []
     printed = [""]
 
@@ -122,8 +139,14 @@ def cmd_generate(args) -> None:
 
     res = generate(args.ladder, args.prompt, method=args.method, max_new_tokens=args.max_new_tokens,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                   stream=stream, device=args.device, dtype=args.dtype)
+                   stream=stream, device=args.device, dtype=args.dtype, **method_settings(args))
     print(f"\n\n--- {res.stats.summary()}")
+    if args.method != "baseline":
+        from .decoding import trace_summary
+
+        t = trace_summary(res.trace)
+        print(f"--- acceptance {t['acceptance_rate'] or 0:.2f}, accepted per step {t['accepted_histogram']}, "
+              f"origins: " + ", ".join(f"{o} {res.origins.count(o)}" for o in ("ngram", "draft", "target")))
 
 
 def cmd_demo(args) -> None:

@@ -52,3 +52,96 @@ def load_cached(name: str, device=None, dtype=None) -> LoadedModel:
     if key not in _LOADED:
         _LOADED[key] = load_model(name, device=device, dtype=dtype)
     return _LOADED[key]
+
+
+# ----------------------------------------------------------------------------- n-gram stage
+
+TRIGRAM_CORPUS_CHARS = 6_000_000  # about 2M tokens of Python: a ~3 s fit, cached afterwards
+
+
+def python_corpus(max_chars: int = TRIGRAM_CORPUS_CHARS) -> list[str]:
+    """Python source text that is on every machine: the standard library (tests excluded; never HumanEval)."""
+    import sysconfig
+    from pathlib import Path
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    texts, total = [], 0
+    for path in sorted(root.rglob("*.py")):
+        parts = set(path.relative_to(root).parts)
+        if parts & {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo"}:
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        texts.append(text)
+        total += len(text)
+        if total >= max_chars:
+            break
+    return texts
+
+
+def stdlib_trigram(model: LoadedModel, max_chars: int = TRIGRAM_CORPUS_CHARS):
+    """A Katz trigram over ``model``'s tokens, fitted on standard-library Python and cached on disk."""
+    import hashlib
+
+    from .loading import cache_dir
+    from .ngram import KatzTrigram
+
+    if model.tokenizer is None:
+        raise SddError(f"model {model.name!r} has no tokenizer, so no trigram can be fitted for it")
+    probe = "|".join(model.tokenizer.convert_ids_to_tokens(list(range(0, model.config.vocab_size, 997))))
+    key = hashlib.sha1(f"{probe}|{model.config.vocab_size}|{max_chars}".encode()).hexdigest()[:12]
+    path = cache_dir() / "ngram" / f"trigram-stdlib-{key}.npz"
+    if path.exists():
+        return KatzTrigram.load(path)
+    streams = [model.encode(text) for text in python_corpus(max_chars)]
+    trigram = KatzTrigram.fit(streams, model.config.vocab_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trigram.save(path)
+    return trigram
+
+
+@dataclass
+class LoadedLadder:
+    ladder: Ladder
+    target: LoadedModel
+    draft: Optional[LoadedModel]
+    ngram: object  # KatzTrigram or PromptLookup
+
+    def __repr__(self):
+        return (f"LoadedLadder({self.ladder.name!r}: target {self.target.name}, "
+                f"draft {self.draft.name if self.draft else None}, n-gram {type(self.ngram).__name__})")
+
+
+_LADDERS_LOADED: dict[tuple, LoadedLadder] = {}
+
+
+def load_ladder(name: str = DEFAULT_LADDER, device=None, dtype=None) -> LoadedLadder:
+    """Target, draft and n-gram stage of a ladder, loaded once per process."""
+    from .decoding.drafters import check_compatible
+    from .ngram import PromptLookup
+
+    lad = get_ladder(name)
+    key = (name, str(device), str(dtype))
+    if key not in _LADDERS_LOADED:
+        target = load_cached(lad.target, device, dtype)
+        draft = load_cached(lad.draft, device, dtype) if lad.draft else None
+        if draft is not None:
+            check_compatible(target, draft)
+        ngram = stdlib_trigram(target) if lad.ngram == "trigram" else PromptLookup()
+        _LADDERS_LOADED[key] = LoadedLadder(lad, target, draft, ngram)
+    return _LADDERS_LOADED[key]
+
+
+def make_ladder(target: LoadedModel, draft: Optional[LoadedModel] = None, ngram=None,
+                name: str = "custom") -> LoadedLadder:
+    """A ladder from models already loaded (notebooks and tests use this with their own models)."""
+    from .decoding.drafters import check_compatible
+    from .ngram import PromptLookup
+
+    if draft is not None:
+        check_compatible(target, draft)
+    lad = Ladder(name, target.name, draft.name if draft else None,
+                 "prompt-lookup" if ngram is None or isinstance(ngram, PromptLookup) else "trigram", "custom ladder")
+    return LoadedLadder(lad, target, draft, ngram if ngram is not None else PromptLookup())

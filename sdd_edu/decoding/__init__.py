@@ -10,8 +10,46 @@ from ..loading import LoadedModel
 from ..sampling import Sampling
 from .baseline import baseline_decode, decode_one_token, prefill
 from .common import ORIGINS, GenerationResult, GenerationStats, trace_summary
+from .tree import RULES
 
-METHODS = ("baseline",)
+METHODS = ("baseline", "speculative", "tree", "staged")
+
+# Defaults per method; every one can be passed to ``generate`` as a keyword.
+DEFAULTS = {
+    "speculative": {"gamma": 4, "rule": "rrs"},
+    "tree": {"width": 4, "depth": 6, "budget": 16, "beam": 4, "rule": "rrs"},
+    "staged": {"width": 4, "depth": 8, "budget": 36, "beam": 4, "rounds": 1,
+               "ngram_fanout": (12, 7, 4, 1, 1, 1), "rule": "rrs"},
+}
+
+
+def make_drafter(ladder, method: str, **settings):
+    """The drafter a method uses on a ladder: the draft model when there is one, else the n-gram stage."""
+    from .drafters import ModelDrafter, NgramDrafter
+
+    unknown = set(settings) - set(DEFAULTS[method])
+    if unknown:
+        raise SddError(f"method {method!r} has no setting(s) {sorted(unknown)}; "
+                       f"it takes {sorted(DEFAULTS[method])}")
+    s = {**DEFAULTS[method], **settings}
+    s.pop("rule")
+    vocab = ladder.target.config.vocab_size
+    if method == "speculative":
+        gamma = s["gamma"]
+        if not isinstance(gamma, int) or isinstance(gamma, bool) or gamma < 1:
+            raise SddError(f"gamma (draft length) must be a positive integer, got {gamma!r}")
+        if ladder.draft is None:
+            return NgramDrafter(ladder.ngram, vocab, width=1, depth=gamma)
+        return ModelDrafter(ladder.draft, width=1, depth=gamma, budget=gamma, beam=1, rounds=gamma)
+    if method == "tree":
+        if ladder.draft is None:
+            return NgramDrafter(ladder.ngram, vocab, width=s["width"], depth=s["depth"], budget=s["budget"])
+        return ModelDrafter(ladder.draft, width=s["width"], depth=s["depth"], budget=s["budget"], beam=s["beam"])
+    if ladder.draft is None:
+        raise SddError(f"ladder {ladder.ladder.name!r} has no draft model, and staged decoding speculates a draft "
+                       "model with the n-gram stage; use method 'tree' or 'speculative' (n-gram drafts) here")
+    return ModelDrafter(ladder.draft, width=s["width"], depth=s["depth"], budget=s["budget"], beam=s["beam"],
+                        rounds=s["rounds"], ngram=ladder.ngram, ngram_fanout=tuple(s["ngram_fanout"]))
 
 
 def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Union[str, list[int]] = "",
@@ -20,20 +58,23 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
              stream=None, stop_at_eos: bool = True, device=None, dtype=None, **settings) -> GenerationResult:
     """Generate a continuation of ``prompt`` (text, a HumanEval id such as 'HumanEval/0', or token ids).
 
-    ``ladder`` is a ladder name (see ``sdd_edu.ladders.LADDERS``), a loaded ladder, or a loaded model.
-    ``stream`` is called with each batch of newly emitted token ids.
+    ``ladder``: a ladder name (see ``sdd_edu.ladders.LADDERS``), a ``LoadedLadder``, or a loaded
+    model (baseline only).  ``method``: one of METHODS; its settings (``gamma``; ``width``, ``depth``,
+    ``budget``, ``beam``; ``rounds``, ``ngram_fanout``; and the sampling ``rule``, 'rrs' or 'target')
+    are keywords, with defaults in ``DEFAULTS``.  ``stream`` is called with each batch of new token ids.
     """
-    from ..ladders import load_cached, get_ladder
+    from ..ladders import load_ladder
+    from .speculative import speculative_decode
 
     if method not in METHODS:
         raise SddError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     if isinstance(ladder, str):
-        target = load_cached(get_ladder(ladder).target, device=device, dtype=dtype)
-    elif isinstance(ladder, LoadedModel):
-        target = ladder
+        ladder = load_ladder(ladder, device=device, dtype=dtype)
+    if isinstance(ladder, LoadedModel):
+        target, loaded = ladder, None
     else:
-        target = ladder.target
+        target, loaded = ladder.target, ladder
     if isinstance(prompt, str):
         text = resolve_prompt(prompt)
         if not text.strip():
@@ -41,10 +82,20 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
         prompt_ids = target.encode(text)
     else:
         prompt_ids = [int(t) for t in prompt]
-    if settings:
-        raise SddError(f"method {method!r} takes no settings {sorted(settings)}")
-    return baseline_decode(target, prompt_ids, max_new_tokens, sampling, stream, stop_at_eos)
+    if method == "baseline":
+        if settings:
+            raise SddError(f"method 'baseline' takes no settings {sorted(settings)}")
+        return baseline_decode(target, prompt_ids, max_new_tokens, sampling, stream, stop_at_eos)
+    if loaded is None:
+        raise SddError(f"method {method!r} needs a ladder (target + draft + n-gram), not a single model; "
+                       "see sdd_edu.ladders.make_ladder")
+    rule = settings.get("rule", "rrs")
+    if rule not in RULES:
+        raise SddError(f"unknown sampling rule {rule!r}; use one of {RULES}")
+    drafter = make_drafter(loaded, method, **settings)
+    return speculative_decode(target, drafter, prompt_ids, max_new_tokens, sampling, method, rule, stream,
+                              stop_at_eos)
 
 
-__all__ = ["generate", "METHODS", "ORIGINS", "GenerationResult", "GenerationStats", "trace_summary",
+__all__ = ["generate", "make_drafter", "DEFAULTS", "METHODS", "ORIGINS", "GenerationResult", "GenerationStats", "trace_summary",
            "baseline_decode", "prefill", "decode_one_token"]

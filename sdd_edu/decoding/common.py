@@ -101,9 +101,13 @@ def trace_summary(trace: list[dict]) -> dict:
         hist[n] = hist.get(n, 0) + 1
     proposed = sum(step.get("proposed", 0) for step in trace)
     accepted = sum(step.get("accepted", 0) for step in trace)
+    tested = sum(step.get("tested", 0) for step in trace)
+    emitted = sum(step.get("emitted", 0) for step in trace)
+    # acceptance rate: of the draft tokens the walk tested, the fraction accepted (the paper's alpha)
     return {"steps": len(trace), "accepted_histogram": dict(sorted(hist.items())),
-            "proposed": proposed, "accepted": accepted,
-            "acceptance_rate": accepted / proposed if proposed else None}
+            "proposed": proposed, "accepted": accepted, "tested": tested,
+            "acceptance_rate": accepted / tested if tested else None,
+            "tokens_per_step": emitted / len(trace) if trace else None}
 
 
 class Timer:

@@ -1,0 +1,102 @@
+"""Speculative decoding, one loop for chains, trees and staged trees.
+
+Each step:
+  1. the drafter proposes a token tree below the root (the last committed token);
+  2. the target runs ONE forward over root + tree, through the tree attention mask;
+  3. the walk down the tree accepts a path (``tree.verify``) and the target adds one token;
+  4. the target cache keeps the root and the accepted path (``KVCache.keep``), nothing recomputed;
+  5. the drafter is told what was accepted, so it can keep its own cache likewise.
+
+A chain is a tree of width 1, so standard speculative decoding (Leviathan et al. 2022,
+Chen et al. 2023) is this loop with a one-child-per-node drafter; its sampling rule is
+recursive rejection sampling with a single candidate: accept with min(1, p/q), else
+sample from norm(max(0, p - q)).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..loading import LoadedModel
+from ..sampling import Sampling
+from .baseline import new_stats
+from .common import GenerationResult, StreamCallback, Timer, check_lengths, synchronize
+from .drafters import Drafter
+from .tree import tree_attention_mask, verify
+
+
+@torch.inference_mode()
+def speculative_decode(target: LoadedModel, drafter: Drafter, prompt_ids: list[int], max_new_tokens: int = 128,
+                       sampling: Sampling = Sampling(), method: str = "speculative", rule: str = "rrs",
+                       stream: StreamCallback = None, stop_at_eos: bool = True,
+                       keep_trees: bool = True) -> GenerationResult:
+    model = target.model
+    extra = drafter.max_nodes + 1
+    check_lengths(prompt_ids, max_new_tokens, model.config.max_seq_len, extra=extra)
+    stats = new_stats(method, target, len(prompt_ids))
+    timer = Timer(stats, target.device)
+    generator = None if sampling.greedy else sampling.generator()
+    eos = target.eos_token_id if stop_at_eos else None
+
+    synchronize(target.device)
+    t_start = time.perf_counter()
+    cache = model.new_cache(len(prompt_ids) + max_new_tokens + extra)
+    drafter.begin(prompt_ids, len(prompt_ids) + max_new_tokens + extra)
+    # the target cache holds everything but the root, which each verification forward brings along
+    if len(prompt_ids) > 1:
+        with timer("target_seconds"):
+            model(torch.tensor([prompt_ids[:-1]], device=model.device), cache, last_only=True)
+    stats.prefill_seconds = time.perf_counter() - t_start
+
+    context = list(prompt_ids)
+    out: list[int] = []
+    origins: list[str] = []
+    trace: list[dict] = []
+    stats.finish_reason = "length"
+    while len(out) < max_new_tokens:
+        # 1. draft
+        forwards_before = drafter.forwards
+        tree = drafter.get_candidates(context, sampling, generator)
+        # 2. verify the root and the whole tree in one target forward
+        start = cache.length
+        mask, pos = tree_attention_mask(tree.parents, cached=start, chain=1, device=model.device)
+        x = torch.tensor([[context[-1]] + tree.tokens], device=model.device)
+        with timer("target_seconds"):
+            logits = model(x, cache, position_ids=pos, attention_mask=mask)[0]  # (1 + nodes, V)
+        stats.target_forwards += 1
+        # 3. accept a path
+        verdict = verify(tree, logits, sampling, generator, rule)
+        # 4. keep the root and the accepted path in the target cache
+        cache.keep(start, [0] + [1 + i for i in verdict.accepted])
+        new = [tree.tokens[i] for i in verdict.accepted] + [verdict.next_token]
+        new_origins = [tree.origins[i] for i in verdict.accepted] + ["target"]
+        step = {"proposed": len(tree), "accepted": len(verdict.accepted), "tested": verdict.tested,
+                "emitted": len(new), "depth": tree.max_depth, "draft_forwards": drafter.forwards - forwards_before}
+        if keep_trees:
+            step["tree"] = tree.to_dict()
+            step["accepted_nodes"] = verdict.accepted
+        trace.append(step)
+        # stop at EOS or the length limit, whichever comes first
+        if eos is not None and eos in new:
+            cut = new.index(eos) + 1
+            new, new_origins = new[:cut], new_origins[:cut]
+            stats.finish_reason = "eos"
+        new, new_origins = new[:max_new_tokens - len(out)], new_origins[:max_new_tokens - len(out)]
+        out += new
+        origins += new_origins
+        if stream:
+            stream(new)
+        if stats.finish_reason == "eos":
+            break
+        context += new
+        # 5. let the drafter keep what was accepted
+        drafter.update(context, tree, verdict.accepted)
+    synchronize(target.device)
+    stats.wall_seconds = time.perf_counter() - t_start
+    stats.new_tokens = len(out)
+    stats.draft_forwards = drafter.forwards
+    stats.draft_seconds = drafter.seconds
+    stats.ngram_seconds = drafter.ngram_seconds
+    return GenerationResult(target.decode(out), out, list(prompt_ids), origins, stats, trace)
