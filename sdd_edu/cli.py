@@ -158,29 +158,26 @@ def cmd_generate(args) -> None:
 
         t = trace_summary(res.trace)
         print(f"--- acceptance {t['acceptance_rate'] or 0:.2f}, accepted per step {t['accepted_histogram']}, "
-              f"origins: " + ", ".join(f"{o} {res.origins.count(o)}" for o in ("ngram", "draft", "target")))
+              f"origins: " + ", ".join(f"{o} {res.origins.count(o)}" for o in ("prompt", "ngram", "draft", "target")))
 
 
 def cmd_demo(args) -> None:
-    from tqdm.auto import tqdm
-
     from .data import humaneval_prompts
-    from .decoding import generate
-    from .ladders import get_ladder, load_cached
-    from .measure.timing import device_description, median
+    from .decoding import METHODS
+    from .ladders import load_ladder
+    from .measure.bench import format_table, run_bench
 
-    lad = get_ladder(args.ladder)
-    target = load_cached(lad.target, device=args.device, dtype=args.dtype)
-    print(f"ladder {lad.name}: {target!r}, loaded in {target.load_seconds:.1f} s")
-    print(f"device: {device_description(target.device)}")
-    generate(target, "def warm_up():", max_new_tokens=8)  # first calls allocate; keep them out of the numbers
-    speeds = []
-    for task_id, prompt in tqdm(humaneval_prompts(args.prompts), desc="demo", unit="prompt"):
-        res = generate(target, prompt, max_new_tokens=args.max_new_tokens)
-        speeds.append(res.stats.tokens_per_second)
-        tqdm.write(f"\n=== {task_id} (baseline, greedy) ===\n{prompt}\033[1m{res.text}\033[0m")
-        tqdm.write(f"--- {res.stats.summary()}")
-    print(f"\nbaseline: median {median(speeds):.1f} tokens/s over {len(speeds)} prompts on {device_description(target.device)}")
+    ladder = load_ladder(args.ladder, device=args.device, dtype=args.dtype)
+    print(f"{ladder!r}; target loaded in {ladder.target.load_seconds:.1f} s")
+    methods = [m for m in METHODS if m != "staged" or ladder.draft is not None]
+    result = run_bench(ladder, methods, ["greedy"], prompts=args.prompts, max_new_tokens=args.max_new_tokens)
+    best = max((s for s in result["summary"]), key=lambda s: s["tokens_per_second"])
+    for (task_id, prompt), row in zip(humaneval_prompts(args.prompts),
+                                      [r for r in result["rows"] if r["method"] == best["method"]]):
+        print(f"\n=== {task_id} ({best['method']}, greedy, {row['tokens_per_second']:.1f} tok/s) ===")
+        print(prompt + "\033[1m" + ladder.target.decode(row["token_ids"]) + "\033[0m")
+    print()
+    print(format_table(result))
 
 
 def cmd_engine_bench(args) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .errors import SddError
-from .loading import EMBEDDED, LoadedModel, load_model
+from .loading import DRAFT_ASSET, EMBEDDED, EMBEDDED_DRAFT, LoadedModel, load_model
 
 
 @dataclass(frozen=True)
@@ -18,14 +18,19 @@ class Ladder:
     name: str
     target: str
     draft: Optional[str]  # a model name, or None: the n-gram stage drafts alone
-    ngram: str  # "trigram" (Katz backoff, fitted offline) or "prompt-lookup"
+    ngram: str  # "trigram-draft" (Katz, on draft samples), "trigram" (Katz, on stdlib Python) or "prompt-lookup"
     description: str
     offline: bool = False
 
 
 LADDERS: dict[str, Ladder] = {l.name: l for l in [
-    Ladder("embedded", EMBEDDED, None, "trigram",
-           "SmolLM2-135M-Instruct (embedded GGUF) with n-gram drafts; runs offline on a CPU", offline=True),
+    Ladder("embedded", EMBEDDED, EMBEDDED_DRAFT if DRAFT_ASSET.joinpath("model.safetensors").exists() else None,
+           "trigram-draft", "SmolLM2-135M-Instruct (embedded GGUF), the draft trained for it, and a trigram "
+           "fitted on the draft's samples; runs offline on a CPU", offline=True),
+    Ladder("embedded-ngram", EMBEDDED, None, "trigram",
+           "SmolLM2-135M-Instruct with a trigram fitted on standard-library Python as its only draft", offline=True),
+    Ladder("embedded-lookup", EMBEDDED, None, "prompt-lookup",
+           "SmolLM2-135M-Instruct with prompt lookup as its only draft", offline=True),
     Ladder("gpt2", "gpt2-large", "gpt2", "trigram",
            "the paper's setup: GPT-2-L target, GPT-2 small draft, trigram (hub, GPU recommended)"),
     Ladder("gpt2-distil", "gpt2-large", "distilgpt2", "trigram", "GPT-2-L target, DistilGPT-2 draft (hub)"),
@@ -81,6 +86,36 @@ def python_corpus(max_chars: int = TRIGRAM_CORPUS_CHARS) -> list[str]:
     return texts
 
 
+def draft_trigram(model: LoadedModel):
+    """The embedded ladder's trigram: fitted on text sampled from the shipped draft, as the paper does.
+
+    The package ships the sampled token ids (a few MB); the fit takes seconds on first use and is cached.
+    Without them (a checkout that has no trained draft) the standard-library trigram stands in.
+    """
+    import hashlib
+
+    import numpy as np
+
+    from .loading import DRAFT_ASSET, cache_dir
+    from .ngram import KatzTrigram
+
+    samples = DRAFT_ASSET / "draft-samples.npz"
+    if not samples.exists():
+        return stdlib_trigram(model)
+    key = hashlib.sha1(samples.read_bytes()).hexdigest()[:12]
+    path = cache_dir() / "ngram" / f"trigram-draft-{key}.npz"
+    if path.exists():
+        return KatzTrigram.load(path)
+    z = np.load(samples)
+    bounds = np.concatenate([[0], np.cumsum(z["lengths"])])
+    tokens = z["tokens"].astype(np.int64)
+    streams = [tokens[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
+    trigram = KatzTrigram.fit(streams, model.config.vocab_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trigram.save(path)
+    return trigram
+
+
 def stdlib_trigram(model: LoadedModel, max_chars: int = TRIGRAM_CORPUS_CHARS):
     """A Katz trigram over ``model``'s tokens, fitted on standard-library Python and cached on disk."""
     import hashlib
@@ -129,7 +164,12 @@ def load_ladder(name: str = DEFAULT_LADDER, device=None, dtype=None) -> LoadedLa
         draft = load_cached(lad.draft, device, dtype) if lad.draft else None
         if draft is not None:
             check_compatible(target, draft)
-        ngram = stdlib_trigram(target) if lad.ngram == "trigram" else PromptLookup()
+        if lad.ngram == "trigram-draft":
+            ngram = draft_trigram(target)
+        elif lad.ngram == "trigram":
+            ngram = stdlib_trigram(target)
+        else:
+            ngram = PromptLookup()
         _LADDERS_LOADED[key] = LoadedLadder(lad, target, draft, ngram)
     return _LADDERS_LOADED[key]
 

@@ -252,8 +252,10 @@ def read_gguf(path: Path) -> tuple[ModelConfig, dict]:
         raise SddError(f"{path.name}: GGUF architecture {arch!r} is not supported (llama only)")
     n_head = int(field_value("llama.attention.head_count"))
     n_kv = int(field_value("llama.attention.head_count_kv", n_head))
+    from tqdm.auto import tqdm
+
     tensors = {}
-    for t in reader.tensors:
+    for t in tqdm(reader.tensors, desc=f"dequantising {path.name} (first load only)", unit="tensor", leave=False):
         arr = gguf.quants.dequantize(t.data, t.tensor_type)
         tensors[t.name] = torch.from_numpy(np.array(arr, dtype=np.float32))  # a writable copy
     emb = tensors["token_embd.weight"]

@@ -336,6 +336,40 @@ def export_hf(draft: LoadedModel, out: Path) -> Path:
     return out
 
 
+def cmd_samples(args) -> None:
+    """Text sampled from the shipped draft: the corpus of the trigram stage (the paper samples its draft)."""
+    from tqdm.auto import tqdm
+
+    from .draft_data import generate_batch, stdlib_function_prompts
+
+    draft = load_model("smollm2-draft", dtype="fp32")
+    prompts = stdlib_function_prompts()
+    random.Random(2).shuffle(prompts)
+    encoded = [ids for ids in (draft.encode(p) for p in prompts) if 8 <= len(ids) <= 96]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    batches = [order[i:i + args.batch] for i in range(0, len(order), args.batch)]
+    random.Random(3).shuffle(batches)
+    streams, total = [], 0
+    sampling = Sampling(temperature=args.temperature, top_k=args.top_k)
+    bar = tqdm(total=args.tokens, desc="draft samples", unit="tok", unit_scale=True)
+    for b, idx in enumerate(batches):
+        if total >= args.tokens:
+            break
+        batch = [encoded[i] for i in idx]
+        tokens, _, _ = generate_batch(draft, batch, args.new_tokens, sampling, torch.Generator().manual_seed(b),
+                                      keep_top=1)
+        for prompt, cont in zip(batch, tokens.tolist()):
+            streams.append(prompt + cont)
+            total += len(cont)
+        bar.update(tokens.numel())
+    bar.close()
+    lengths = np.array([len(x) for x in streams], dtype=np.int32)
+    flat = np.concatenate([np.asarray(x, dtype=np.uint16) for x in streams])
+    out = ASSET_DIR / "draft-samples.npz"
+    np.savez_compressed(out, lengths=lengths, tokens=flat, temperature=args.temperature)
+    print(f"wrote {out}: {total} sampled tokens in {len(streams)} streams ({out.stat().st_size / 1e6:.1f} MB)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sdd_edu.train_draft", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -367,9 +401,15 @@ def main(argv=None) -> int:
     p.add_argument("--shipped", action="store_true", help="evaluate the draft shipped in the package")
     p = sub.add_parser("export", help="write the package's fp16 draft (and --hf DIR: a Hugging Face folder)")
     p.add_argument("--hf", default=None)
+    p = sub.add_parser("samples", help="sample text from the shipped draft for the trigram stage")
+    p.add_argument("--tokens", type=int, default=600_000)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=100)
     args = parser.parse_args(argv)
     try:
-        {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "export": cmd_export}[args.command](args)
+        {"data": cmd_data, "samples": cmd_samples, "train": cmd_train, "eval": cmd_eval, "export": cmd_export}[args.command](args)
     except SddError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

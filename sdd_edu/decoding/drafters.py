@@ -177,7 +177,7 @@ class NgramDrafter(Drafter):
         return self._dist(context + [tree.tokens[i] for i in tree.path(node)])
 
     def _origin(self, tree, parent, token):
-        return "ngram"
+        return "ngram" if hasattr(self.ngram, "next_distribution") else "prompt"  # prompt lookup copies context
 
     def get_candidates(self, context, sampling, generator):
         return self._grow(self._dist(context), context, sampling, generator)

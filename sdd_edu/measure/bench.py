@@ -13,7 +13,7 @@ import time
 import torch
 
 from ..data import humaneval_prompts
-from ..decoding import generate, trace_summary
+from ..decoding import ORIGINS, generate, trace_summary
 from .timing import device_description, median
 
 MODES = {"greedy": {"temperature": 0.0}, "topk50": {"temperature": 1.0, "top_k": 50}}
@@ -47,7 +47,7 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
                              "acceptance_rate": t["acceptance_rate"],
                              "target_seconds": s.target_seconds, "draft_seconds": s.draft_seconds,
                              "ngram_seconds": s.ngram_seconds, "overhead_seconds": s.overhead_seconds,
-                             "origins": {o: res.origins.count(o) for o in ("ngram", "draft", "target")},
+                             "origins": {o: res.origins.count(o) for o in ORIGINS},
                              "token_ids": res.token_ids})
                 if bar:
                     bar.update(1)
@@ -68,7 +68,7 @@ def summarize(rows, methods, modes) -> list[dict]:
             if not rs:
                 continue
             tok = sum(r["new_tokens"] for r in rs)
-            origins = {o: sum(r["origins"][o] for r in rs) / tok for o in ("ngram", "draft", "target")}
+            origins = {o: sum(r["origins"][o] for r in rs) / tok for o in ORIGINS}
             acc = [r["acceptance_rate"] for r in rs if r["acceptance_rate"] is not None]
             speed = median([r["tokens_per_second"] for r in rs])
             same = None
@@ -91,13 +91,13 @@ def format_table(result: dict) -> str:
              f"device: {result['device']}, {result['dtype']}; {result['prompts']} HumanEval prompts, "
              f"{result['max_new_tokens']} new tokens, medians over prompts after a warm-up",
              f"{'mode':<8}{'method':<13}{'tok/s':>8}{'speedup':>9}{'tok/fwd':>9}{'accept':>8}"
-             f"{'n-gram':>8}{'draft':>7}{'target':>8}{'  time: target/draft/n-gram/other':>35}"]
+             f"{'prompt':>7}{'n-gram':>7}{'draft':>7}{'target':>7}{'  time: target/draft/n-gram/other':>35}"]
     for s in result["summary"]:
         o, t = s["origins"], s["time_split"]
         acc = f"{s['acceptance_rate']:.2f}" if s["acceptance_rate"] is not None else "-"
         lines.append(f"{s['mode']:<8}{s['method']:<13}{s['tokens_per_second']:>8.1f}{s['speedup']:>8.2f}x"
-                     f"{s['tokens_per_target_forward']:>9.2f}{acc:>8}{o['ngram']:>8.0%}{o['draft']:>7.0%}"
-                     f"{o['target']:>8.0%}   {t['target_seconds']:>6.0%} {t['draft_seconds']:>5.0%} "
+                     f"{s['tokens_per_target_forward']:>9.2f}{acc:>8}{o['prompt']:>7.0%}{o['ngram']:>7.0%}"
+                     f"{o['draft']:>7.0%}{o['target']:>7.0%}   {t['target_seconds']:>6.0%} {t['draft_seconds']:>5.0%} "
                      f"{t['ngram_seconds']:>6.0%} {t['overhead_seconds']:>6.0%}")
     greedy_same = [s for s in result["summary"] if s["same_output_as_baseline"] is not None]
     if greedy_same:

@@ -1,0 +1,49 @@
+"""The benchmark command's machinery, on tiny models (no timing assertions)."""
+
+import json
+
+import pytest
+
+from sdd_edu.ladders import LADDERS, get_ladder, make_ladder
+from sdd_edu.loading import load_model
+from sdd_edu.measure.bench import format_table, run_bench, save
+from sdd_edu.ngram import KatzTrigram
+from tests.helpers import save_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_text_ladder(tmp_path_factory):
+    def tiny(seed, **kw):
+        path = save_tiny_checkpoint(tmp_path_factory.mktemp(f"m{seed}"), "llama", seed=seed, max_len=1024, **kw)
+        return load_model(str(path), device="cpu")
+
+    target, draft = tiny(5), tiny(6, n_layer=1)
+    streams = [target.encode("def f(x):\n    return x + 1\n" * 5)]
+    return make_ladder(target, draft, KatzTrigram.fit(streams, target.config.vocab_size), name="tiny")
+
+
+def test_bench_table_and_json(tiny_text_ladder, tmp_path):
+    res = run_bench(tiny_text_ladder, prompts=2, max_new_tokens=12, progress=False)
+    methods = [(s["mode"], s["method"]) for s in res["summary"]]
+    assert methods == [(m, x) for m in ("greedy", "topk50") for x in ("baseline", "speculative", "tree", "staged")]
+    for s in res["summary"]:
+        assert s["tokens_per_second"] > 0 and abs(sum(s["origins"].values()) - 1) < 1e-9
+        if s["mode"] == "greedy" and s["method"] != "baseline":
+            assert s["same_output_as_baseline"] == 1.0
+    table = format_table(res)
+    assert "speedup" in table and "accept" in table and "CPU" in table
+    save(res, tmp_path / "bench.json")
+    assert json.loads((tmp_path / "bench.json").read_text())["prompts"] == 2
+
+
+def test_ladder_registry_lists_names():
+    assert "embedded" in LADDERS and LADDERS["gpt2"].target == "gpt2-large"
+    with pytest.raises(ValueError, match="Valid ladders"):
+        get_ladder("nope")
+
+
+def test_bench_cli_rejects_unknown_methods(capsys):
+    from sdd_edu.cli import main
+
+    assert main(["bench", "--methods", "baseline,beam"]) == 2
+    assert "unknown method 'beam'" in capsys.readouterr().err
