@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import SddError
-from .loading import LoadedModel, build_model, cache_dir, load_model
+from .loading import LoadedModel, cache_dir, load_model
 from .model import ModelConfig, Transformer
 from .sampling import Sampling
 
@@ -100,8 +100,8 @@ def pca_embedding(target: LoadedModel, dim: int) -> torch.Tensor:
     """The target's token embedding projected on its top ``dim`` principal directions (a warm start)."""
     emb = target.model.tok_emb.weight.detach().float().cpu()
     centered = emb - emb.mean(0, keepdim=True)
-    _, _, v = torch.linalg.svd(centered[torch.randperm(len(centered), generator=torch.Generator().manual_seed(0))[:8192]],
-                               full_matrices=False)
+    sample = torch.randperm(len(centered), generator=torch.Generator().manual_seed(0))[:8192]
+    _, _, v = torch.linalg.svd(centered[sample], full_matrices=False)  # principal directions of 8k rows
     reduced = centered @ v[:dim].T  # (V, dim)
     return reduced / reduced.std() * 0.02  # GPT-2's init scale: tied logits start near uniform
 

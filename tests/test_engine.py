@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sdd_edu.loading import load_model, read_hf_checkpoint
+from sdd_edu.loading import load_model
 from sdd_edu.model import ModelConfig, Transformer
 from tests.helpers import tiny_hf_model
 

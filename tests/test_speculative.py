@@ -1,7 +1,5 @@
 """Every decoder is exact: greedy emits baseline's tokens; sampling samples baseline's distribution."""
 
-import itertools
-import math
 
 import numpy as np
 import pytest

@@ -97,5 +97,5 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
                               stop_at_eos)
 
 
-__all__ = ["generate", "make_drafter", "DEFAULTS", "METHODS", "ORIGINS", "GenerationResult", "GenerationStats", "trace_summary",
-           "baseline_decode", "prefill", "decode_one_token"]
+__all__ = ["generate", "make_drafter", "DEFAULTS", "METHODS", "ORIGINS", "GenerationResult", "GenerationStats",
+           "trace_summary", "baseline_decode", "prefill", "decode_one_token"]

@@ -74,6 +74,11 @@ class Drafter:
     def max_nodes(self) -> int:
         return self.budget
 
+    @property
+    def context_limit(self) -> Optional[int]:
+        """Longest context the drafter can hold, if it has a limit (a draft model's window)."""
+        return None
+
     def begin(self, prompt_ids: Sequence[int], max_len: int) -> None:
         self.forwards, self.seconds, self.ngram_seconds = 0, 0.0, 0.0
 
@@ -197,14 +202,16 @@ class ModelDrafter(Drafter):
         self.rounds = depth if rounds is None else rounds
         self.name = "staged" if ngram is not None else "draft"
 
+    def _extra_slots(self) -> int:
+        return (sum(self.fanout) if self.ngram is not None else 0) + self.budget + 2
+
     @property
-    def max_nodes(self) -> int:
-        return self.budget
+    def context_limit(self) -> int:
+        return self.draft.config.max_seq_len - self._extra_slots()
 
     def begin(self, prompt_ids, max_len):
         super().begin(prompt_ids, max_len)
-        extra = (sum(self.fanout) if self.ngram is not None else 0) + self.budget + 2
-        self.cache = self.draft.model.new_cache(min(max_len + extra, self.draft.config.max_seq_len))
+        self.cache = self.draft.model.new_cache(min(max_len + self._extra_slots(), self.draft.config.max_seq_len))
         self.cached = 0  # context tokens whose keys/values are committed in the draft cache
 
     # -- stage two: the n-gram guesses what the draft will propose

@@ -34,7 +34,10 @@ def speculative_decode(target: LoadedModel, drafter: Drafter, prompt_ids: list[i
                        keep_trees: bool = True) -> GenerationResult:
     model = target.model
     extra = drafter.max_nodes + 1
-    check_lengths(prompt_ids, max_new_tokens, model.config.max_seq_len, extra=extra)
+    context = model.config.max_seq_len
+    if drafter.context_limit is not None:
+        context = min(context, drafter.context_limit + extra)
+    check_lengths(prompt_ids, max_new_tokens, context, extra=extra)
     stats = new_stats(method, target, len(prompt_ids))
     timer = Timer(stats, target.device)
     generator = None if sampling.greedy else sampling.generator()

@@ -8,7 +8,6 @@ acceptance and the origin of the emitted tokens sit beside every speedup.
 from __future__ import annotations
 
 import json
-import time
 
 import torch
 
