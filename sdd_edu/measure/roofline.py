@@ -1,0 +1,116 @@
+"""Why small-batch decoding is slow: arithmetic intensity, the roofline, and latency vs tokens per forward.
+
+``forward_counts`` counts, analytically, the floating-point operations and the bytes one forward
+moves; their ratio is the arithmetic intensity (FLOP per byte).  ``device_ceilings`` measures
+the reader's peak matrix-multiply rate and copy bandwidth, whose ratio is the ridge point: a
+forward below it is limited by memory, above it by compute.  ``latency_curve`` measures real
+forwards over 1, 2, 4, ... new tokens: while the forward is memory-bound, more tokens cost
+little more time, and that flat stretch is what speculative decoding spends.
+
+All results are plain records (dicts, lists of dicts) ready for a table or a plot.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..decoding.common import synchronize
+from ..model import ModelConfig
+from .timing import median, time_call
+
+DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2}
+
+
+def forward_counts(config: ModelConfig, tokens: int = 1, context: int = 0, dtype: str = "fp32") -> dict:
+    """FLOPs and bytes of one forward over ``tokens`` new tokens that attend to ``context`` cached ones.
+
+    Counted: every weight matrix once (the head included; embedding rows only for the new tokens),
+    the KV cache read (context + new) and written (new), the activations each layer reads and
+    writes, and the fp32 logits.  Attention assumes every new token sees all cached and new slots,
+    the upper bound a token tree approaches.
+    """
+    if tokens < 1 or context < 0:
+        raise ValueError("tokens must be >= 1 and context >= 0")
+    b = DTYPE_BYTES[dtype]
+    c = config
+    d, hd, L = c.d_model, c.head_dim, c.n_layer
+    qkv_out = (c.n_head + 2 * c.n_kv_head) * hd
+    gated = c.family == "llama"
+    layer_weights = d * qkv_out + d * d + (3 if gated else 2) * d * c.d_ff
+    layer_biases = 0 if gated else qkv_out + d + c.d_ff + d
+    norm_params = (2 if gated else 4) * d  # per layer
+    head_rows = c.head_size or c.vocab_size
+    matmul_weights = L * layer_weights + head_rows * d
+    slots = context + tokens
+    flops_matmul = 2 * tokens * matmul_weights
+    flops_attention = L * 2 * 2 * c.n_head * hd * tokens * slots  # q.k and p.v
+    weight_bytes = b * (matmul_weights + L * (layer_biases + norm_params) + (1 if gated else 2) * d
+                        + tokens * d * (1 if gated else 2))  # + final norm, + embedding rows read
+    kv_read = b * L * 2 * c.n_kv_head * hd * slots
+    kv_write = b * L * 2 * c.n_kv_head * hd * tokens
+    # each layer reads/writes its input, q/k/v, attention output and the MLP's hidden activations
+    activations = b * L * tokens * (4 * d + qkv_out + (3 if gated else 2) * c.d_ff)
+    logits = 4 * tokens * c.vocab_size
+    flops = flops_matmul + flops_attention
+    total = weight_bytes + kv_read + kv_write + activations + logits
+    return {"tokens": tokens, "context": context, "dtype": dtype, "flops": flops, "flops_matmul": flops_matmul,
+            "flops_attention": flops_attention, "bytes": total, "bytes_weights": weight_bytes,
+            "bytes_kv_read": kv_read, "bytes_kv_write": kv_write, "bytes_activations": activations,
+            "bytes_logits": logits, "intensity": flops / total}
+
+
+def intensity_table(config: ModelConfig, tokens=(1, 2, 4, 8, 16, 32, 64, 128, 256), context: int = 256,
+                    dtype: str = "fp32") -> list[dict]:
+    return [forward_counts(config, n, context, dtype) for n in tokens]
+
+
+def device_ceilings(device=None, dtype=torch.float32, size: int = 2048, copy_mb: int = 256,
+                    repeats: int = 5) -> dict:
+    """Measured peak matmul FLOP/s for ``dtype`` and copy bandwidth (read + write) in bytes/s; the ridge point."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    bm = torch.randn(size, size, device=device, dtype=dtype)
+    mm = median(time_call(lambda: a @ bm, device, repeats=repeats, warmup=2))
+    n = copy_mb * 1024 * 1024 // 4
+    src = torch.empty(n, device=device, dtype=torch.float32).uniform_()
+    dst = torch.empty_like(src)
+    cp = median(time_call(lambda: dst.copy_(src), device, repeats=repeats, warmup=2))
+    synchronize(device)
+    peak = 2 * size ** 3 / mm
+    bandwidth = 2 * n * 4 / cp
+    return {"device": str(device), "dtype": str(dtype).replace("torch.", ""), "peak_flops": peak,
+            "bandwidth_bytes": bandwidth, "ridge_intensity": peak / bandwidth, "matmul_size": size,
+            "copy_megabytes": copy_mb}
+
+
+def roofline_time(counts: dict, ceilings: dict) -> float:
+    """The roofline's lower bound on a forward's time: the slower of compute and memory."""
+    return max(counts["flops"] / ceilings["peak_flops"], counts["bytes"] / ceilings["bandwidth_bytes"])
+
+
+@torch.inference_mode()
+def latency_curve(model, tokens=(1, 2, 4, 8, 16, 32, 64), context: int = 256, repeats: int = 5,
+                  progress: bool = False) -> list[dict]:
+    """Measured median time of one forward over N new tokens after ``context`` cached tokens (N in ``tokens``)."""
+    m = model.model if hasattr(model, "model") else model
+    rows = []
+    items = tokens
+    if progress:
+        from tqdm.auto import tqdm
+        items = tqdm(tokens, desc="latency", unit="size")
+    cache = m.new_cache(context + max(tokens))
+    m(torch.randint(0, m.config.vocab_size, (1, context), device=m.device), cache)
+    for n in items:
+        x = torch.randint(0, m.config.vocab_size, (1, n), device=m.device)
+
+        def step():
+            m(x, cache)
+            cache.truncate(context)
+
+        seconds = median(time_call(step, m.device, repeats=repeats, warmup=1))
+        rows.append({"tokens": n, "context": context, "seconds": seconds, "ms": 1000 * seconds,
+                     "ms_per_token": 1000 * seconds / n})
+    base = rows[0]["seconds"]
+    for r in rows:
+        r["relative_to_one"] = r["seconds"] / base
+    return rows

@@ -1,0 +1,60 @@
+"""Analytic FLOP and byte counts, checked by hand and against the parameter count; measurements in reduced mode."""
+
+import pytest
+import torch
+
+from sdd_edu.measure.roofline import (device_ceilings, forward_counts, intensity_table, latency_curve,
+                                      roofline_time)
+from sdd_edu.model import ModelConfig, Transformer
+
+TINY = ModelConfig(family="llama", vocab_size=10, n_layer=1, n_head=2, n_kv_head=1, d_model=8, d_ff=12,
+                   max_seq_len=64)
+
+
+def test_counts_match_a_hand_computation():
+    c = forward_counts(TINY, tokens=2, context=3, dtype="fp32")
+    # weights in matmuls: qkv 8x16 + out 8x8 + mlp 3x8x12 = 480, head 10x8 = 80
+    assert c["flops_matmul"] == 2 * 2 * 560
+    # attention: layers x 2 matmuls x 2 flops x heads x head_dim x new tokens x slots (3 + 2)
+    assert c["flops_attention"] == 1 * 2 * 2 * 2 * 4 * 2 * 5
+    assert c["bytes_weights"] == 4 * (560 + 16 + 8 + 2 * 8)  # + norms, final norm, two embedding rows
+    assert c["bytes_kv_read"] == 4 * 2 * 1 * 4 * 5 and c["bytes_kv_write"] == 4 * 2 * 1 * 4 * 2
+    assert c["bytes_activations"] == 4 * 2 * (4 * 8 + 16 + 3 * 12)
+    assert c["bytes_logits"] == 4 * 2 * 10
+    assert c["bytes"] == 2400 + 160 + 64 + 672 + 80
+    assert c["intensity"] == pytest.approx(2560 / 3376)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_weight_bytes_agree_with_the_parameter_count(family):
+    cfg = ModelConfig(family=family, vocab_size=97, n_layer=3, n_head=4, n_kv_head=2 if family == "llama" else 4,
+                      d_model=32, d_ff=80, max_seq_len=128)
+    params = Transformer(cfg).num_parameters
+    for dtype, b in (("fp32", 4), ("bf16", 2)):
+        c = forward_counts(cfg, tokens=1, context=0, dtype=dtype)
+        rows = (1 if family == "llama" else 2) * cfg.d_model  # one token and (GPT-2) one position embedding row
+        unread = cfg.max_seq_len * cfg.d_model if family == "gpt2" else 0  # the position table is not read
+        assert c["bytes_weights"] == b * (params - unread + rows)
+
+
+def test_intensity_grows_with_tokens_per_forward_and_is_near_one_at_batch_one_in_16_bit():
+    from sdd_edu.model import ModelConfig
+
+    smollm = ModelConfig(family="llama", vocab_size=49152, n_layer=30, n_head=9, n_kv_head=3, d_model=576,
+                         d_ff=1536, max_seq_len=8192)
+    table = intensity_table(smollm, context=256, dtype="bf16")
+    values = [r["intensity"] for r in table]
+    assert all(a < b for a, b in zip(values, values[1:]))
+    assert 0.5 < values[0] < 1.5  # memory-bound: about one FLOP per byte
+    assert values[-1] > 50 * values[0]
+
+
+def test_measurements_run_in_reduced_mode():
+    ceilings = device_ceilings("cpu", size=128, copy_mb=4, repeats=2)
+    assert ceilings["peak_flops"] > 0 and ceilings["bandwidth_bytes"] > 0 and ceilings["ridge_intensity"] > 0
+    model = Transformer(TINY).eval()
+    rows = latency_curve(model, tokens=(1, 2, 4), context=8, repeats=2)
+    assert [r["tokens"] for r in rows] == [1, 2, 4] and rows[0]["relative_to_one"] == 1.0
+    assert roofline_time(forward_counts(TINY, 4, 8), ceilings) > 0
+    with pytest.raises(ValueError):
+        forward_counts(TINY, tokens=0)
