@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=_positive_int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", default="bench-results.json")
+    p.add_argument("--peers", action="store_true",
+                   help="also run transformers: generate, assisted generation with our draft, prompt lookup")
     _add_method_args(p)
     _add_device_args(p)
 
@@ -215,7 +217,8 @@ def cmd_bench(args) -> None:
     from .decoding import DEFAULTS
 
     settings = {m: {k: v for k, v in given.items() if k in DEFAULTS.get(m, {})} for m in methods}
-    result = run_bench(ladder, methods, modes, args.prompts, args.start, args.max_new_tokens, args.seed, settings)
+    result = run_bench(ladder, methods, modes, args.prompts, args.start, args.max_new_tokens, args.seed, settings,
+                       peers=args.peers)
     print(format_table(result))
     if args.json:
         save(result, args.json)

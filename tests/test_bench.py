@@ -36,6 +36,18 @@ def test_bench_table_and_json(tiny_text_ladder, tmp_path):
     assert json.loads((tmp_path / "bench.json").read_text())["prompts"] == 2
 
 
+def test_bench_with_transformers_peers(tiny_text_ladder):
+    res = run_bench(tiny_text_ladder, methods=("baseline", "staged"), modes=("greedy",), prompts=1,
+                    max_new_tokens=8, progress=False, peers=True)
+    names = [s["method"] for s in res["summary"]]
+    assert names == ["baseline", "staged", "transformers", "transformers-assisted", "transformers-lookup"]
+    rows = {r["method"]: r["token_ids"] for r in res["rows"]}
+    # same model, same greedy decoding: transformers' tokens are ours (up to an early EOS)
+    assert rows["transformers"][:len(rows["baseline"])] == rows["baseline"][:len(rows["transformers"])]
+    assert rows["transformers-assisted"] == rows["transformers"]
+    assert "transformers' own generate" in format_table(res)
+
+
 def test_ladder_registry_lists_names():
     assert "embedded" in LADDERS and LADDERS["gpt2"].target == "gpt2-large"
     with pytest.raises(ValueError, match="Valid ladders"):

@@ -20,7 +20,7 @@ MODES = {"greedy": {"temperature": 0.0}, "topk50": {"temperature": 1.0, "top_k":
 
 def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), modes=("greedy", "topk50"),
               prompts: int = 5, start: int = 0, max_new_tokens: int = 128, seed: int = 0,
-              settings: dict | None = None, progress: bool = True) -> dict:
+              settings: dict | None = None, progress: bool = True, peers: bool = False) -> dict:
     """Run every method in every mode; return per-prompt rows and per-(mode, method) summaries."""
     settings = settings or {}
     items = humaneval_prompts(prompts, start=start)
@@ -52,10 +52,18 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
                     bar.update(1)
     if bar:
         bar.close()
+    all_methods = list(methods)
+    if peers:  # the same prompts and settings through transformers itself
+        from .peers import PEERS, run_peers
+
+        use = [p for p in PEERS if p != "transformers-assisted" or ladder.draft is not None]
+        for mode in modes:
+            rows += run_peers(ladder, encoded, mode, MODES[mode], max_new_tokens, seed, use)
+        all_methods += use
     return {"device": device_description(target.device), "dtype": str(target.dtype).replace("torch.", ""),
             "threads": torch.get_num_threads(), "ladder": repr(ladder), "prompts": len(items),
             "max_new_tokens": max_new_tokens, "settings": settings, "rows": rows,
-            "summary": summarize(rows, methods, modes)}
+            "summary": summarize(rows, all_methods, modes)}
 
 
 def summarize(rows, methods, modes) -> list[dict]:
@@ -67,7 +75,7 @@ def summarize(rows, methods, modes) -> list[dict]:
             if not rs:
                 continue
             tok = sum(r["new_tokens"] for r in rs)
-            origins = {o: sum(r["origins"][o] for r in rs) / tok for o in ORIGINS}
+            origins = {o: sum(r["origins"][o] for r in rs) / tok for o in ORIGINS} if rs[0]["origins"] else None
             acc = [r["acceptance_rate"] for r in rs if r["acceptance_rate"] is not None]
             speed = median([r["tokens_per_second"] for r in rs])
             same = None
@@ -76,7 +84,8 @@ def summarize(rows, methods, modes) -> list[dict]:
                 same = sum(r["token_ids"] == base_rows.get(r["task_id"]) for r in rs) / len(rs)
             out.append({"mode": mode, "method": method, "tokens_per_second": speed,
                         "speedup": speed / base if base else None,
-                        "tokens_per_target_forward": median([r["tokens_per_target_forward"] for r in rs]),
+                        "tokens_per_target_forward": median([r["tokens_per_target_forward"] for r in rs])
+                        if rs[0]["tokens_per_target_forward"] is not None else None,
                         "acceptance_rate": median(acc) if acc else None, "origins": origins,
                         "same_output_as_baseline": same,
                         "time_split": {k: sum(r[k] for r in rs) / sum(r["seconds"] for r in rs)
@@ -89,12 +98,16 @@ def format_table(result: dict) -> str:
     lines = [f"bench: {result['ladder']}",
              f"device: {result['device']}, {result['dtype']}; {result['prompts']} HumanEval prompts, "
              f"{result['max_new_tokens']} new tokens, medians over prompts after a warm-up",
-             f"{'mode':<8}{'method':<13}{'tok/s':>8}{'speedup':>9}{'tok/fwd':>9}{'accept':>8}"
+             f"{'mode':<8}{'method':<22}{'tok/s':>8}{'speedup':>9}{'tok/fwd':>9}{'accept':>8}"
              f"{'prompt':>7}{'n-gram':>7}{'draft':>7}{'target':>7}{'  time: target/draft/n-gram/other':>35}"]
     for s in result["summary"]:
         o, t = s["origins"], s["time_split"]
         acc = f"{s['acceptance_rate']:.2f}" if s["acceptance_rate"] is not None else "-"
-        lines.append(f"{s['mode']:<8}{s['method']:<13}{s['tokens_per_second']:>8.1f}{s['speedup']:>8.2f}x"
+        if o is None:  # a transformers row: speed only
+            lines.append(f"{s['mode']:<8}{s['method']:<22}{s['tokens_per_second']:>8.1f}{s['speedup']:>8.2f}x"
+                         f"{'-':>9}{acc:>8}   (transformers' own generate)")
+            continue
+        lines.append(f"{s['mode']:<8}{s['method']:<22}{s['tokens_per_second']:>8.1f}{s['speedup']:>8.2f}x"
                      f"{s['tokens_per_target_forward']:>9.2f}{acc:>8}{o['prompt']:>7.0%}{o['ngram']:>7.0%}"
                      f"{o['draft']:>7.0%}{o['target']:>7.0%}   {t['target_seconds']:>6.0%} {t['draft_seconds']:>5.0%} "
                      f"{t['ngram_seconds']:>6.0%} {t['overhead_seconds']:>6.0%}")
