@@ -158,9 +158,10 @@ def linear(x, weight, bias=None):
     if (x.device.type == "cpu" and x.dtype == torch.float32 and rows <= Linear.MAX_ROWS
             and out_features % c == 0 and not torch.is_grad_enabled()):
         w = weight.view(c, out_features // c, in_features)  # (c, out/c, in)
-        columns = x.reshape(rows, in_features).t().expand(c, -1, -1)  # (c, in, rows), strides (0, 1, in)
+        # the column layout matters: a row-major x gives strides (0, 1, in), the fast case
+        columns = x.contiguous().reshape(rows, in_features).t().expand(c, -1, -1)  # (c, in, rows)
         y = torch.bmm(w, columns)  # (c, out/c, rows)
-        y = y.permute(2, 0, 1).reshape(*x.shape[:-1], out_features)
+        y = y.permute(2, 0, 1).reshape(*x.shape[:-1], out_features).contiguous()
         return y if bias is None else y + bias
     return F.linear(x, weight, bias)
 

@@ -266,6 +266,41 @@ def as_loaded(model: Transformer, tokenizer, name="draft") -> LoadedModel:
     return LoadedModel(name, model, tokenizer, "checkpoint")
 
 
+def write_model_card(result: dict, work: Path, path: Path) -> None:
+    """The draft's model card, from the checkpoint's training record and a fresh evaluation."""
+    from .measure.timing import device_description
+
+    state = torch.load(Path(work) / "checkpoint.pt", weights_only=False, map_location="cpu")
+    c = ModelConfig(**state["config"])
+    data = list((Path(work) / "data").glob("shard-*.npz"))
+    examples = sum(len(np.load(f)["prompt_lengths"]) for f in data)
+    tokens = sum(int(np.load(f)["tokens"].size) for f in data)
+    size = (ASSET_DIR / "model.safetensors").stat().st_size if (ASSET_DIR / "model.safetensors").exists() else 0
+    path.write_text(f"""# smollm2-draft: the draft model of the embedded ladder
+
+A small Llama-family model that drafts for SmolLM2-135M-Instruct (the embedded target) in speculative,
+tree and staged decoding.  It shares the target's tokenizer; its output head covers the
+{c.head_size} tokens the target uses most, so every other token has draft probability zero (exactness
+does not need more: the target corrects whatever the draft cannot propose).
+
+| | |
+|---|---|
+| architecture | {c.n_layer} layers, width {c.d_model}, {c.n_head} heads ({c.n_kv_head} key/value), MLP {c.d_ff}, RoPE, RMSNorm, SwiGLU |
+| parameters | {result['draft_parameters'] / 1e6:.1f}M (embedding {c.vocab_size} x {c.d_model}, tied to the {c.head_size}-row head) |
+| weights shipped | {size / 1e6:.1f} MB (fp16 safetensors) |
+| training data | {examples} continuations ({tokens / 1e3:.0f}k tokens) written by the target itself for signature + docstring prompts taken from the Python standard library's documented functions, sampled at temperature 0.7 (top-k 50), with the target's top-16 probabilities at every position; never HumanEval |
+| objective | cross-entropy to the target's top-16 distribution on generated tokens, plus 0.2 x next-token cross-entropy on prompt tokens; embedding initialised from a PCA of the target's |
+| training | {state['step']} steps of about 4k tokens ({state['epoch']} full epochs), {state['elapsed'] / 60:.0f} minutes on {device_description(torch.device('cpu'))} |
+| greedy agreement with the target | top-1 {result['top1']:.3f}, top-4 {result['top4']:.3f}, along the target's own greedy continuations ({result['positions']} positions, HumanEval/0 to HumanEval/{result['prompts'] - 1}, {result.get('new_tokens', 64)} tokens each) |
+| cost of one forward | {result['draft_ms']:.2f} ms against {result['target_ms']:.1f} ms for the target ({result['cost_ratio']:.3f} of it), one new token after 256 cached, fp32, {result['threads']} threads |
+
+Reproduce: `python -m sdd_edu.train_draft data`, `train`, `eval`, `export` (see the module's docstring).
+A Hugging Face `LlamaForCausalLM` copy for `transformers`' assisted generation:
+`python -m sdd_edu.train_draft export --hf DIR` (its head is full-vocabulary, with zero rows outside the
+{c.head_size} tokens).
+""")
+
+
 def cmd_eval(args) -> dict:
     from .measure.agreement import forward_cost, greedy_agreement
 
@@ -277,7 +312,11 @@ def cmd_eval(args) -> dict:
     t_draft = forward_cost(draft)
     result = {**agree, "target_ms": 1000 * t_target, "draft_ms": 1000 * t_draft, "cost_ratio": t_draft / t_target,
               "draft_parameters": draft.model.num_parameters, "threads": torch.get_num_threads()}
+    result["new_tokens"] = args.new_tokens
     print(json.dumps(result, indent=1))
+    if args.card:
+        write_model_card(result, Path(args.work), ASSET_DIR / "MODEL_CARD.md")
+        print(f"wrote {ASSET_DIR / 'MODEL_CARD.md'}")
     return result
 
 
@@ -399,6 +438,7 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", type=int, default=20)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--shipped", action="store_true", help="evaluate the draft shipped in the package")
+    p.add_argument("--card", action="store_true", help="write the model card with the results")
     p = sub.add_parser("export", help="write the package's fp16 draft (and --hf DIR: a Hugging Face folder)")
     p.add_argument("--hf", default=None)
     p = sub.add_parser("samples", help="sample text from the shipped draft for the trigram stage")

@@ -14,13 +14,28 @@ from .tree import RULES
 
 METHODS = ("baseline", "speculative", "tree", "staged")
 
-# Defaults per method; every one can be passed to ``generate`` as a keyword.
+# Defaults per method; every one can be passed to ``generate`` as a keyword.  On a GPU a forward over
+# dozens of tokens costs about what one token costs, so the paper's big trees pay; on a CPU the cost
+# climbs after two or three tokens (see ``sdd_edu.measure.roofline.latency_curve``), so small trees win.
 DEFAULTS = {
     "speculative": {"gamma": 4, "rule": "rrs"},
     "tree": {"width": 4, "depth": 6, "budget": 16, "beam": 4, "rule": "rrs"},
     "staged": {"width": 4, "depth": 8, "budget": 36, "beam": 4, "rounds": 1,
                "ngram_fanout": (12, 7, 4, 1, 1, 1), "rule": "rrs"},
 }
+CPU_DEFAULTS = {
+    "speculative": {"gamma": 2},
+    "tree": {"width": 2, "depth": 3, "budget": 3},
+    "staged": {"width": 2, "depth": 3, "budget": 3, "ngram_fanout": (4, 2, 1)},
+}
+
+
+def defaults_for(method: str, device) -> dict:
+    """The method's default settings on ``device`` (CPU defaults are smaller: see DEFAULTS' comment)."""
+    s = dict(DEFAULTS[method])
+    if getattr(device, "type", str(device)) == "cpu":
+        s.update(CPU_DEFAULTS.get(method, {}))
+    return s
 
 
 def make_drafter(ladder, method: str, **settings):
@@ -31,7 +46,7 @@ def make_drafter(ladder, method: str, **settings):
     if unknown:
         raise SddError(f"method {method!r} has no setting(s) {sorted(unknown)}; "
                        f"it takes {sorted(DEFAULTS[method])}")
-    s = {**DEFAULTS[method], **settings}
+    s = {**defaults_for(method, ladder.target.device), **settings}
     s.pop("rule")
     vocab = ladder.target.config.vocab_size
     if method == "speculative":
@@ -61,7 +76,7 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
     ``ladder``: a ladder name (see ``sdd_edu.ladders.LADDERS``), a ``LoadedLadder``, or a loaded
     model (baseline only).  ``method``: one of METHODS; its settings (``gamma``; ``width``, ``depth``,
     ``budget``, ``beam``; ``rounds``, ``ngram_fanout``; and the sampling ``rule``, 'rrs' or 'target')
-    are keywords, with defaults in ``DEFAULTS``.  ``stream`` is called with each batch of new token ids.
+    are keywords, with defaults from ``defaults_for(method, device)``.  ``stream`` is called with each batch of new token ids.
     """
     from ..ladders import load_ladder
     from .speculative import speculative_decode
