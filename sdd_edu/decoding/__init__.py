@@ -112,5 +112,5 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
                               stop_at_eos)
 
 
-__all__ = ["generate", "make_drafter", "DEFAULTS", "METHODS", "ORIGINS", "GenerationResult", "GenerationStats",
+__all__ = ["generate", "make_drafter", "defaults_for", "DEFAULTS", "CPU_DEFAULTS", "METHODS", "ORIGINS", "GenerationResult", "GenerationStats",
            "trace_summary", "baseline_decode", "prefill", "decode_one_token"]

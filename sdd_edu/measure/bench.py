@@ -60,9 +60,12 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
         for mode in modes:
             rows += run_peers(ladder, encoded, mode, MODES[mode], max_new_tokens, seed, use)
         all_methods += use
+    from ..decoding import defaults_for
+
+    effective = {m: {**defaults_for(m, target.device), **settings.get(m, {})} for m in methods if m != "baseline"}
     return {"device": device_description(target.device), "dtype": str(target.dtype).replace("torch.", ""),
             "threads": torch.get_num_threads(), "ladder": repr(ladder), "prompts": len(items),
-            "max_new_tokens": max_new_tokens, "settings": settings, "rows": rows,
+            "max_new_tokens": max_new_tokens, "settings": effective, "rows": rows,
             "summary": summarize(rows, all_methods, modes)}
 
 
@@ -111,6 +114,8 @@ def format_table(result: dict) -> str:
                      f"{s['tokens_per_target_forward']:>9.2f}{acc:>8}{o['prompt']:>7.0%}{o['ngram']:>7.0%}"
                      f"{o['draft']:>7.0%}{o['target']:>7.0%}   {t['target_seconds']:>6.0%} {t['draft_seconds']:>5.0%} "
                      f"{t['ngram_seconds']:>6.0%} {t['overhead_seconds']:>6.0%}")
+    for method, st in result["settings"].items():
+        lines.append(f"  {method}: " + ", ".join(f"{k}={v}" for k, v in st.items()))
     greedy_same = [s for s in result["summary"] if s["same_output_as_baseline"] is not None]
     if greedy_same:
         lines.append("greedy outputs identical to baseline: " + ", ".join(
