@@ -41,7 +41,7 @@ def test_probabilities_apply_temperature_top_k_and_top_p():
     torch.testing.assert_close(p, torch.softmax(logits, -1))
     p = probabilities(logits, Sampling(temperature=2.0, top_k=2))
     expected = torch.softmax(torch.tensor([2.0, 1.5]), -1)
-    torch.testing.assert_close(p[:2], expected) and None
+    torch.testing.assert_close(p[:2], expected)
     assert p[2:].sum() == 0
     full = torch.softmax(logits, -1)  # 0.636, 0.234, 0.086, ...
     p = probabilities(logits, Sampling(temperature=1.0, top_p=0.8))  # needs the first two tokens
