@@ -86,6 +86,22 @@ def python_corpus(max_chars: int = TRIGRAM_CORPUS_CHARS) -> list[str]:
     return texts
 
 
+def _cached_trigram(name: str, key: str, vocab_size: int, streams):
+    """Load the trigram cached under ``name``-``key``, or fit it on ``streams()`` and cache it."""
+    import hashlib
+
+    from .loading import cache_dir
+    from .ngram import KatzTrigram
+
+    path = cache_dir() / "ngram" / f"trigram-{name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
+    if path.exists():
+        return KatzTrigram.load(path)
+    trigram = KatzTrigram.fit(streams(), vocab_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trigram.save(path)
+    return trigram
+
+
 def draft_trigram(model: LoadedModel):
     """The embedded ladder's trigram: fitted on text sampled from the shipped draft, as the paper does.
 
@@ -96,45 +112,28 @@ def draft_trigram(model: LoadedModel):
 
     import numpy as np
 
-    from .loading import DRAFT_ASSET, cache_dir
-    from .ngram import KatzTrigram
+    from .loading import DRAFT_ASSET
 
     samples = DRAFT_ASSET / "draft-samples.npz"
     if not samples.exists():
         return stdlib_trigram(model)
-    key = hashlib.sha1(samples.read_bytes()).hexdigest()[:12]
-    path = cache_dir() / "ngram" / f"trigram-draft-{key}.npz"
-    if path.exists():
-        return KatzTrigram.load(path)
-    z = np.load(samples)
-    bounds = np.concatenate([[0], np.cumsum(z["lengths"])])
-    tokens = z["tokens"].astype(np.int64)
-    streams = [tokens[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
-    trigram = KatzTrigram.fit(streams, model.config.vocab_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    trigram.save(path)
-    return trigram
+
+    def streams():
+        z = np.load(samples)
+        bounds = np.concatenate([[0], np.cumsum(z["lengths"])])
+        tokens = z["tokens"].astype(np.int64)
+        return [tokens[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
+
+    return _cached_trigram("draft", hashlib.sha1(samples.read_bytes()).hexdigest(), model.config.vocab_size, streams)
 
 
 def stdlib_trigram(model: LoadedModel, max_chars: int = TRIGRAM_CORPUS_CHARS):
     """A Katz trigram over ``model``'s tokens, fitted on standard-library Python and cached on disk."""
-    import hashlib
-
-    from .loading import cache_dir
-    from .ngram import KatzTrigram
-
     if model.tokenizer is None:
         raise SddError(f"model {model.name!r} has no tokenizer, so no trigram can be fitted for it")
     probe = "|".join(model.tokenizer.convert_ids_to_tokens(list(range(0, model.config.vocab_size, 997))))
-    key = hashlib.sha1(f"{probe}|{model.config.vocab_size}|{max_chars}".encode()).hexdigest()[:12]
-    path = cache_dir() / "ngram" / f"trigram-stdlib-{key}.npz"
-    if path.exists():
-        return KatzTrigram.load(path)
-    streams = [model.encode(text) for text in python_corpus(max_chars)]
-    trigram = KatzTrigram.fit(streams, model.config.vocab_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    trigram.save(path)
-    return trigram
+    return _cached_trigram("stdlib", f"{probe}|{model.config.vocab_size}|{max_chars}", model.config.vocab_size,
+                           lambda: [model.encode(text) for text in python_corpus(max_chars)])
 
 
 @dataclass

@@ -1,7 +1,6 @@
 """Analytic FLOP and byte counts, checked by hand and against the parameter count; measurements in reduced mode."""
 
 import pytest
-import torch
 
 from sdd_edu.measure.roofline import (device_ceilings, forward_counts, intensity_table, latency_curve,
                                       roofline_time)
