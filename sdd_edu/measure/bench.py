@@ -20,8 +20,12 @@ MODES = {"greedy": {"temperature": 0.0}, "topk50": {"temperature": 1.0, "top_k":
 
 def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), modes=("greedy", "topk50"),
               prompts: int = 5, start: int = 0, max_new_tokens: int = 128, seed: int = 0,
-              settings: dict | None = None, progress: bool = True, peers: bool = False) -> dict:
-    """Run every method in every mode; return per-prompt rows and per-(mode, method) summaries."""
+              settings: dict | None = None, progress: bool = True, peers: bool = False,
+              on_run=None) -> dict:
+    """Run every method in every mode; return per-prompt rows and per-(mode, method) summaries.
+
+    ``on_run(done, total)`` is called after each generation (widgets show their own progress with it).
+    """
     settings = settings or {}
     items = humaneval_prompts(prompts, start=start)
     target = ladder.target
@@ -47,9 +51,11 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
                              "target_seconds": s.target_seconds, "draft_seconds": s.draft_seconds,
                              "ngram_seconds": s.ngram_seconds, "overhead_seconds": s.overhead_seconds,
                              "origins": {o: res.origins.count(o) for o in ORIGINS},
-                             "token_ids": res.token_ids})
+                             "token_ids": res.token_ids, "origin_sequence": res.origins})
                 if bar:
                     bar.update(1)
+                if on_run:
+                    on_run(len(rows), len(items) * len(methods) * len(modes))
     if bar:
         bar.close()
     all_methods = list(methods)

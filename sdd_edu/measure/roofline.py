@@ -114,3 +114,15 @@ def latency_curve(model, tokens=(1, 2, 4, 8, 16, 32, 64), context: int = 256, re
     for r in rows:
         r["relative_to_one"] = r["seconds"] / base
     return rows
+
+
+def reference_configs() -> dict[str, ModelConfig]:
+    """Configs of the paper's models (no download needed: counting FLOPs and bytes only needs the shapes)."""
+    def gpt2(n_layer, d_model, n_head):
+        return ModelConfig(family="gpt2", vocab_size=50257, n_layer=n_layer, n_head=n_head, n_kv_head=n_head,
+                           d_model=d_model, d_ff=4 * d_model, max_seq_len=1024)
+
+    return {"gpt2-large (the paper's target, 774M)": gpt2(36, 1280, 20),
+            "gpt2 (124M)": gpt2(12, 768, 12),
+            "SmolLM2-1.7B": ModelConfig(family="llama", vocab_size=49152, n_layer=24, n_head=32, n_kv_head=32,
+                                        d_model=2048, d_ff=8192, max_seq_len=8192, rope_theta=130000.0)}

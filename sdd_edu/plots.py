@@ -1,0 +1,283 @@
+"""Static figures: every interactive view in ``sdd_edu.widgets`` draws with these.
+
+Each function takes plain records (what ``sdd_edu.measure`` returns) and gives back a plotly
+``go.Figure`` (or, for text, an HTML string), so the same picture works without a widget
+frontend: in a notebook viewed on GitHub or nbviewer, in a CI log (``save_figure`` writes
+HTML, or PNG/SVG where kaleido can find Chrome), or in the HTML report of ``make demo``.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .errors import SddError
+
+# the paper's Figure 3 colours stage by stage: n-gram, draft, target (and the prompt in grey)
+ORIGIN_COLORS = {"prompt": "#9e9e9e", "ngram": "#2ca02c", "draft": "#1f77b4", "target": "#d62728"}
+METHOD_COLORS = {"baseline": "#7f7f7f", "speculative": "#1f77b4", "tree": "#ff7f0e", "staged": "#2ca02c",
+                 "transformers-generate": "#c5b0d5", "transformers-assisted": "#9467bd",
+                 "transformers-lookup": "#8c564b"}
+STAGE_COLORS = {"target_seconds": "#d62728", "draft_seconds": "#1f77b4", "ngram_seconds": "#2ca02c",
+                "overhead_seconds": "#bcbd22"}
+
+
+def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
+    fig.update_layout(title=title, height=height, template="plotly_white", margin=dict(l=60, r=20, t=60, b=50),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0))
+    return fig
+
+
+# ----------------------------------------------------------------------------- roofline
+
+def roofline_figure(ceilings: dict, points: list[dict], title: str = "") -> go.Figure:
+    """The roofline (attainable FLOP/s vs arithmetic intensity) with operating points.
+
+    ``ceilings``: from ``measure.roofline.device_ceilings``.  ``points``: records with ``name``
+    and ``intensity`` (FLOP/byte), optionally ``flops_per_second`` (measured; else the roofline's bound).
+    """
+    peak, bw = ceilings["peak_flops"], ceilings["bandwidth_bytes"]
+    ridge = peak / bw
+    lo = min([0.1] + [p["intensity"] / 2 for p in points])
+    hi = max([ridge * 10] + [p["intensity"] * 2 for p in points])
+    xs = [lo * (hi / lo) ** (i / 99) for i in range(100)]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=xs, y=[min(peak, bw * x) / 1e9 for x in xs], mode="lines", name="roofline",
+                             line=dict(color="black", width=2),
+                             hovertemplate="intensity %{x:.2f} FLOP/B<br>%{y:.1f} GFLOP/s<extra></extra>"))
+    fig.add_vline(x=ridge, line=dict(dash="dot", color="grey"),
+                  annotation_text=f"ridge {ridge:.0f} FLOP/B", annotation_position="top left")
+    for p in points:
+        y = p.get("flops_per_second") or min(peak, bw * p["intensity"])
+        fig.add_trace(go.Scatter(
+            x=[p["intensity"]], y=[y / 1e9], mode="markers+text", name=p["name"], text=[p["name"]],
+            textposition="top center", marker=dict(size=12, color=METHOD_COLORS.get(p.get("method", ""), None)),
+            hovertemplate=f"{p['name']}<br>intensity %{{x:.2f}} FLOP/B<br>%{{y:.1f}} GFLOP/s<extra></extra>"))
+    fig.update_xaxes(type="log", title="arithmetic intensity (FLOP per byte moved)")
+    fig.update_yaxes(type="log", title="attainable GFLOP/s")
+    return _layout(fig, title or f"Roofline of {ceilings['device']} ({ceilings['dtype']}): "
+                                 f"{peak / 1e9:.0f} GFLOP/s peak, {bw / 1e9:.0f} GB/s")
+
+
+def latency_figure(curves: dict[str, list[dict]], title: str = "Forward latency vs tokens per forward") -> go.Figure:
+    """Measured forward time vs tokens per forward (``measure.roofline.latency_curve``), one line per model."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("time per forward (ms)", "relative to one token"))
+    for name, rows in curves.items():
+        xs = [r["tokens"] for r in rows]
+        fig.add_trace(go.Scatter(x=xs, y=[r["ms"] for r in rows], mode="lines+markers", name=name,
+                                 legendgroup=name), row=1, col=1)
+        fig.add_trace(go.Scatter(x=xs, y=[r["relative_to_one"] for r in rows], mode="lines+markers", name=name,
+                                 legendgroup=name, showlegend=False), row=1, col=2)
+    fig.add_hline(y=1.0, line=dict(dash="dot", color="grey"), row=1, col=2)
+    fig.update_xaxes(type="log", title="new tokens in the forward")
+    return _layout(fig, title)
+
+
+# ----------------------------------------------------------------------------- acceptance
+
+def acceptance_figure(records: dict, gamma: int, title: str = "") -> go.Figure:
+    """Accepted-length histogram (left) and tokens per target forward, measured vs analytic (right).
+
+    ``records``: from ``measure.acceptance.acceptance_records``; ``gamma``: the draft's depth (chain length).
+    The analytic curve is the chain formula at the measured acceptance rate.
+    """
+    from .measure.acceptance import expected_tokens_per_forward
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("draft tokens accepted per step",
+                                                        "tokens per target forward"))
+    hist = records["histogram"]
+    fig.add_trace(go.Bar(x=[h["accepted"] for h in hist], y=[h["fraction"] for h in hist], name="measured steps",
+                         marker_color="#1f77b4", text=[h["steps"] for h in hist], textposition="outside",
+                         hovertemplate="%{x} accepted: %{y:.0%} of steps<extra></extra>"), row=1, col=1)
+    alpha = records["acceptance_rate"]
+    if alpha is not None:
+        gs = list(range(0, max(8, gamma) + 1))
+        fig.add_trace(go.Scatter(x=gs, y=[expected_tokens_per_forward(alpha, g) for g in gs], mode="lines",
+                                 name=f"analytic chain, alpha = {alpha:.2f}", line=dict(color="grey", dash="dash")),
+                      row=1, col=2)
+    if records["tokens_per_forward"] is not None:
+        fig.add_trace(go.Scatter(x=[gamma], y=[records["tokens_per_forward"]], mode="markers", name="measured",
+                                 marker=dict(size=14, color="#d62728")), row=1, col=2)
+    fig.update_xaxes(title="accepted draft tokens", row=1, col=1)
+    fig.update_yaxes(title="fraction of steps", tickformat=".0%", row=1, col=1)
+    fig.update_xaxes(title="draft length (tree depth)", row=1, col=2)
+    fig.update_yaxes(title="tokens per target forward", rangemode="tozero", row=1, col=2)
+    acc = f"acceptance {alpha:.2f}, " if alpha is not None else ""
+    return _layout(fig, title or f"Acceptance: {acc}{records['steps']} steps")
+
+
+# ----------------------------------------------------------------------------- latency
+
+def latency_bars_figure(bench: dict, mode: str = "greedy", title: str = "") -> go.Figure:
+    """Tokens/s per method with speedup and acceptance on each bar (top), time per token by stage (bottom).
+
+    ``bench``: from ``measure.bench.run_bench``.
+    """
+    rows = [s for s in bench["summary"] if s["mode"] == mode]
+    if not rows:
+        raise SddError(f"the benchmark has no rows for mode {mode!r}")
+    names = [s["method"] for s in rows]
+    labels = [f"{s['speedup']:.2f}x" + (f"<br>acc {s['acceptance_rate']:.2f}" if s["acceptance_rate"] is not None
+                                         else "") for s in rows]
+    fig = make_subplots(rows=2, cols=1, row_heights=[0.6, 0.4], vertical_spacing=0.14,
+                        subplot_titles=("tokens per second (median over prompts), speedup and acceptance",
+                                        "where the time goes (ms per generated token)"))
+    fig.add_trace(go.Bar(x=names, y=[s["tokens_per_second"] for s in rows], text=labels, textposition="outside",
+                         marker_color=[METHOD_COLORS.get(n, "#7f7f7f") for n in names], name="tok/s",
+                         showlegend=False, hovertemplate="%{x}: %{y:.1f} tok/s<extra></extra>"), row=1, col=1)
+    ours = [s for s in rows if s["origins"] is not None]
+    for stage, color in STAGE_COLORS.items():
+        ms = []
+        for s in ours:
+            rs = [r for r in bench["rows"] if r["mode"] == mode and r["method"] == s["method"]]
+            ms.append(1000 * sum(r[stage] for r in rs) / max(1, sum(r["new_tokens"] for r in rs)))
+        fig.add_trace(go.Bar(x=[s["method"] for s in ours], y=ms, name=stage.replace("_seconds", ""),
+                             marker_color=color, hovertemplate="%{x}: %{y:.1f} ms/token<extra></extra>"),
+                      row=2, col=1)
+    fig.update_layout(barmode="stack")
+    top = max(s["tokens_per_second"] for s in rows)
+    fig.update_yaxes(title="tok/s", range=[0, top * 1.3], row=1, col=1)
+    fig.update_yaxes(title="ms / token", row=2, col=1)
+    return _layout(fig, title or f"{bench['ladder']} on {bench['device']} ({mode})", height=620)
+
+
+# ----------------------------------------------------------------------------- token origins
+
+def token_pieces(model, token_ids: list[int], origins: list[str]) -> list[tuple[str, str]]:
+    """(text, origin) per token, decoded incrementally so multi-byte characters come out whole."""
+    pieces, previous = [], ""
+    for i, origin in enumerate(origins):
+        text = model.decode(token_ids[:i + 1])
+        pieces.append((text[len(previous):], origin))
+        previous = text
+    return pieces
+
+
+def token_origin_html(pieces: list[tuple[str, str]], prompt: str = "", title: str = "") -> str:
+    """Generated text coloured by the stage that produced each token (the paper's Figure 3)."""
+    counts = {o: sum(1 for _, x in pieces if x == o) for o in ORIGIN_COLORS}
+    total = max(1, len(pieces))
+    legend = " ".join(
+        f'<span style="background:{c};color:white;padding:1px 6px;border-radius:3px">{o} '
+        f'{counts[o]} ({counts[o] / total:.0%})</span>' for o, c in ORIGIN_COLORS.items() if o != "prompt")
+    spans = "".join(
+        f'<span title="{o}" style="color:{ORIGIN_COLORS.get(o, "black")};'
+        f'{"font-weight:bold;" if o != "prompt" else ""}">{html.escape(t)}</span>' for t, o in pieces)
+    head = f"<div><b>{html.escape(title)}</b></div>" if title else ""
+    return (f'<div class="sdd-origins">{head}<div style="margin:4px 0">{legend}</div>'
+            f'<pre style="white-space:pre-wrap;font-size:12px;line-height:1.4;margin:0">'
+            f'<span style="color:{ORIGIN_COLORS["prompt"]}">{html.escape(prompt)}</span>{spans}</pre></div>')
+
+
+def origin_fractions_figure(origins: list[str], title: str = "Which stage produced the tokens") -> go.Figure:
+    total = max(1, len(origins))
+    stages = [o for o in ORIGIN_COLORS if o != "prompt"]
+    fig = go.Figure(go.Bar(x=stages, y=[origins.count(o) / total for o in stages],
+                           marker_color=[ORIGIN_COLORS[o] for o in stages],
+                           text=[origins.count(o) for o in stages], textposition="outside"))
+    fig.update_yaxes(title="fraction of generated tokens", tickformat=".0%", range=[0, 1.1])
+    return _layout(fig, title, height=300)
+
+
+# ----------------------------------------------------------------------------- token tree
+
+def tree_layout(parents: list[int]) -> list[tuple[int, float]]:
+    """(depth, row) per node: leaves get consecutive rows in depth-first order, parents sit over their children."""
+    children: dict[int, list[int]] = {}
+    for i, p in enumerate(parents):
+        children.setdefault(p, []).append(i)
+    pos: dict[int, tuple[int, float]] = {}
+    next_row = [0]
+
+    def place(node: int, depth: int) -> float:
+        kids = children.get(node, [])
+        if not kids:
+            row = float(next_row[0])
+            next_row[0] += 1
+        else:
+            rows = [place(k, depth + 1) for k in kids]
+            row = sum(rows) / len(rows)
+        pos[node] = (depth, row)
+        return row
+
+    for top in children.get(-1, []):
+        place(top, 1)
+    return [pos[i] for i in range(len(parents))]
+
+
+def tree_figure(step: dict, decode=None, root_text: str = "", title: str = "") -> go.Figure:
+    """One verification step's token tree: draft probability on every node, the accepted path highlighted.
+
+    ``step``: a trace entry of ``generate`` (``step["tree"]`` and ``step["accepted_nodes"]``).
+    ``decode``: token id -> text (e.g. ``model.decode``); ids are shown without it.
+    """
+    tree = step["tree"]
+    parents, tokens = tree["parents"], tree["tokens"]
+    accepted = set(step.get("accepted_nodes", []))
+    where = tree_layout(parents)
+    label = [repr(decode([t]))[1:-1] if decode else str(t) for t in tokens]
+    fig = go.Figure()
+    for on_path in (False, True):  # edges, the accepted ones on top
+        xs, ys = [], []
+        for i, p in enumerate(parents):
+            if (i in accepted and (p == -1 or p in accepted)) != on_path:
+                continue
+            x0, y0 = (0, _root_row(where, parents)) if p == -1 else where[p]
+            xs += [x0, where[i][0], None]
+            ys += [y0, where[i][1], None]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+                                 line=dict(color="#d62728" if on_path else "#c7c7c7", width=4 if on_path else 1.5)))
+    fig.add_trace(go.Scatter(x=[0], y=[_root_row(where, parents)], mode="markers+text", text=[root_text or "root"],
+                             textposition="middle left", marker=dict(size=16, color="black"), name="root",
+                             hovertemplate="the last committed token<extra></extra>"))
+    for origin in ("ngram", "draft"):
+        idx = [i for i in range(len(tokens)) if tree["origins"][i] == origin]
+        if not idx:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[where[i][0] for i in idx], y=[where[i][1] for i in idx], mode="markers+text",
+            text=[f"{label[i]}  {tree['draft_probs'][i]:.2f}" for i in idx], textposition="middle right",
+            marker=dict(size=[16 if i in accepted else 10 for i in idx], color=ORIGIN_COLORS[origin],
+                        line=dict(color=["#d62728" if i in accepted else "white" for i in idx], width=3)),
+            name=f"proposed by {origin}",
+            hovertemplate="%{text}<extra>" + origin + "</extra>"))
+    depth = max((d for d, _ in where), default=1)
+    fig.update_xaxes(title="depth below the root", range=[-0.6, depth + 0.9], dtick=1)
+    fig.update_yaxes(visible=False, autorange="reversed")
+    n_acc = len(accepted)
+    return _layout(fig, title or f"{len(tokens)} proposed nodes, {n_acc} accepted (red path) + 1 from the target",
+                   height=max(300, 28 * (max((r for _, r in where), default=0) + 2)))
+
+
+def _root_row(where, parents) -> float:
+    tops = [where[i][1] for i, p in enumerate(parents) if p == -1]
+    return sum(tops) / len(tops) if tops else 0.0
+
+
+# ----------------------------------------------------------------------------- files
+
+def save_figure(fig: go.Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a standalone file: .html always works; .png/.svg/.pdf need kaleido and a Chrome."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".html":
+        fig.write_html(path, include_plotlyjs=True, full_html=True)
+        return path
+    try:
+        fig.write_image(path)
+    except Exception as exc:  # kaleido raises several kinds when no browser is around
+        raise SddError(f"could not write {path.name} as an image ({type(exc).__name__}); write .html instead, "
+                       "or install Chrome for kaleido with `plotly_get_chrome`") from None
+    return path
+
+
+def format_si(x: float, unit: str = "") -> str:
+    """1.2e10 -> '12.0 G' + unit: axis-free numbers for messages."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x} {unit}"
+    k = min(4, max(0, int(math.log10(abs(x)) // 3)))
+    return f"{x / 10 ** (3 * k):.1f} {['', 'k', 'M', 'G', 'T'][k]}{unit}"

@@ -1,0 +1,407 @@
+"""Interactive views for the notebooks (ipywidgets 8 + plotly ``FigureWidget``).
+
+Each function returns a ``View``: controls on top, a figure (and/or text) below, a progress
+bar while measuring, and a message line.  Changing a control's ``.value`` re-measures and
+redraws; an invalid setting shows its error in the message line and leaves the last good
+figure in place.  Every view draws with ``sdd_edu.plots``, so the same picture is available
+as a static figure (``view.static()``) where no widget frontend runs.
+
+* ``intensity_explorer``: the roofline with the operating points of baseline, speculative and tree verification;
+* ``acceptance_explorer``: accepted-length histogram and tokens per target forward vs the analytic chain formula;
+* ``latency_dashboard``: tokens/s per method with speedups and acceptance, time per stage;
+* ``token_origin_view``: generated text coloured by the stage that produced each token;
+* ``tree_view``: one verification step's token tree, the accepted path highlighted.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Optional, Sequence
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+
+from . import plots
+from .errors import SddError
+
+
+class View(widgets.VBox):
+    """Controls, a figure, a progress bar and a message line; ``refresh()`` redraws from the controls."""
+
+    def __init__(self, controls: dict, figure: Optional[go.Figure] = None, extra: Sequence = (),
+                 title: str = ""):
+        self.controls = controls
+        self.figure = go.FigureWidget(figure) if figure is not None else None
+        self.message = widgets.HTML()
+        self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(visibility="hidden"))
+        self.ok = True
+        rows = [widgets.HTML(f"<b>{html.escape(title)}</b>")] if title else []
+        rows.append(widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap")))
+        rows += [self.progress, self.message]
+        rows += list(extra)
+        if self.figure is not None:
+            rows.append(self.figure)
+        super().__init__(rows)
+        for control in controls.values():
+            control.observe(self._on_change, names="value")
+
+    # subclasses implement draw(): read the controls, measure, update the figure
+    def draw(self) -> None:
+        raise NotImplementedError
+
+    def static(self):
+        """The current picture as a plain ``go.Figure`` (or HTML string), for viewers without widgets."""
+        return go.Figure(self.figure) if self.figure is not None else None
+
+    def _on_change(self, change) -> None:
+        self.refresh()
+
+    def refresh(self) -> "View":
+        try:
+            self.draw()
+            self.message.value = ""
+            self.ok = True
+        except (SddError, ValueError) as exc:
+            self._error(str(exc))
+        except Exception as exc:  # a widget callback must never leave a traceback behind
+            self._error(f"{type(exc).__name__}: {exc}")
+        finally:
+            self.progress.layout.visibility = "hidden"
+        return self
+
+    def _error(self, text: str) -> None:
+        self.ok = False
+        self.message.value = f'<span style="color:#d62728">&#9888; {html.escape(text)}</span>'
+
+    def _show(self, fig: go.Figure) -> None:
+        with self.figure.batch_update():
+            self.figure.data = ()
+            self.figure.add_traces(list(fig.data))
+            self.figure.layout = fig.layout
+
+    def _progress(self, done: int, total: int) -> None:
+        self.progress.layout.visibility = "visible"
+        self.progress.max = max(1, total)
+        self.progress.value = done
+        self.progress.description = f"{done}/{total}"
+
+
+def _int(description: str, value: int, lo: int = 1, hi: int = 64, slider: bool = True):
+    if slider:
+        return widgets.IntSlider(value=value, min=lo, max=hi, description=description, continuous_update=False)
+    return widgets.IntText(value=value, description=description, layout=widgets.Layout(width="170px"))
+
+
+def _rate(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _positive(name: str, value) -> int:
+    if not isinstance(value, int) or value < 1:
+        raise SddError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------- arithmetic intensity
+
+class IntensityExplorer(View):
+    def __init__(self, models: dict, ceilings: dict, measure_size: int):
+        self.models, self.ceilings, self.measure_size = models, dict(ceilings), measure_size
+        controls = {
+            "model": widgets.Dropdown(options=list(models), description="model"),
+            "tokens": widgets.IntSlider(value=16, min=1, max=512, description="tree tokens", continuous_update=False),
+            "gamma": widgets.IntSlider(value=4, min=1, max=16, description="draft length", continuous_update=False),
+            "context": widgets.IntText(value=256, description="context", layout=widgets.Layout(width="170px")),
+            "dtype": widgets.Dropdown(options=["fp32", "bf16", "fp16"], value=next(iter(self.ceilings), "fp32"),
+                                      description="dtype"),
+        }
+        self.table = widgets.HTML()
+        super().__init__(controls, go.Figure(), extra=[self.table],
+                         title="Arithmetic intensity: where each method's verification forward sits on the roofline")
+
+    def draw(self) -> None:
+        import torch
+
+        from .measure.roofline import device_ceilings, forward_counts, roofline_time
+
+        c = {k: w.value for k, w in self.controls.items()}
+        config = self.models[c["model"]]
+        if c["context"] < 0:
+            raise SddError(f"context must be >= 0 tokens, got {c['context']}")
+        if c["dtype"] not in self.ceilings:  # measured on first use of a dtype
+            self._progress(0, 1)
+            dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[c["dtype"]]
+            self.ceilings[c["dtype"]] = device_ceilings(dtype=dt, size=self.measure_size, copy_mb=64, repeats=3)
+        ceil = self.ceilings[c["dtype"]]
+        points, rows = [], []
+        for name, method, n in (("baseline: 1 token", "baseline", 1),
+                                (f"speculative: {c['gamma'] + 1} tokens", "speculative", c["gamma"] + 1),
+                                (f"tree: {c['tokens'] + 1} tokens", "tree", c["tokens"] + 1)):
+            counts = forward_counts(config, n, c["context"], c["dtype"])
+            t = roofline_time(counts, ceil)
+            points.append({"name": name, "method": method, "intensity": counts["intensity"]})
+            rows.append((name, counts, t))
+        self._show(plots.roofline_figure(ceil, points, title=f"{c['model']}, {c['dtype']}, context {c['context']}"))
+        base = rows[0][2]
+        ridge = ceil["peak_flops"] / ceil["bandwidth_bytes"]
+        body = "".join(
+            f"<tr><td>{n}</td><td>{k['intensity']:.2f}</td><td>{plots.format_si(k['flops'], 'FLOP')}</td>"
+            f"<td>{plots.format_si(k['bytes'], 'B')}</td><td>{1000 * t:.2f} ms</td><td>{t / base:.2f}x</td>"
+            f"<td>{'memory' if k['intensity'] < ridge else 'compute'}</td></tr>" for n, k, t in rows)
+        self.table.value = ("<table><tr><th>forward</th><th>FLOP/B</th><th>FLOPs</th><th>bytes</th>"
+                            "<th>roofline time</th><th>vs 1 token</th><th>bound by</th></tr>" + body + "</table>")
+
+
+def intensity_explorer(models: Optional[dict] = None, ceilings: Optional[dict] = None,
+                       measure_size: int = 1024) -> IntensityExplorer:
+    """The roofline of this device with baseline, speculative and tree verification forwards on it.
+
+    ``models``: name -> ``ModelConfig`` (default: the embedded target and draft, and the paper's models).
+    ``ceilings``: dtype name -> ``device_ceilings`` record; dtypes not given are measured when chosen.
+    """
+    from .measure.roofline import device_ceilings, reference_configs
+
+    if models is None:
+        from .ladders import load_ladder
+
+        ladder = load_ladder("embedded")
+        models = {"embedded target (SmolLM2-135M)": ladder.target.config}
+        if ladder.draft is not None:
+            models["embedded draft"] = ladder.draft.config
+        models.update(reference_configs())
+    if not models:
+        raise SddError("intensity_explorer needs at least one model config")
+    if ceilings is None:
+        ceilings = {"fp32": device_ceilings(size=measure_size, copy_mb=64, repeats=3)}
+    return IntensityExplorer(models, ceilings, measure_size).refresh()
+
+
+# ----------------------------------------------------------------------------- acceptance
+
+class AcceptanceExplorer(View):
+    def __init__(self, ladder, prompts, max_new_tokens: int, method: str, seed: int):
+        self.ladder, self.prompts, self.max_new_tokens, self.seed = ladder, list(prompts), max_new_tokens, seed
+        methods = ["speculative", "tree"] + (["staged"] if ladder.draft is not None else [])
+        controls = {
+            "method": widgets.Dropdown(options=methods, value=method, description="method"),
+            "gamma": _int("draft length", 4, 1, 12),
+            "width": _int("width", 2, 1, 8),
+            "depth": _int("depth", 4, 1, 12),
+            "budget": _int("tree size", 8, slider=False),
+            "temperature": widgets.FloatText(value=0.0, step=0.1, description="temperature",
+                                             layout=widgets.Layout(width="170px")),
+        }
+        self.summary = widgets.HTML()
+        self.results = []
+        super().__init__(controls, go.Figure(), extra=[self.summary],
+                         title="Acceptance: how many draft tokens the target keeps per verification")
+
+    def settings(self) -> dict:
+        c = {k: w.value for k, w in self.controls.items()}
+        if c["method"] == "speculative":
+            return {"gamma": _positive("draft length", c["gamma"])}
+        return {"width": _positive("width", c["width"]), "depth": _positive("depth", c["depth"]),
+                "budget": _positive("tree size", c["budget"])}
+
+    def draw(self) -> None:
+        from .decoding import generate
+        from .measure.acceptance import acceptance_records
+
+        method, temperature = self.controls["method"].value, self.controls["temperature"].value
+        settings = self.settings()
+        for name in ("gamma", "width", "depth", "budget"):  # only the method's own settings are live
+            self.controls[name].disabled = (name == "gamma") != (method == "speculative")
+        results = []
+        for i, prompt in enumerate(self.prompts):
+            self._progress(i, len(self.prompts))
+            results.append(generate(self.ladder, prompt, method=method, max_new_tokens=self.max_new_tokens,
+                                    temperature=temperature, seed=self.seed, **settings))
+        self.results = results
+        rec = acceptance_records(results)
+        gamma = settings.get("gamma", settings.get("depth"))
+        self._show(plots.acceptance_figure(rec, gamma, title=f"{method}, {settings}, temperature {temperature}"))
+        alpha = rec["acceptance_rate"]
+        self.summary.value = (f"{rec['steps']} verification steps; acceptance rate "
+                              f"{'-' if alpha is None else f'{alpha:.2f}'}; "
+                              f"{rec['tokens_per_forward']:.2f} tokens per target forward; "
+                              f"mean tree {rec['mean_tree_size']:.1f} nodes, depth {rec['mean_depth']:.1f}")
+
+
+def acceptance_explorer(ladder="embedded", prompts=("HumanEval/0", "HumanEval/2"), max_new_tokens: int = 48,
+                        method: str = "speculative", seed: int = 0) -> AcceptanceExplorer:
+    """Draft length, tree width/depth/size and temperature as controls; measured acceptance on ``prompts``."""
+    from .ladders import load_ladder
+
+    if isinstance(ladder, str):
+        ladder = load_ladder(ladder)
+    return AcceptanceExplorer(ladder, prompts, max_new_tokens, method, seed).refresh()
+
+
+# ----------------------------------------------------------------------------- latency
+
+class LatencyDashboard(View):
+    def __init__(self, ladder, prompts: int, max_new_tokens: int, bench: Optional[dict]):
+        from .decoding import METHODS
+
+        self.ladder, self.prompts, self.max_new_tokens = ladder, prompts, max_new_tokens
+        methods = [m for m in METHODS if m != "staged" or ladder.draft is not None]
+        controls = {
+            "methods": widgets.SelectMultiple(options=methods, value=tuple(methods), description="methods", rows=4),
+            "mode": widgets.ToggleButtons(options=["greedy", "topk50"], description="decoding"),
+            "gamma": _int("gamma", 2, slider=False),
+            "width": _int("width", 2, slider=False),
+            "depth": _int("depth", 3, slider=False),
+            "budget": _int("tree size", 3, slider=False),
+        }
+        self.bench = bench
+        self.table = widgets.HTML()
+        super().__init__(controls, go.Figure(), extra=[self.table],
+                         title="Latency: tokens per second, speedup and acceptance, time per stage")
+
+    def draw(self) -> None:
+        from .measure.bench import run_bench
+
+        c = {k: w.value for k, w in self.controls.items()}
+        methods = ["baseline"] + [m for m in c["methods"] if m != "baseline"]
+        tree = {"width": _positive("width", c["width"]), "depth": _positive("depth", c["depth"]),
+                "budget": _positive("tree size", c["budget"])}
+        settings = {"speculative": {"gamma": _positive("gamma", c["gamma"])}, "tree": tree, "staged": tree}
+        if self.bench is None:
+            self.bench = run_bench(self.ladder, methods, [c["mode"]], prompts=self.prompts,
+                                   max_new_tokens=self.max_new_tokens, settings=settings, progress=False,
+                                   on_run=self._progress)
+        bench, self.bench = self.bench, None  # a given benchmark is shown once; control changes re-measure
+        self.last = bench
+        self._show(plots.latency_bars_figure(bench, mode=bench["summary"][0]["mode"]))
+        rows = "".join(
+            f"<tr><td>{s['method']}</td><td>{s['tokens_per_second']:.1f}</td><td>{s['speedup']:.2f}x</td>"
+            f"<td>{_rate(s['acceptance_rate'])}</td></tr>"
+            for s in bench["summary"])
+        self.table.value = (f"<small>{html.escape(bench['device'])}; {bench['prompts']} prompts x "
+                            f"{bench['max_new_tokens']} tokens</small><table><tr><th>method</th><th>tok/s</th>"
+                            f"<th>speedup</th><th>acceptance</th></tr>{rows}</table>")
+
+
+def latency_dashboard(ladder="embedded", prompts: int = 2, max_new_tokens: int = 48,
+                      bench: Optional[dict] = None) -> LatencyDashboard:
+    """Methods and settings as controls; each change reruns the benchmark on ``prompts`` HumanEval prompts.
+
+    ``bench``: a result of ``measure.bench.run_bench`` to show first instead of measuring.
+    """
+    from .ladders import load_ladder
+
+    if isinstance(ladder, str):
+        ladder = load_ladder(ladder)
+    return LatencyDashboard(ladder, prompts, max_new_tokens, bench).refresh()
+
+
+# ----------------------------------------------------------------------------- token origins
+
+class TokenOriginView(View):
+    def __init__(self, ladder, prompts, max_new_tokens: int, seed: int):
+        self.ladder, self.max_new_tokens, self.seed = ladder, max_new_tokens, seed
+        methods = ["baseline", "speculative", "tree"] + (["staged"] if ladder.draft is not None else [])
+        controls = {
+            "prompt": widgets.Dropdown(options=list(prompts), description="prompt"),
+            "method": widgets.Dropdown(options=methods, value=methods[-1], description="method"),
+            "temperature": widgets.FloatText(value=0.0, step=0.1, description="temperature",
+                                             layout=widgets.Layout(width="170px")),
+        }
+        self.text = widgets.HTML()
+        self.result = None
+        super().__init__(controls, go.Figure(), extra=[self.text],
+                         title="Token origins: which stage produced each generated token")
+
+    def draw(self) -> None:
+        from .data import resolve_prompt
+        from .decoding import generate
+
+        c = {k: w.value for k, w in self.controls.items()}
+        res = generate(self.ladder, c["prompt"], method=c["method"], max_new_tokens=self.max_new_tokens,
+                       temperature=c["temperature"], seed=self.seed)
+        self.result = res
+        pieces = plots.token_pieces(self.ladder.target, res.token_ids, res.origins)
+        prompt = resolve_prompt(c["prompt"])
+        self.html = plots.token_origin_html(pieces, prompt=prompt[-400:],
+                                            title=f"{c['method']}: {res.stats.tokens_per_second:.1f} tok/s")
+        self.text.value = self.html
+        self._show(plots.origin_fractions_figure(
+            res.origins, title=f"{c['method']}: which stage produced the {len(res.origins)} tokens"))
+
+    def static(self):
+        return self.html
+
+
+def token_origin_view(ladder="embedded", prompts=("HumanEval/0", "HumanEval/2", "HumanEval/4"),
+                      max_new_tokens: int = 64, seed: int = 0) -> TokenOriginView:
+    """Generated text coloured by stage (the paper's Figure 3) for a chosen prompt and method."""
+    from .ladders import load_ladder
+
+    if isinstance(ladder, str):
+        ladder = load_ladder(ladder)
+    return TokenOriginView(ladder, prompts, max_new_tokens, seed).refresh()
+
+
+# ----------------------------------------------------------------------------- token tree
+
+class TreeView(View):
+    def __init__(self, ladder, prompt, method: str, max_new_tokens: int, width: int, depth: int, budget: int):
+        self.ladder, self.prompt, self.max_new_tokens = ladder, prompt, max_new_tokens
+        methods = ["tree"] + (["staged"] if ladder.draft is not None else [])
+        controls = {
+            "method": widgets.Dropdown(options=methods, value=method if method in methods else "tree",
+                                       description="method"),
+            "width": _int("width", width, slider=False),
+            "depth": _int("depth", depth, slider=False),
+            "budget": _int("tree size", budget, slider=False),
+        }
+        self.step = widgets.IntSlider(value=0, min=0, max=0, description="step", continuous_update=False)
+        self.context = widgets.HTML()
+        self.result = None
+        super().__init__(controls, go.Figure(), extra=[self.step, self.context],
+                         title="One verification step: the draft's tree, the target's accepted path")
+        self.step.observe(lambda change: self._guarded(self.draw_step), names="value")
+
+    def draw(self) -> None:
+        from .decoding import generate
+
+        c = {k: w.value for k, w in self.controls.items()}
+        settings = {k: _positive(k if k != "budget" else "tree size", c[k]) for k in ("width", "depth", "budget")}
+        self.result = generate(self.ladder, self.prompt, method=c["method"], max_new_tokens=self.max_new_tokens,
+                               **settings)
+        self.method, self.settings = c["method"], settings
+        self.step.max = max(0, len(self.result.trace) - 1)
+        self.step.value = min(self.step.value, self.step.max)
+        self.draw_step()
+
+    def _guarded(self, fn) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            self._error(f"{type(exc).__name__}: {exc}")
+
+    def draw_step(self) -> None:
+        res, i = self.result, self.step.value
+        decode = self.ladder.target.decode
+        before = sum(s["emitted"] for s in res.trace[:i])
+        context = res.prompt_ids + res.token_ids[:before]
+        step = res.trace[i]
+        self._show(plots.tree_figure(step, decode=decode, root_text=repr(decode([context[-1]]))[1:-1],
+                                     title=f"{self.method} (width {self.settings['width']}, depth "
+                                           f"{self.settings['depth']}, size {self.settings['budget']}), step {i}: "
+                                           f"{len(step['tree']['tokens'])} nodes proposed, {step['accepted']} "
+                                           f"accepted, then 1 token from the target"))
+        emitted = res.token_ids[before:before + step["emitted"]]
+        self.context.value = (f'<pre style="white-space:pre-wrap;font-size:12px">'
+                              f'{html.escape(decode(context)[-300:])}<b style="color:#d62728">'
+                              f'{html.escape(decode(emitted))}</b></pre>')
+
+
+def tree_view(ladder="embedded", prompt: str = "HumanEval/0", method: str = "staged", max_new_tokens: int = 32,
+              width: int = 3, depth: int = 4, budget: int = 12) -> TreeView:
+    """Generate greedily with a tree method and browse its verification steps one by one."""
+    from .ladders import load_ladder
+
+    if isinstance(ladder, str):
+        ladder = load_ladder(ladder)
+    return TreeView(ladder, prompt, method, max_new_tokens, width, depth, budget).refresh()

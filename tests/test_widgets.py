@@ -1,0 +1,164 @@
+"""Every view built headlessly on a tiny ladder: each control changes the figure, bad settings show a message."""
+
+import pytest
+import plotly.graph_objects as go
+
+from sdd_edu import plots, widgets
+from sdd_edu.ladders import make_ladder
+from sdd_edu.loading import load_model
+from sdd_edu.measure.acceptance import acceptance_records, expected_tokens_per_forward
+from sdd_edu.model import ModelConfig
+from sdd_edu.ngram import PromptLookup
+from tests.helpers import save_tiny_checkpoint
+
+PROMPTS = ("def add(a, b):\n    return", "for i in range(10):\n    print(")
+
+
+@pytest.fixture(scope="module")
+def ladder(tmp_path_factory):
+    tdir = save_tiny_checkpoint(tmp_path_factory.mktemp("t"), "llama", seed=0, max_len=1024)
+    ddir = save_tiny_checkpoint(tmp_path_factory.mktemp("d"), "llama", seed=1, max_len=1024, n_layer=1)
+    return make_ladder(load_model(str(tdir), device="cpu", dtype="fp32"),
+                       load_model(str(ddir), device="cpu", dtype="fp32"), PromptLookup(), name="tiny")
+
+
+def data_of(view):
+    return [(tuple(t.y) if t.y is not None else None, tuple(t.text) if t.text is not None else None)
+            for t in view.figure.data]
+
+
+def assert_each_control_changes_the_figure(view, changes, shown=lambda view: None):
+    """``shown``: what else the view displays (text) that a control may change instead of the data."""
+    assert view.ok, view.message.value
+    state = lambda: (data_of(view), view.figure.layout.title.text, shown(view))
+    for name, value in changes:
+        before = state()
+        view.controls[name].value = value
+        assert view.ok, f"{name}={value!r}: {view.message.value}"
+        assert state() != before, f"changing {name} left the view as it was"
+
+
+def assert_bad_setting_shows_a_message(view, name, value, words):
+    good = data_of(view)
+    view.controls[name].value = value
+    assert not view.ok and words in view.message.value, view.message.value
+    assert data_of(view) == good  # the last good figure stays
+
+
+CEILINGS = {"fp32": {"device": "cpu", "dtype": "float32", "peak_flops": 2e11, "bandwidth_bytes": 2e10},
+            "bf16": {"device": "cpu", "dtype": "bfloat16", "peak_flops": 8e11, "bandwidth_bytes": 2e10},
+            "fp16": {"device": "cpu", "dtype": "float16", "peak_flops": 1e11, "bandwidth_bytes": 2e10}}
+
+
+def test_intensity_explorer():
+    small = ModelConfig(family="llama", vocab_size=500, n_layer=2, n_head=4, n_kv_head=2, d_model=64, d_ff=128,
+                        max_seq_len=512)
+    big = ModelConfig(family="gpt2", vocab_size=500, n_layer=4, n_head=4, n_kv_head=4, d_model=128, d_ff=512,
+                      max_seq_len=512)
+    view = widgets.intensity_explorer({"small": small, "big": big}, CEILINGS)
+    tree_x = lambda: [t.x[0] for t in view.figure.data if t.name and t.name.startswith("tree")][0]
+    x0 = tree_x()
+    view.controls["tokens"].value = 64
+    assert tree_x() > x0  # more tokens per forward: higher intensity
+    assert_each_control_changes_the_figure(view, [("model", "big"), ("gamma", 8), ("context", 1024),
+                                                  ("dtype", "bf16")])
+    assert "memory" in view.table.value
+    assert_bad_setting_shows_a_message(view, "context", -5, "context")
+    view.controls["context"].value = 256
+    assert view.ok
+    assert isinstance(view.static(), go.Figure)
+
+
+def test_acceptance_explorer(ladder):
+    view = widgets.acceptance_explorer(ladder, PROMPTS, max_new_tokens=12)
+    assert view.results and all(r.trace for r in view.results)
+    assert_each_control_changes_the_figure(view, [("gamma", 2), ("method", "tree"), ("width", 3), ("depth", 2),
+                                                  ("budget", 4), ("temperature", 0.8)])
+    assert view.controls["gamma"].disabled and not view.controls["width"].disabled
+    assert_bad_setting_shows_a_message(view, "budget", 0, "tree size")
+    view.controls["budget"].value = 5
+    assert_bad_setting_shows_a_message(view, "temperature", -1.0, "temperature")
+
+
+def test_latency_dashboard(ladder):
+    view = widgets.latency_dashboard(ladder, prompts=1, max_new_tokens=8)
+    names = list(view.figure.data[0].x)
+    assert names == ["baseline", "speculative", "tree", "staged"]
+    assert "acc" in view.figure.data[0].text[1]  # acceptance beside every speedup
+    view.controls["methods"].value = ("speculative",)
+    assert list(view.figure.data[0].x) == ["baseline", "speculative"]
+    assert_each_control_changes_the_figure(view, [("mode", "topk50"), ("gamma", 3), ("methods", ("tree",)),
+                                                  ("width", 3), ("depth", 2), ("budget", 5)])
+    assert_bad_setting_shows_a_message(view, "gamma", 0, "gamma")
+
+
+def test_latency_dashboard_shows_a_given_benchmark_first(ladder):
+    from sdd_edu.measure.bench import run_bench
+
+    bench = run_bench(ladder, ["baseline", "tree"], ["greedy"], prompts=1, max_new_tokens=6, progress=False)
+    view = widgets.latency_dashboard(ladder, bench=bench)
+    assert list(view.figure.data[0].x) == ["baseline", "tree"]
+
+
+def test_token_origin_view(ladder):
+    view = widgets.token_origin_view(ladder, PROMPTS, max_new_tokens=16)
+    res = view.result
+    assert view.text.value.count("<span title=") == len(res.origins)
+    assert_each_control_changes_the_figure(view, [("method", "baseline"), ("prompt", PROMPTS[1]),
+                                                  ("temperature", 1.0)], shown=lambda v: v.text.value)
+    assert "target 16" in view.text.value  # baseline: every token from the target
+    assert_bad_setting_shows_a_message(view, "temperature", -0.5, "temperature")
+    assert isinstance(view.static(), str)
+
+
+def test_tree_view(ladder):
+    agreeing = make_ladder(ladder.target, ladder.target, PromptLookup())  # every draft accepted: full trees
+    view = widgets.tree_view(agreeing, PROMPTS[0], method="tree", max_new_tokens=12, width=2, depth=3, budget=6)
+    assert view.step.max == len(view.result.trace) - 1 >= 1
+    nodes = lambda: sum(len(t.x) for t in view.figure.data if t.name and t.name.startswith("proposed"))
+    assert nodes() == len(view.result.trace[0]["tree"]["tokens"])
+    before = data_of(view)
+    view.step.value = 1
+    assert data_of(view) != before
+    assert nodes() == len(view.result.trace[1]["tree"]["tokens"])
+    assert view.result.trace[1]["accepted"] >= 1  # the draft is the target: its top path is accepted
+    assert_each_control_changes_the_figure(view, [("budget", 3), ("width", 1), ("depth", 2), ("method", "staged")])
+    assert_bad_setting_shows_a_message(view, "depth", 0, "depth")
+
+
+def test_static_figures_render_to_html_files(ladder, tmp_path):
+    from sdd_edu.decoding import generate
+
+    res = generate(ladder, PROMPTS[0], method="staged", max_new_tokens=10, width=2, depth=3, budget=5)
+    rec = acceptance_records([res])
+    figs = {"tree": plots.tree_figure(res.trace[0], decode=ladder.target.decode),
+            "acceptance": plots.acceptance_figure(rec, 3),
+            "roofline": plots.roofline_figure(CEILINGS["fp32"], [{"name": "one", "intensity": 0.5}]),
+            "origins": plots.origin_fractions_figure(res.origins)}
+    for name, fig in figs.items():
+        path = plots.save_figure(fig, tmp_path / f"{name}.html")
+        text = path.read_text()
+        assert path.stat().st_size > 100_000 and "plotly" in text  # self-contained: plotly.js inside
+    page = plots.token_origin_html(plots.token_pieces(ladder.target, res.token_ids, res.origins), prompt=PROMPTS[0])
+    assert page.count("<span title=") == len(res.origins)
+
+
+def test_tree_layout_puts_parents_over_their_children():
+    where = plots.tree_layout([-1, 0, 0, -1, 3])
+    assert [d for d, _ in where] == [1, 2, 2, 1, 2]
+    assert where[0][1] == (where[1][1] + where[2][1]) / 2 and where[3][1] == where[4][1]
+
+
+def test_acceptance_formula_and_records(ladder):
+    assert expected_tokens_per_forward(0.0, 4) == 1.0
+    assert expected_tokens_per_forward(1.0, 4) == 5.0
+    assert expected_tokens_per_forward(0.5, 2) == pytest.approx(1 + 0.5 + 0.25)
+    with pytest.raises(ValueError):
+        expected_tokens_per_forward(1.5, 2)
+    from sdd_edu.decoding import generate
+
+    res = [generate(ladder, p, method="speculative", max_new_tokens=10, gamma=3) for p in PROMPTS]
+    rec = acceptance_records(res)
+    assert rec["steps"] == sum(len(r.trace) for r in res)
+    assert sum(h["steps"] for h in rec["histogram"]) == rec["steps"]
+    assert sum(h["fraction"] for h in rec["histogram"]) == pytest.approx(1.0)
