@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ladder", default=DEFAULT_LADDER)
     p.add_argument("--prompts", type=_positive_int, default=3)
     p.add_argument("--max-new-tokens", type=_positive_int, default=128)
+    p.add_argument("--report", default="sdd-edu-report.html",
+                   help="write a self-contained HTML report here ('' for none)")
     _add_device_args(p)
 
     p = sub.add_parser("bench", help="baseline, speculative, tree and staged on HumanEval (the paper's Table 2)")
@@ -180,6 +182,16 @@ def cmd_demo(args) -> None:
         print(prompt + "\033[1m" + ladder.target.decode(row["token_ids"]) + "\033[0m")
     print()
     print(format_table(result))
+    if args.report:
+        from .decoding import generate
+        from .report import write_report
+
+        tree_step = None
+        if ladder.draft is not None:  # one staged step to draw: the second, past the prompt's first token
+            trace = generate(ladder, humaneval_prompts(1)[0][1], method="staged", max_new_tokens=16).trace
+            tree_step = trace[min(1, len(trace) - 1)]
+        path = write_report(result, ladder, args.report, humaneval_prompts(args.prompts), tree_step)
+        print(f"\nreport: {path.resolve()}")
 
 
 def cmd_engine_bench(args) -> None:

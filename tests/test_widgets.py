@@ -162,3 +162,20 @@ def test_acceptance_formula_and_records(ladder):
     assert rec["steps"] == sum(len(r.trace) for r in res)
     assert sum(h["steps"] for h in rec["histogram"]) == rec["steps"]
     assert sum(h["fraction"] for h in rec["histogram"]) == pytest.approx(1.0)
+
+
+def test_report_is_one_self_contained_page(ladder, tmp_path):
+    from sdd_edu.decoding import generate
+    from sdd_edu.measure.bench import run_bench
+    from sdd_edu.report import write_report
+
+    bench = run_bench(ladder, ["baseline", "speculative", "staged"], ["greedy", "topk50"], prompts=2,
+                      max_new_tokens=6, progress=False)
+    step = generate(ladder, PROMPTS[0], method="staged", max_new_tokens=6).trace[0]
+    path = write_report(bench, ladder, tmp_path / "r" / "report.html", [("p0", "PROMPT-ZERO"), ("p1", "x")], step)
+    page = path.read_text()
+    assert page.count("<script") >= 3 and page.count("plotly.js") >= 1  # figures, plotly.js inlined
+    assert "https://cdn" not in page.split("</head>")[0]
+    assert "PROMPT-ZERO" in page and page.count('class="sdd-origins"') == 2
+    assert page.count("<tr>") == 1 + len(bench["summary"]) and "acceptance" in page
+    assert bench["device"] in page
