@@ -29,8 +29,7 @@ def test_decoders_and_timing_on_the_accelerator(device, tmp_path):
     base = generate(ladder, "def f(x):", method="baseline", max_new_tokens=16)
     for method in METHODS[1:]:
         assert generate(ladder, "def f(x):", method=method, max_new_tokens=16).token_ids == base.token_ids
-    assert device_description(target.device).lower().startswith(("nvidia", "apple", "cuda")) or device in \
-        device_description(target.device).lower()
+    assert not device_description(target.device).startswith("CPU")  # the accelerator is named
     seconds = time_call(lambda: target.model(torch.zeros(1, 8, dtype=torch.long, device=target.device)),
                         target.device, repeats=2)
     assert len(seconds) == 2 and all(s > 0 for s in seconds)
