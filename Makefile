@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.sdd-edu-installed
 
-.PHONY: setup demo test test-fast lab bench engine-bench clean
+.PHONY: setup demo test test-fast lab strip bench engine-bench clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ test-fast: $(STAMP)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab tutorials/
+
+# before committing a notebook: drop outputs, execution counts and widget state
+strip: $(STAMP)
+	$(PY) -m sdd_edu.notebook strip tutorials/*.ipynb
 
 engine-bench: $(STAMP)
 	$(PY) -m sdd_edu engine-bench --json engine-bench.json
