@@ -267,3 +267,11 @@ def test_the_statistical_test_catches_a_missing_residual(small_vocab_ladder, mon
     probs = exact_two_token_distribution(small_vocab_ladder.target, [2, 4, 1], temperature=1.0)
     counts = sample_counts(small_vocab_ladder, "speculative", {}, temperature=1.0)
     assert chi_square_p_value(counts, probs) < 1e-4
+
+
+@pytest.mark.parametrize("method, extra", [("tree", {}), ("staged", {"rounds": 3})])
+def test_trees_fill_their_node_budget(tiny_ladder, method, extra):
+    """Nodes still waiting for a draft forward must not stop the growth once no forward is left."""
+    res = generate(tiny_ladder, [3, 5, 7, 9], method=method, max_new_tokens=12, width=4, depth=6, budget=16,
+                   **extra)
+    assert [s["proposed"] for s in res.trace] == [16] * len(res.trace)

@@ -121,7 +121,8 @@ class Drafter:
 
         plan(ROOT, root_dist)
         while len(tree) < self.budget:
-            best_waiting = max(waiting.values(), default=-1.0)
+            # a node that waits for a draft forward only competes while forwards are left
+            best_waiting = max(waiting.values(), default=-1.0) if rounds > 0 else -1.0
             if heap and -heap[0][0] >= best_waiting:
                 neg, _, parent, j = heapq.heappop(heap)
                 tokens, scores, dist = plans[parent]
