@@ -51,9 +51,17 @@ def get_ladder(name: str) -> Ladder:
 _LOADED: dict[tuple, LoadedModel] = {}
 
 
+def _placement(device, dtype) -> tuple[str, str]:
+    """Resolved (device, dtype): 'auto', None and the explicit default name the same loaded model."""
+    from .loading import resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    return str(dev), str(resolve_dtype(dtype, dev))
+
+
 def load_cached(name: str, device=None, dtype=None) -> LoadedModel:
     """load_model, remembered for the life of the process (models are read-only during decoding)."""
-    key = (name, str(device), str(dtype))
+    key = (name,) + _placement(device, dtype)
     if key not in _LOADED:
         _LOADED[key] = load_model(name, device=device, dtype=dtype)
     return _LOADED[key]
@@ -157,7 +165,7 @@ def load_ladder(name: str = DEFAULT_LADDER, device=None, dtype=None) -> LoadedLa
     from .ngram import PromptLookup
 
     lad = get_ladder(name)
-    key = (name, str(device), str(dtype))
+    key = (name,) + _placement(device, dtype)
     if key not in _LADDERS_LOADED:
         target = load_cached(lad.target, device, dtype)
         draft = load_cached(lad.draft, device, dtype) if lad.draft else None

@@ -28,7 +28,7 @@ QUICK = os.environ.get("SDD_EDU_QUICK", "0") not in ("", "0")
 def setup(seed: int = 0, threads: int | None = None) -> SimpleNamespace:
     """Seed, set the plotly renderer, print versions and the device; return ``env`` (``quick``, ``device``, ``seed``).
 
-    ``threads``: CPU threads for torch; None keeps torch's default (one per core).
+    ``threads``: CPU threads for torch; None reads ``SDD_EDU_THREADS``, else keeps torch's default (one per core).
     """
     import random
 
@@ -47,6 +47,7 @@ def setup(seed: int = 0, threads: int | None = None) -> SimpleNamespace:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    threads = threads or int(os.environ.get("SDD_EDU_THREADS", "0") or 0) or None
     if threads is not None:
         torch.set_num_threads(threads)
     device = resolve_device()
