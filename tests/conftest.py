@@ -1,13 +1,8 @@
-"""Shared fixtures.  No test touches the network: the hub is switched off before anything imports it."""
+"""Shared fixtures.  No test touches the network: the repository's root conftest.py switches the hub off
+before anything imports it."""
 
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 from tests.helpers import save_tiny_checkpoint  # noqa: E402
 
