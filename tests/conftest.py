@@ -4,7 +4,7 @@ before anything imports it."""
 import pytest
 import torch
 
-from tests.helpers import save_tiny_checkpoint  # noqa: E402
+from tests.helpers import save_tiny_checkpoint
 
 
 @pytest.fixture(scope="session")
