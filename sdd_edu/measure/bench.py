@@ -33,10 +33,11 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
     for method in methods:  # warm-up: allocate, fill caches, build the n-gram stage
         generate(ladder, encoded[0][1][:32], method=method, max_new_tokens=8, **settings.get(method, {}))
     rows = []
+    total = len(items) * len(methods) * len(modes)
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(items) * len(methods) * len(modes), desc="bench", unit="run")
+        bar = tqdm(total=total, desc="bench", unit="run")
     for mode in modes:
         for task, ids in encoded:
             for method in methods:
@@ -55,7 +56,7 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
                 if bar:
                     bar.update(1)
                 if on_run:
-                    on_run(len(rows), len(items) * len(methods) * len(modes))
+                    on_run(len(rows), total)
     if bar:
         bar.close()
     all_methods = list(methods)
