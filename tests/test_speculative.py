@@ -17,11 +17,12 @@ SPECULATIVE = [("speculative", {}), ("speculative", {"gamma": 1}), ("tree", {}),
                ("staged", {"rounds": 3, "budget": 12})]
 
 
-def random_lm(seed, vocab=61, family="llama", n_layer=2, d_model=32, scale=0.4, name=None) -> LoadedModel:
+def random_lm(seed, vocab=61, family="llama", n_layer=2, d_model=32, scale=0.4, name=None,
+              head_size=0) -> LoadedModel:
     torch.manual_seed(seed)
     cfg = ModelConfig(family=family, vocab_size=vocab, n_layer=n_layer, n_head=4,
                       n_kv_head=2 if family == "llama" else 4, d_model=d_model, d_ff=64, max_seq_len=256,
-                      eos_token_id=None)
+                      eos_token_id=None, head_size=head_size)
     model = Transformer(cfg).eval().requires_grad_(False)
     with torch.no_grad():
         for p in model.parameters():
@@ -213,6 +214,15 @@ SAMPLING_CASES = [("baseline", {}), ("speculative", {}), ("tree", {"width": 3, "
                   ("staged", {"width": 3, "budget": 8, "ngram_fanout": (3, 2)})]
 
 
+@pytest.fixture(scope="module")
+def reduced_head_ladder():
+    """The draft's head covers 4 of the 6 tokens, as the shipped draft's covers 8,192 of 49,152."""
+    target = random_lm(11, vocab=VOCAB, scale=0.6)
+    draft = random_lm(13, vocab=VOCAB, scale=0.6, n_layer=1, head_size=4)
+    trigram = KatzTrigram.fit(random_streams(VOCAB, 3, n=50, length=40), VOCAB)
+    return make_ladder(target, draft, trigram)
+
+
 @pytest.mark.parametrize("method, settings", SAMPLING_CASES)
 def test_sampling_matches_the_baseline_distribution(small_vocab_ladder, method, settings):
     probs = exact_two_token_distribution(small_vocab_ladder.target, [2, 4, 1], temperature=1.0)
@@ -220,6 +230,42 @@ def test_sampling_matches_the_baseline_distribution(small_vocab_ladder, method, 
     p = chi_square_p_value(counts, probs)
     # the bound: a correct sampler fails this 1 time in 10,000; a wrong one (below) lands near 1e-20
     assert p > 1e-4, f"{method} {settings}: chi-square p = {p:.2e}"
+
+
+@pytest.mark.parametrize("method, settings", [("speculative", {}), ("staged", {"width": 3, "budget": 8,
+                                                                            "ngram_fanout": (3, 2)})])
+def test_sampling_with_a_reduced_head_draft_matches_baseline(reduced_head_ladder, method, settings):
+    probs = exact_two_token_distribution(reduced_head_ladder.target, [2, 4, 1], temperature=1.0)
+    counts = sample_counts(reduced_head_ladder, method, settings, temperature=1.0)
+    assert chi_square_p_value(counts, probs) > 1e-4
+
+
+def test_a_reduced_head_draft_proposes_what_its_full_vocabulary_logits_give():
+    """Working in the head's own space is only a shortcut: same tree, same draft probabilities."""
+    from sdd_edu.decoding.drafters import ModelDrafter
+    from sdd_edu.sampling import Sampling
+
+    draft = random_lm(14, vocab=61, n_layer=1, head_size=20)
+    trees = []
+    for reduced in (True, False):
+        d = ModelDrafter(draft, width=3, depth=3, budget=9)
+        if not reduced:
+            d.reduced, d.support, d.vocab_size = False, None, None
+        d.begin([1, 2, 3], 64)
+        trees.append(d.get_candidates([1, 2, 3], Sampling(), None))
+    fast, slow = trees
+    assert fast.tokens == slow.tokens and fast.parents == slow.parents
+    assert set(fast.tokens) <= set(draft.model.head_ids.tolist())
+    np.testing.assert_allclose(fast.draft_probs, slow.draft_probs, rtol=1e-5)
+
+
+def test_greedy_equals_baseline_with_a_reduced_head_draft(tiny_ladder):
+    ladder = make_ladder(tiny_ladder.target, random_lm(15, n_layer=1, head_size=24), tiny_ladder.ngram)
+    for method in ("speculative", "tree", "staged"):
+        for prompt in ([5], [1, 9, 33, 2], [60, 4, 4, 17, 8, 21]):
+            expected = baseline_decode(ladder.target, prompt, 30, stop_at_eos=False).token_ids
+            res = generate(ladder, prompt, method=method, max_new_tokens=30, stop_at_eos=False)
+            assert res.token_ids == expected, explain_mismatch(ladder.target, prompt, expected, res.token_ids)
 
 
 def test_sampling_with_temperature_and_top_k_matches_baseline(small_vocab_ladder):

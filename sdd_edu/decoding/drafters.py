@@ -42,18 +42,23 @@ from .tree import ROOT, TokenTree, tree_attention_mask
 
 
 def choose_children(dist: torch.Tensor, width: int, sampling: Sampling, generator):
-    """(tokens, scores): top-``width`` tokens under greedy; draws without replacement under sampling."""
+    """(indices, scores, probs): top-``width`` under greedy; draws without replacement under sampling.
+
+    ``indices`` index ``dist``; ``probs`` are those entries' own probabilities.
+    """
     k = min(width, int((dist > 0).sum()))
     if k == 0:
-        return [], []
+        return [], [], []
     top = torch.topk(dist, k)
     if sampling.greedy:
-        return top.indices.tolist(), top.values.tolist()
+        values = top.values.tolist()
+        return top.indices.tolist(), values, values
     # Gumbel top-k: the order of log q + Gumbel noise is a draw without replacement from q
     u = torch.rand(dist.shape, generator=generator).clamp_(1e-20, 1.0)
     keys = torch.log(dist) - torch.log(-torch.log(u))
     drawn = torch.topk(keys, k).indices
-    return drawn.tolist(), top.values.tolist()  # scores: rank-j probabilities, independent of the draws
+    # scores: rank-j probabilities, independent of the draws
+    return drawn.tolist(), top.values.tolist(), dist[drawn].tolist()
 
 
 class Drafter:
@@ -69,6 +74,18 @@ class Drafter:
         self.forwards = 0
         self.seconds = 0.0
         self.ngram_seconds = 0.0
+        # Node distributions may cover only part of the vocabulary (a draft with a reduced head):
+        # then ``support`` lists the token id of each entry and every other token has probability 0.
+        self.support: Optional[torch.Tensor] = None
+        self.vocab_size: Optional[int] = None
+
+    def _full(self, dist: torch.Tensor) -> torch.Tensor:
+        """``dist`` over the whole vocabulary (what the sampling rules compare with the target's)."""
+        if self.support is None:
+            return dist
+        full = torch.zeros(self.vocab_size, dtype=dist.dtype)
+        full[self.support] = dist
+        return full
 
     @property
     def max_nodes(self) -> int:
@@ -104,17 +121,19 @@ class Drafter:
               rounds: int = 0) -> TokenTree:
         tree = TokenTree()
         heap: list = []  # (-score, tie, parent, j): the j-th child of parent, not yet in the tree
-        plans: dict[int, tuple[list[int], list[float], torch.Tensor]] = {}
+        plans: dict[int, tuple[list[int], list[float], list[float]]] = {}  # tokens, scores, probs
         score = {ROOT: 1.0}
         depth = {ROOT: 0}
         waiting: dict[int, float] = {}  # nodes that could be expanded after another draft forward
         tie = [0]
 
         def plan(node: int, dist: torch.Tensor):
-            tokens, scores = choose_children(dist, self.width, sampling, generator)
-            plans[node] = (tokens, scores, dist)
+            tokens, scores, probs = choose_children(dist, self.width, sampling, generator)
+            if self.support is not None:
+                tokens = self.support[tokens].tolist()
+            plans[node] = (tokens, scores, probs)
             if not sampling.greedy:
-                tree.child_dists[node] = dist
+                tree.child_dists[node] = self._full(dist)
             if tokens:
                 tie[0] += 1
                 heapq.heappush(heap, (-score[node] * scores[0], tie[0], node, 0))
@@ -125,8 +144,8 @@ class Drafter:
             best_waiting = max(waiting.values(), default=-1.0) if rounds > 0 else -1.0
             if heap and -heap[0][0] >= best_waiting:
                 neg, _, parent, j = heapq.heappop(heap)
-                tokens, scores, dist = plans[parent]
-                child = tree.add(tokens[j], parent, self._origin(tree, parent, tokens[j]), float(dist[tokens[j]]))
+                tokens, scores, probs = plans[parent]
+                child = tree.add(tokens[j], parent, self._origin(tree, parent, tokens[j]), probs[j])
                 score[child], depth[child] = -neg, depth[parent] + 1
                 if j + 1 < len(tokens):
                     tie[0] += 1
@@ -149,7 +168,11 @@ class Drafter:
 
 
 def _draft_dist(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
-    """The draft's distribution: the same sampling settings as the target (plain softmax for greedy ranking)."""
+    """The draft's distribution: the same sampling settings as the target (plain softmax for greedy ranking).
+
+    ``logits`` may be a reduced head's: tokens outside it have logit -inf, so the softmax, top-k and
+    top-p over the head alone equal those over the whole vocabulary, restricted to the head.
+    """
     if sampling.greedy:
         return torch.softmax(logits.float(), -1).cpu()
     return probabilities(logits, sampling).cpu()
@@ -201,6 +224,11 @@ class ModelDrafter(Drafter):
             raise SddError(f"n-gram fan-out must be positive integers, got {list(ngram_fanout)}")
         self.draft, self.ngram, self.fanout = draft, ngram, tuple(ngram_fanout)
         self.rounds = depth if rounds is None else rounds
+        # a reduced head: work on its logits, not on a mostly -inf full-vocabulary row per node
+        # (measured: softmax and top-k over 49,152 entries cost several times the draft's head itself)
+        self.reduced = bool(draft.config.head_size)
+        if self.reduced:
+            self.support, self.vocab_size = draft.model.head_ids.cpu(), draft.config.vocab_size
         self.name = "staged" if ngram is not None else "draft"
 
     def _extra_slots(self) -> int:
@@ -216,7 +244,7 @@ class ModelDrafter(Drafter):
         self.cached = 0  # context tokens whose keys/values are committed in the draft cache
 
     # -- stage two: the n-gram guesses what the draft will propose
-    def _guess(self, context: list[int]) -> tuple[list[int], list[int]]:
+    def guess(self, context: list[int]) -> tuple[list[int], list[int]]:
         if self.ngram is None:
             return [], []
         t0 = time.perf_counter()
@@ -238,12 +266,13 @@ class ModelDrafter(Drafter):
     def get_candidates(self, context, sampling, generator):
         model = self.draft.model
         pending = context[self.cached:]
-        g_tokens, g_parents = self._guess(context)
+        g_tokens, g_parents = self.guess(context)
         synchronize(model.device)
         t0 = time.perf_counter()
         mask, pos = tree_attention_mask(g_parents, cached=self.cache.length, chain=len(pending), device=model.device)
         x = torch.tensor([pending + g_tokens], device=model.device)
-        logits = model(x, self.cache, position_ids=pos, attention_mask=mask)[0]  # (pending + G, V)
+        logits = model(x, self.cache, position_ids=pos, attention_mask=mask,
+                       reduced=self.reduced)[0]  # (pending + G, V or head size)
         self.forwards += 1
         self.base = self.cached + len(pending)  # committed part of the draft cache after this forward
         self._logits = logits[len(pending):]  # rows of the guessed nodes
@@ -282,7 +311,8 @@ class ModelDrafter(Drafter):
             mask[row, start + row] = True
         pos = torch.tensor([self.base - 1 + tree.depth(n) for n in nodes])
         x = torch.tensor([[tree.tokens[n] for n in nodes]], device=model.device)
-        logits = model(x, self.cache, position_ids=pos.to(model.device), attention_mask=mask.to(model.device))[0]
+        logits = model(x, self.cache, position_ids=pos.to(model.device), attention_mask=mask.to(model.device),
+                       reduced=self.reduced)[0]
         self.forwards += 1
         for row, node in enumerate(nodes):
             self._slot[node] = start + row
