@@ -69,7 +69,7 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
         all_methods += use
     from ..decoding import defaults_for
 
-    effective = {m: {**defaults_for(m, target.device), **settings.get(m, {})} for m in methods if m != "baseline"}
+    effective = {m: {**defaults_for(m, target.device, target.dtype), **settings.get(m, {})} for m in methods if m != "baseline"}
     return {"device": device_description(target.device), "dtype": str(target.dtype).replace("torch.", ""),
             "threads": torch.get_num_threads(), "ladder": repr(ladder), "prompts": len(items),
             "max_new_tokens": max_new_tokens, "settings": effective, "rows": rows,
