@@ -195,7 +195,7 @@ def cmd_train(args) -> None:
     head_index = torch.full((config.vocab_size,), -1, dtype=torch.long)
     head_index[model.head_ids] = torch.arange(config.head_size)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.95))
-    step, epoch, elapsed = 0, 0, 0.0
+    step, epoch, elapsed, history = 0, 0, 0.0, []
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=False)
         model.load_state_dict(state["model"])
@@ -203,6 +203,7 @@ def cmd_train(args) -> None:
         head_index.fill_(-1)
         head_index[model.head_ids] = torch.arange(config.head_size)
         step, epoch, elapsed = state["step"], state["epoch"], state["elapsed"]
+        history = state.get("history", [])
         print(f"resumed at step {step} (epoch {epoch}, {elapsed / 60:.1f} min trained)")
     rng = random.Random(epoch)
     batches = make_batches(examples, args.batch_tokens, rng)
@@ -217,10 +218,17 @@ def cmd_train(args) -> None:
         frac = min(1.0, (s - warm) / max(1, total_steps - warm))
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
+    # one record per training session, for the model card: a resumed run may use other data or settings
+    session = {"from_step": step, "to_step": step, "minutes": 0.0, "examples": len(examples),
+               "generated_tokens": n_tokens, "batch_tokens": args.batch_tokens, "bf16": bool(args.bf16)}
+    session_start = elapsed
+
     def save():
+        session.update(to_step=step, minutes=(elapsed - session_start) / 60)
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "epoch": epoch,
-                    "elapsed": elapsed, "config": config.to_dict(), "spec": asdict(spec)}, tmp)
+                    "elapsed": elapsed, "config": config.to_dict(), "spec": asdict(spec),
+                    "history": history + [session]}, tmp)
         tmp.replace(ckpt_path)
 
     deadline = time.time() + 60 * args.minutes if args.minutes else float("inf")
@@ -276,6 +284,13 @@ def write_model_card(result: dict, work: Path, path: Path) -> None:
     examples = sum(len(np.load(f)["prompt_lengths"]) for f in data)
     tokens = sum(int(np.load(f)["tokens"].size) for f in data)
     size = (ASSET_DIR / "model.safetensors").stat().st_size if (ASSET_DIR / "model.safetensors").exists() else 0
+    training = f"{state['step']} steps ({state['epoch']} full epochs), {state['elapsed'] / 60:.0f} minutes on " \
+               f"{device_description(torch.device('cpu'))}"
+    if state.get("history"):
+        training += "; " + "; ".join(
+            f"steps {h['from_step']}-{h['to_step']}: {h['minutes']:.0f} min on {h['examples']} continuations "
+            f"({h['generated_tokens'] / 1e3:.0f}k tokens), batches of up to {h['batch_tokens']} tokens"
+            + (", bf16 autocast" if h["bf16"] else "") for h in state["history"])
     path.write_text(f"""# smollm2-draft: the draft model of the embedded ladder
 
 A small Llama-family model that drafts for SmolLM2-135M-Instruct (the embedded target) in speculative,
@@ -290,7 +305,7 @@ does not need more: the target corrects whatever the draft cannot propose).
 | weights shipped | {size / 1e6:.1f} MB (fp16 safetensors) |
 | training data | {examples} continuations ({tokens / 1e3:.0f}k tokens) written by the target itself for signature + docstring prompts taken from the Python standard library's documented functions, sampled at temperature 0.7 (top-k 50), with the target's top-16 probabilities at every position; never HumanEval |
 | objective | cross-entropy to the target's top-16 distribution on generated tokens, plus 0.2 x next-token cross-entropy on prompt tokens; embedding initialised from a PCA of the target's |
-| training | {state['step']} steps of about 4k tokens ({state['epoch']} full epochs), {state['elapsed'] / 60:.0f} minutes on {device_description(torch.device('cpu'))} |
+| training | {training} |
 | greedy agreement with the target | top-1 {result['top1']:.3f}, top-4 {result['top4']:.3f}, along the target's own greedy continuations ({result['positions']} positions, HumanEval/0 to HumanEval/{result['prompts'] - 1}, {result.get('new_tokens', 64)} tokens each) |
 | cost of one forward | {result['draft_ms']:.2f} ms against {result['target_ms']:.1f} ms for the target ({result['cost_ratio']:.3f} of it), one new token after 256 cached, fp32, {result['threads']} threads |
 

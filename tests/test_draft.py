@@ -44,6 +44,9 @@ def test_training_script_runs_a_few_steps_and_resumes(tmp_path):
     assert "resumed at step" in out.stdout
     second = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert second["step"] == 2 * first["step"] > 0
+    # each session is recorded for the model card
+    assert [(h["from_step"], h["to_step"]) for h in second["history"]] == [(0, first["step"]),
+                                                                           (first["step"], second["step"])]
 
 
 def shipped_draft_available():
