@@ -1,4 +1,4 @@
-"""Train the embedded draft model: ``python -m sdd_edu.train_draft {data,train,eval,export,all}``.
+"""Train the embedded draft model: ``python -m sdd_edu.train_draft {data,train,eval,export,samples}``.
 
 The paper's recipe in miniature: a draft far smaller than the target, trained on the kind of
 text the target writes.  Steps, each resumable:
@@ -9,7 +9,15 @@ text the target writes.  Steps, each resumable:
           target's, loss = cross-entropy on the sampled tokens + KL to the target's top-k;
   eval    greedy agreement with the target along its own greedy HumanEval continuations
           (top-1 and top-4) and the cost of one draft forward relative to one target forward;
-  export  fp16 weights for the package, and a standard Hugging Face ``LlamaForCausalLM`` folder.
+  export  fp16 weights for the package, and a standard Hugging Face ``LlamaForCausalLM`` folder;
+  samples text sampled from the shipped draft, from which the trigram stage is fitted.
+
+Time on a 2-core CPU (measured): ``data`` about 45 s per shard of 48 continuations; ``train`` about
+9 s per step of 8k tokens with ``--bf16``, 11 s without.  Both stop with ``--minutes`` and resume
+where they stopped, so a long run can span several sessions.  The shipped draft took 95 shards
+(about 71 minutes) and 1243 steps (129 minutes); its model card lists the training sessions.  The
+first version (2661 continuations, 680 steps in 34 minutes, within the two-hour budget) agreed with the target
+0.493 top-1 and 0.683 top-4 against the shipped 0.562 and 0.752.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ DEFAULTS = {
                "ngram_fanout": (12, 7, 4, 1, 1, 1), "rule": "rrs"},
 }
 CPU_DEFAULTS = {
-    "speculative": {"gamma": 2},
+    "speculative": {"gamma": 3},
     "tree": {"width": 2, "depth": 3, "budget": 3},
     "staged": {"width": 2, "depth": 3, "budget": 3, "ngram_fanout": (4, 2, 1)},
 }
@@ -35,7 +35,7 @@ CPU_DEFAULTS = {
 CPU_BF16_DEFAULTS = {
     "speculative": {"gamma": 3},
     "tree": {"width": 2, "depth": 4, "budget": 6},
-    "staged": {"width": 3, "depth": 5, "budget": 10, "ngram_fanout": (4, 2, 1)},
+    "staged": {"width": 2, "depth": 4, "budget": 6, "ngram_fanout": (4, 2, 1)},
 }
 
 
