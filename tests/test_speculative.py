@@ -250,7 +250,7 @@ def test_a_reduced_head_draft_proposes_what_its_full_vocabulary_logits_give():
     for reduced in (True, False):
         d = ModelDrafter(draft, width=3, depth=3, budget=9)
         if not reduced:
-            d.reduced, d.support, d.vocab_size = False, None, None
+            d.support, d.vocab_size = None, None  # the full-vocabulary path
         d.begin([1, 2, 3], 64)
         trees.append(d.get_candidates([1, 2, 3], Sampling(), None))
     fast, slow = trees
