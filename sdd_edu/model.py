@@ -317,7 +317,8 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, cache: Optional[KVCache] = None,
                 position_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
-                last_only: bool = False, reduced: bool = False) -> torch.Tensor:
+                last_only: bool = False, reduced: bool = False,
+                extra_head_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits (B, N, V) in float32 for N new tokens (B, N).
 
         position_ids: (B, N) or (N,); default: the next N positions after the cache.
@@ -325,6 +326,8 @@ class Transformer(nn.Module):
             True = may attend.  Default: causal.
         last_only: compute logits for the last token only (prefill needs no more).
         reduced: with a reduced head, return its (B, N, head_size) logits instead (training uses them).
+        extra_head_ids: with ``reduced``, also score these token ids, appended after the head's columns:
+            the head extended at run time (a drafter adds the tokens of the prompt), from the tied embedding.
         """
         B, N = input_ids.shape
         start = cache.length if cache is not None else 0
@@ -356,6 +359,9 @@ class Transformer(nn.Module):
             return self.head(h).float()
         small = linear(h, self._reduced_head_weight())  # (B, N, head_size)
         if reduced:
+            if extra_head_ids is not None and extra_head_ids.numel():
+                extra = linear(h, self.tok_emb.weight.index_select(0, extra_head_ids))  # (B, N, extra)
+                small = torch.cat([small, extra], dim=-1)
             return small
         logits = torch.full((*h.shape[:-1], self.config.vocab_size), float("-inf"), device=h.device)
         logits[..., self.head_ids] = small.float()  # zero probability outside the head

@@ -522,17 +522,22 @@ class PromptLookup:
         frequencies (they sum to 1 over all candidates, so over the returned ones
         when k covers them all).  Empty lists if nothing matches.
         """
+        _, tokens, probs = self.match(context, k)
+        return tokens, probs
+
+    def match(self, context: Sequence[int], k: int) -> tuple[int, list[int], list[float]]:
+        """``top_k`` with the length of the matched suffix first (0: no match); longer matches copy better."""
         k = _check_positive("k", k)
         arr = self._as_array(context)
         n, pos = self._longest(arr)
         if n == 0:
-            return [], []
+            return 0, [], []
         nxt = arr[pos + n]
         tokens, inverse, counts = np.unique(nxt, return_inverse=True, return_counts=True)
         last = np.full(len(tokens), -1, dtype=np.int64)
         np.maximum.at(last, inverse, pos)
         rank = np.lexsort((-last, -counts))[:k]
-        return tokens[rank].tolist(), (counts[rank] / len(pos)).tolist()
+        return n, tokens[rank].tolist(), (counts[rank] / len(pos)).tolist()
 
     def __repr__(self) -> str:
         return f"PromptLookup(max_ngram={self.max_ngram}, min_ngram={self.min_ngram})"

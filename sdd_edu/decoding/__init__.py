@@ -19,11 +19,17 @@ METHODS = ("baseline", "speculative", "tree", "staged")
 # Defaults per method; every one can be passed to ``generate`` as a keyword.  On a GPU a forward over
 # dozens of tokens costs about what one token costs, so the paper's big trees pay; on a CPU the cost
 # climbs after two or three tokens (see ``sdd_edu.measure.roofline.latency_curve``), so small trees win.
+# ``adaptive``: the tree's size follows the recent acceptance (``schedule.DraftSchedule``), between 0
+# (a baseline step) and twice the configured size, pricing each size by the times measured on this
+# device (``node_cost="measured"``) or, given a number, by that cost per node relative to a one-token
+# forward (then the sizes, and so a seeded sample, do not depend on timing).
+# ``lookup``: prompt lookup proposes from the context beside the draft (staged's n-gram stage).
+SCHEDULE = {"adaptive": True, "node_cost": "measured"}
 DEFAULTS = {
-    "speculative": {"gamma": 4, "rule": "rrs"},
-    "tree": {"width": 4, "depth": 6, "budget": 16, "beam": 4, "rule": "rrs"},
+    "speculative": {"gamma": 4, "rule": "rrs", "lookup": False, **SCHEDULE},
+    "tree": {"width": 4, "depth": 6, "budget": 16, "beam": 4, "rule": "rrs", "lookup": False, **SCHEDULE},
     "staged": {"width": 4, "depth": 8, "budget": 36, "beam": 4, "rounds": 1,
-               "ngram_fanout": (12, 7, 4, 1, 1, 1), "rule": "rrs"},
+               "ngram_fanout": (12, 7, 4, 1, 1, 1), "rule": "rrs", "lookup": True, **SCHEDULE},
 }
 CPU_DEFAULTS = {
     "speculative": {"gamma": 3},
@@ -50,6 +56,7 @@ def defaults_for(method: str, device, dtype=None) -> dict:
 
 def make_drafter(ladder, method: str, **settings):
     """The drafter a method uses on a ladder: the draft model when there is one, else the n-gram stage."""
+    from ..ngram import PromptLookup
     from .drafters import ModelDrafter, NgramDrafter
 
     unknown = set(settings) - set(DEFAULTS[method])
@@ -57,7 +64,12 @@ def make_drafter(ladder, method: str, **settings):
         raise SddError(f"method {method!r} has no setting(s) {sorted(unknown)}; "
                        f"it takes {sorted(DEFAULTS[method])}")
     s = {**defaults_for(method, ladder.target.device, ladder.target.dtype), **settings}
-    s.pop("rule")
+    for flag in ("adaptive", "lookup"):
+        if not isinstance(s[flag], bool):
+            raise SddError(f"{flag} must be True or False, got {s[flag]!r}")
+    for key in ("rule", "adaptive", "node_cost"):  # the verification rule and the schedule are not the drafter's
+        s.pop(key)
+    lookup = PromptLookup() if s.pop("lookup") else None
     vocab = ladder.target.config.vocab_size
     if method == "speculative":
         gamma = s["gamma"]
@@ -65,16 +77,31 @@ def make_drafter(ladder, method: str, **settings):
             raise SddError(f"gamma (draft length) must be a positive integer, got {gamma!r}")
         if ladder.draft is None:
             return NgramDrafter(ladder.ngram, vocab, width=1, depth=gamma)
-        return ModelDrafter(ladder.draft, width=1, depth=gamma, budget=gamma, beam=1, rounds=gamma)
+        return ModelDrafter(ladder.draft, width=1, depth=gamma, budget=gamma, beam=1, rounds=gamma, lookup=lookup)
     if method == "tree":
         if ladder.draft is None:
             return NgramDrafter(ladder.ngram, vocab, width=s["width"], depth=s["depth"], budget=s["budget"])
-        return ModelDrafter(ladder.draft, width=s["width"], depth=s["depth"], budget=s["budget"], beam=s["beam"])
+        return ModelDrafter(ladder.draft, width=s["width"], depth=s["depth"], budget=s["budget"], beam=s["beam"],
+                            lookup=lookup)
     if ladder.draft is None:
         raise SddError(f"ladder {ladder.ladder.name!r} has no draft model, and staged decoding speculates a draft "
                        "model with the n-gram stage; use method 'tree' or 'speculative' (n-gram drafts) here")
     return ModelDrafter(ladder.draft, width=s["width"], depth=s["depth"], budget=s["budget"], beam=s["beam"],
-                        rounds=s["rounds"], ngram=ladder.ngram, ngram_fanout=tuple(s["ngram_fanout"]))
+                        rounds=s["rounds"], ngram=ladder.ngram, ngram_fanout=tuple(s["ngram_fanout"]), lookup=lookup)
+
+
+def make_schedule(target: LoadedModel, drafter, adaptive: bool = True, node_cost="measured", **_):
+    """The speculation schedule for ``drafter``: its configured size every step, or adaptive (up to twice it)."""
+    from .schedule import DraftSchedule, linear_step_cost, measured_step_cost
+
+    if not adaptive:
+        return DraftSchedule(drafter.budget, drafter.budget, adaptive=False)
+    max_size = 2 * drafter.budget
+    drafter.max_size = max_size  # the forwards_for() estimates below may look at sizes up to it
+    if node_cost == "measured":  # measured before, then learnt from this generation's own steps
+        return DraftSchedule(drafter.budget, max_size, measured_step_cost(target, drafter, max_size),
+                             learn_times=True)
+    return DraftSchedule(drafter.budget, max_size, linear_step_cost(node_cost))  # repeatable: no timing
 
 
 def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Union[str, list[int]] = "",
@@ -85,8 +112,8 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
 
     ``ladder``: a ladder name (see ``sdd_edu.ladders.LADDERS``), a ``LoadedLadder``, or a loaded
     model (baseline only).  ``method``: one of METHODS; its settings (``gamma``; ``width``, ``depth``,
-    ``budget``, ``beam``; ``rounds``, ``ngram_fanout``; and the sampling ``rule``, 'rrs' or 'target')
-    are keywords, with defaults from ``defaults_for(method, device, dtype)``.  ``stream`` is called with each batch of new token ids.
+    ``budget``, ``beam``; ``rounds``, ``ngram_fanout``; the sampling ``rule``, 'rrs' or 'target';
+    ``adaptive``, ``node_cost`` and ``lookup``, see DEFAULTS) are keywords, with defaults from ``defaults_for(method, device, dtype)``.  ``stream`` is called with each batch of new token ids.
     """
     from ..ladders import load_ladder
     from .speculative import speculative_decode
@@ -118,9 +145,10 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
     if rule not in RULES:
         raise SddError(f"unknown sampling rule {rule!r}; use one of {RULES}")
     drafter = make_drafter(loaded, method, **settings)
+    schedule = make_schedule(target, drafter, **{**defaults_for(method, target.device, target.dtype), **settings})
     return speculative_decode(target, drafter, prompt_ids, max_new_tokens, sampling, method, rule, stream,
-                              stop_at_eos)
+                              stop_at_eos, schedule=schedule)
 
 
-__all__ = ["generate", "make_drafter", "defaults_for", "DEFAULTS", "CPU_DEFAULTS", "CPU_BF16_DEFAULTS", "METHODS", "ORIGINS", "GenerationResult", "GenerationStats",
+__all__ = ["generate", "make_drafter", "make_schedule", "defaults_for", "DEFAULTS", "CPU_DEFAULTS", "CPU_BF16_DEFAULTS", "METHODS", "ORIGINS", "GenerationResult", "GenerationStats",
            "trace_summary", "baseline_decode", "prefill", "decode_one_token"]

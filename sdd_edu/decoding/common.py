@@ -11,8 +11,9 @@ import torch
 
 from ..errors import SddError
 
-# where an emitted token came from (the paper's Figure 3 colours)
-ORIGINS = ("prompt", "target", "draft", "ngram")
+# where an emitted token came from: the paper's Figure 3 stages (target, draft, n-gram), and prompt lookup,
+# which copies from the context
+ORIGINS = ("target", "draft", "ngram", "lookup")
 
 
 def synchronize(device: torch.device) -> None:

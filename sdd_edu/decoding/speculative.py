@@ -7,6 +7,9 @@ Each step:
   4. the target cache keeps the root and the accepted path (``KVCache.keep``), nothing recomputed;
   5. the drafter is told what was accepted, so it can keep its own cache likewise.
 
+The tree's size is set each step by a ``DraftSchedule`` (``schedule.py``): fixed at the configured
+size, or adaptive, following the recent acceptance down to size 0, a plain baseline step.
+
 A chain is a tree of width 1, so standard speculative decoding (Leviathan et al. 2022,
 Chen et al. 2023) is this loop with a one-child-per-node drafter; its sampling rule is
 recursive rejection sampling with a single candidate: accept with min(1, p/q), else
@@ -16,6 +19,7 @@ sample from norm(max(0, p - q)).
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 import torch
 
@@ -24,15 +28,19 @@ from ..sampling import Sampling
 from .baseline import new_stats
 from .common import GenerationResult, StreamCallback, Timer, check_lengths, synchronize
 from .drafters import Drafter
-from .tree import tree_attention_mask, verify
+from .schedule import DraftSchedule
+from .tree import TokenTree, tree_attention_mask, verify
 
 
 @torch.inference_mode()
 def speculative_decode(target: LoadedModel, drafter: Drafter, prompt_ids: list[int], max_new_tokens: int = 128,
                        sampling: Sampling = Sampling(), method: str = "speculative", rule: str = "rrs",
                        stream: StreamCallback = None, stop_at_eos: bool = True,
-                       keep_trees: bool = True) -> GenerationResult:
+                       keep_trees: bool = True, schedule: Optional[DraftSchedule] = None) -> GenerationResult:
     model = target.model
+    if schedule is None:  # the configured tree every step
+        schedule = DraftSchedule(drafter.budget, drafter.budget, adaptive=False)
+    drafter.max_size = schedule.max_size
     extra = drafter.max_nodes + 1
     context = model.config.max_seq_len
     if drafter.context_limit is not None:
@@ -59,12 +67,18 @@ def speculative_decode(target: LoadedModel, drafter: Drafter, prompt_ids: list[i
     trace: list[dict] = []
     stats.finish_reason = "length"
     while len(out) < max_new_tokens:
-        # 1. draft
+        # 1. draft (size 0: no tree, so this step is a baseline step)
+        step_start = time.perf_counter()
         forwards_before = drafter.forwards
+        size = schedule.size()
+        shadow = size == 0 and schedule.shadow_due()  # draft one node but keep it out of the target's forward
+        drafter.set_size(1 if shadow else size)
         tree = drafter.get_candidates(context, sampling, generator)
+        shadow_tree, tree = (tree, TokenTree()) if shadow else (None, tree)
         # 2. verify the root and the whole tree in one target forward
         start = cache.length
-        mask, pos = tree_attention_mask(tree.parents, cached=start, chain=1, device=model.device)
+        mask, pos = tree_attention_mask(tree.parents, cached=start, chain=1, device=model.device) if len(tree) \
+            else (None, None)
         x = torch.tensor([[context[-1]] + tree.tokens], device=model.device)
         with timer("target_seconds"):
             logits = model(x, cache, position_ids=pos, attention_mask=mask)[0]  # (1 + nodes, V)
@@ -75,7 +89,7 @@ def speculative_decode(target: LoadedModel, drafter: Drafter, prompt_ids: list[i
         cache.keep(start, [0] + [1 + i for i in verdict.accepted])
         new = [tree.tokens[i] for i in verdict.accepted] + [verdict.next_token]
         new_origins = [tree.origins[i] for i in verdict.accepted] + ["target"]
-        step = {"proposed": len(tree), "accepted": len(verdict.accepted), "tested": verdict.tested,
+        step = {"size": size, "shadow": shadow, "proposed": len(tree), "accepted": len(verdict.accepted), "tested": verdict.tested,
                 "emitted": len(new), "depth": tree.max_depth, "draft_forwards": drafter.forwards - forwards_before}
         if keep_trees:
             step["tree"] = tree.to_dict()
@@ -95,7 +109,13 @@ def speculative_decode(target: LoadedModel, drafter: Drafter, prompt_ids: list[i
             break
         context += new
         # 5. let the drafter keep what was accepted
-        drafter.update(context, tree, verdict.accepted)
+        drafter.update(context, shadow_tree or tree, verdict.accepted)
+        seconds = time.perf_counter() - step_start
+        schedule.record(size, len(verdict.accepted), verdict.tested, None if shadow else seconds)
+        if shadow:
+            schedule.record_shadow(bool(shadow_tree.tokens) and shadow_tree.tokens[0] == verdict.next_token)
+        elif size == 0 and drafter.lookup_landed is not None:
+            schedule.record_free_guess(drafter.lookup_landed)
     synchronize(target.device)
     stats.wall_seconds = time.perf_counter() - t_start
     stats.new_tokens = len(out)

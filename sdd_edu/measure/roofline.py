@@ -126,3 +126,99 @@ def reference_configs() -> dict[str, ModelConfig]:
             "gpt2 (124M)": gpt2(12, 768, 12),
             "SmolLM2-1.7B": ModelConfig(family="llama", vocab_size=49152, n_layer=24, n_head=32, n_kv_head=32,
                                         d_model=2048, d_ff=8192, max_seq_len=8192, rope_theta=130000.0)}
+
+
+# ----------------------------------------------------------------------------- what a bigger forward costs
+
+COST_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+_COSTS_IN_PROCESS: "weakref.WeakKeyDictionary" = None  # module -> {key: costs}
+
+
+def forward_latency_ms(model, max_tokens: int, context: int = 256, repeats: int = 9) -> list[float]:
+    """Milliseconds of a forward over n new tokens, for n = 0..max_tokens (index n; 0 costs nothing).
+
+    Measured at a few sizes (taken in turn, medians of ``repeats``) and interpolated between them;
+    made non-decreasing (a bigger forward never really costs less: a dip is noise).  The speculation schedule prices
+    nodes with it.  Kept for the life of the process, and on disk for models that have a name to file
+    them under (the embedded ladder, checkpoints), so that the same machine makes the same choices
+    again: the record keeps the measured points, the device and the date.
+    """
+    import json
+    import time
+    import weakref
+
+    from ..loading import cache_dir
+    from .timing import device_description
+
+    global _COSTS_IN_PROCESS
+    m = model.model if hasattr(model, "model") else model
+    sizes = [n for n in COST_SIZES if n < max_tokens] + [max_tokens]
+    sizes = sorted(set(n for n in sizes if n >= 1) | {1})
+    context = min(context, m.config.max_seq_len - max(sizes))
+    key = f"{device_description(m.device)}|{str(m.dtype)}|context {context}|sizes {sizes}"
+    if _COSTS_IN_PROCESS is None:
+        _COSTS_IN_PROCESS = weakref.WeakKeyDictionary()
+    mine = _COSTS_IN_PROCESS.setdefault(m, {})
+    if key not in mine:
+        source = getattr(model, "source", "")
+        path = None
+        if getattr(model, "name", "") and source not in ("", "test"):
+            import hashlib
+            digest = hashlib.sha1(f"{model.name}|{source}|{key}".encode()).hexdigest()[:16]
+            path = cache_dir() / "costs" / f"{digest}.json"
+        record = None
+        if path is not None and path.exists():
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                record = None
+        if record is None:
+            ms = _interleaved_latency_ms(m, sizes, max(context, 1), repeats)
+            record = {"model": getattr(model, "name", ""), "device": key.split("|")[0], "dtype": str(m.dtype),
+                      "context": context, "measured": time.strftime("%Y-%m-%d %H:%M"),
+                      "points": [[n, t / ms[0], t] for n, t in zip(sizes, _non_decreasing(ms))]}
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(record, indent=1))
+        mine[key] = record
+    points = [(n, ms) for n, _, ms in mine[key]["points"]]
+    out = [0.0]
+    for n in range(1, max_tokens + 1):
+        hi = next(i for i, p in enumerate(points) if p[0] >= n)
+        if points[hi][0] == n or hi == 0:
+            out.append(points[hi][1])
+        else:
+            (n0, ms0), (n1, ms1) = points[hi - 1], points[hi]
+            out.append(ms0 + (ms1 - ms0) * (n - n0) / (n1 - n0))
+    return out
+
+
+def _interleaved_latency_ms(m, sizes, context: int, repeats: int) -> list[float]:
+    """Median ms per size, the sizes taken in turn each round, so that a slow spell of the machine
+    (a shared VM, a busy laptop) spreads over all sizes instead of landing on one."""
+    cache = m.new_cache(context + max(sizes))
+    m(torch.randint(0, m.config.vocab_size, (1, context), device=m.device), cache)
+    inputs = {n: torch.randint(0, m.config.vocab_size, (1, n), device=m.device) for n in sizes}
+    times: dict[int, list[float]] = {n: [] for n in sizes}
+
+    def step(n):
+        m(inputs[n], cache)
+        cache.truncate(context)
+
+    for round_ in range(repeats + 1):
+        for n in sizes:
+            t = time_call(lambda: step(n), m.device, repeats=1, warmup=0)[0]
+            if round_:  # the first round warms up
+                times[n].append(t)
+    return [1000 * median(times[n]) for n in sizes]
+
+
+def _non_decreasing(values: list[float]) -> list[float]:
+    """The closest non-decreasing sequence (pool adjacent violators): a dip in a latency curve is noise."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([v, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m1, c1), (m2, c2) = blocks.pop(-2), blocks.pop()
+            blocks.append([(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2])
+    return [m for m, c in blocks for _ in range(c)]

@@ -1,0 +1,160 @@
+"""How much to speculate next step: the draft size follows the recent acceptance.
+
+A drafted node pays off only if the target accepts it often enough to cover its cost.  With a
+per-level acceptance ``a`` (the fraction of tested tree levels accepted), a draft of ``s`` nodes
+yields on average about 1 + a + ... + a^s tokens per target forward (exactly so for a chain:
+Leviathan et al. 2022).  What a step of ``s`` nodes costs is measured: before anything is seen,
+from the target's and the draft's forward latencies on this device (``forward_latency_ms``: on a
+CPU the target's forward grows with every token, on a GPU it stays flat for dozens); then from the
+steps of this very generation, timed whole (draft, target, bookkeeping), which also catches what
+an isolated measurement misses.  Each step the schedule picks the size with the most expected
+tokens per second, given the acceptance seen over the last few steps.
+
+* The first three steps use the configured size; from then on the measured acceptance and times decide.
+* Speculation stays on, at the configured size, while that size is expected to beat a baseline
+  step.  Sizes in between are not tried: the configured size is the one chosen for the device,
+  and on a CPU a forward over 2 tokens can cost as much as one over 4.
+* Drafts that land make ``a`` climb and the tree grow, up to twice its configured size, when a
+  bigger tree clearly pays (as ``transformers``' assisted generation grows its draft after a fully
+  accepted step).
+* Drafts that miss turn speculation off: size 0, a plain baseline step with no draft forward.
+  Nothing is tested then, so after 1, 2, 4, ... 16 such steps (the wait doubles while drafts keep
+  missing) the drafter drafts in the shadow: one draft forward, nothing added to the target's
+  forward, and its first token compared with the target's.  A shadow draft costs a draft forward
+  (a few percent of a step), where a real probe would also make the target's forward bigger.
+  Prompt lookup's guess is free, so a staged drafter checks it at every baseline step, and a guess
+  that would have landed calls the shadow draft at once.
+
+Exactness never depends on the schedule: each step's size is fixed before that step draws
+anything, from what earlier steps accepted, and every verification rule is exact for any tree.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from typing import Callable, Optional
+
+from ..errors import SddError
+
+MAX_IDLE_WAIT = 16  # longest run of baseline steps between shadow drafts
+
+
+def expected_tokens(acceptance: float, size: int) -> float:
+    """1 + a + a^2 + ... + a^size: tokens per target forward for a chain of ``size`` with i.i.d. acceptance a."""
+    return sum(acceptance ** i for i in range(size + 1))
+
+
+class DraftSchedule:
+    """The draft size for the next step (``size()``), updated from each verification (``record``).
+
+    ``step_cost(size)``: the expected time of a step that drafts ``size`` nodes, in units of a
+    baseline step.  ``learn_times``: replace it, size by size, by the step times this generation
+    measures (a prior cost is then only a starting point).  ``adaptive=False`` keeps the configured
+    size every step (the paper's fixed tree).  ``decay`` weights past steps (0.8: the last five or so
+    count); ``prior`` is the acceptance assumed before anything was tested, worth one tested level.
+    """
+
+    TIMES_KEPT = 8  # recent step times per size; their median is the size's cost
+    BURN_IN = 3  # steps at the configured size before the schedule decides: an acceptance and a time to start from
+    GROWTH_MARGIN = 1.05  # grow past the configured size only for a clear gain (step times are noisy)
+
+    def __init__(self, configured: int, max_size: int, step_cost: Callable[[int], float] = lambda s: 1.0,
+                 adaptive: bool = True, learn_times: bool = False, decay: float = 0.8, prior: float = 0.5):
+        self.configured, self.max_size, self.step_cost = configured, max_size, step_cost
+        self.adaptive, self.learn_times, self.decay, self.prior = adaptive, learn_times, decay, prior
+        self.accepted = 0.0  # decayed sums over recent steps
+        self.tested = 0.0
+        self.idle = 0  # baseline steps since the last draft
+        self.wait = 1  # baseline steps before the next probe
+        self.times: dict[int, deque] = {}  # size -> recent step seconds
+        self.steps = 0
+
+    @property
+    def acceptance(self) -> float:
+        """Recent per-level acceptance, with the prior counted as one tested level."""
+        return (self.accepted + self.prior) / (self.tested + 1.0)
+
+    def gain(self, size: int, acceptance: Optional[float] = None) -> float:
+        """Expected tokens per unit of time at ``size`` (1.0 for a baseline step)."""
+        a = self.acceptance if acceptance is None else acceptance
+        return expected_tokens(a, size) / self.cost(size)
+
+    def cost(self, size: int) -> float:
+        """Expected time of a step of ``size``: its own measured median once it has two steps, else
+        the prior cost scaled by how measured steps compared with their prior so far."""
+        seen = {s: statistics.median(t) for s, t in self.times.items() if len(t) >= 2}
+        if size in seen:
+            return seen[size]
+        if not seen:
+            return self.step_cost(size)
+        scale = statistics.median(seen[s] / self.step_cost(s) for s in seen)
+        return self.step_cost(size) * scale
+
+    def best_size(self) -> int:
+        """0, the configured size, or a bigger one that clearly beats it (by ``GROWTH_MARGIN``)."""
+        configured = self.gain(self.configured)
+        if configured < self.gain(0):
+            return 0
+        grown = [s for s in range(self.configured + 1, self.max_size + 1)
+                 if self.gain(s) > self.GROWTH_MARGIN * configured]
+        return max(grown, key=self.gain, default=self.configured)
+
+    def size(self) -> int:
+        if not self.adaptive or self.steps < self.BURN_IN:  # first, trust the configuration and time it
+            return self.configured
+        return self.best_size()
+
+    def shadow_due(self) -> bool:
+        """At size 0: time to draft without verifying, to see whether drafts would land again."""
+        return self.adaptive and self.idle >= self.wait
+
+    def record(self, size: int, accepted: int, tested: int, seconds: Optional[float] = None) -> None:
+        """What the step of ``size`` nodes got: ``accepted`` of ``tested`` tree levels, in ``seconds``."""
+        self.steps += 1
+        if self.learn_times and seconds is not None and self.steps > 1:  # the first step also fills the draft's cache
+            self.times.setdefault(size, deque(maxlen=self.TIMES_KEPT)).append(seconds)
+        if size == 0:
+            self.idle += 1
+        elif tested:  # (a drafter may find nothing to propose: then nothing was learnt)
+            self.observe(accepted, tested)
+
+    def observe(self, accepted: float, tested: float) -> None:
+        self.accepted = self.decay * self.accepted + accepted
+        self.tested = self.decay * self.tested + tested
+
+    def record_free_guess(self, landed: bool) -> None:
+        """At size 0, a guess that cost nothing (prompt lookup) would have been right: shadow-draft now."""
+        if landed:
+            self.wait = min(self.wait, self.idle)
+
+    def record_shadow(self, landed: bool) -> None:
+        """A baseline step's shadow draft (not verified): would its first token have been the target's?"""
+        self.observe(float(landed), 1.0)
+        self.wait = 1 if landed else min(2 * self.wait, MAX_IDLE_WAIT)
+        self.idle = 0
+
+
+def measured_step_cost(target, drafter, max_size: int) -> Callable[[int], float]:
+    """``step_cost`` from this device's measured forward latencies of the target and the draft."""
+    from ..measure.roofline import forward_latency_ms
+
+    target_ms = forward_latency_ms(target, 1 + max_size)
+    draft = getattr(drafter, "draft", None)
+    draft_ms = forward_latency_ms(draft, 1 + max_size) if draft is not None else None
+
+    def cost(size: int) -> float:
+        ms = target_ms[1 + size]
+        if size and draft_ms is not None:  # a draft forward covers about a tree's worth of tokens
+            ms += drafter.forwards_for(size) * draft_ms[1 + size]
+        return ms / target_ms[1]
+
+    return cost
+
+
+def linear_step_cost(node_cost: float) -> Callable[[int], float]:
+    """``step_cost`` when each node costs ``node_cost`` of a one-token forward, draft forwards included."""
+    if not isinstance(node_cost, (int, float)) or isinstance(node_cost, bool) or not 0 <= node_cost < 10:
+        raise SddError(f"node_cost must be 'measured' or a number in [0, 10) (the cost of one more drafted "
+                       f"node relative to a one-token target forward), got {node_cost!r}")
+    return lambda size: 1.0 + node_cost * size
