@@ -33,11 +33,26 @@ def _add_method_args(p):
     g.add_argument("--budget", type=int, help="tree/staged: nodes sent to the target")
     g.add_argument("--rounds", type=int, help="staged: extra draft forwards after the n-gram-guided one")
     g.add_argument("--rule", choices=["rrs", "target"], help="sampling rule for trees (default rrs)")
+    g.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=None,
+                   help="size each step's draft by the recent acceptance, down to none (default on)")
+    g.add_argument("--node-cost", type=_node_cost, default=None,
+                   help="'measured' (default) or the cost of one drafted node relative to a one-token forward")
+    g.add_argument("--lookup", action=argparse.BooleanOptionalAction, default=None,
+                   help="prompt lookup proposes from the context beside the draft (default: on for staged)")
+
+
+def _node_cost(text: str):
+    if text == "measured":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'measured' or a number, got {text!r}") from None
 
 
 def method_settings(args) -> dict:
     """The method settings given on the command line (unset ones keep the method's defaults)."""
-    names = ("gamma", "width", "depth", "budget", "rounds", "rule")
+    names = ("gamma", "width", "depth", "budget", "rounds", "rule", "adaptive", "node_cost", "lookup")
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
@@ -74,15 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="baseline, speculative, tree and staged on HumanEval (the paper's Table 2)")
     p.add_argument("--ladder", default=DEFAULT_LADDER)
-    p.add_argument("--methods", default="baseline,speculative,tree,staged")
+    p.add_argument("--methods", default="baseline,speculative,tree,staged",
+                   help="comma-separated; METHOD:fixed runs the paper's fixed tree without prompt lookup")
     p.add_argument("--modes", default="greedy,topk50", help="greedy and/or topk50 (top-k 50 at T = 1)")
-    p.add_argument("--prompts", type=_positive_int, default=5)
+    p.add_argument("--prompt-set", default="humaneval", choices=["humaneval", "holdout"],
+                   help="HumanEval, or the hold-out set (prose, SQL, JSON, repeated, non-Latin), per kind")
+    p.add_argument("--prompts", type=_positive_int, default=5,
+                   help="HumanEval tasks, or prompts per kind of the hold-out set")
     p.add_argument("--start", type=int, default=0, help="first HumanEval task")
     p.add_argument("--max-new-tokens", type=_positive_int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", default="bench-results.json")
     p.add_argument("--peers", action="store_true",
                    help="also run transformers: generate, assisted generation with our draft, prompt lookup")
+    p.add_argument("--random-draft", action="store_true",
+                   help="replace the draft by random weights of its shape: the cost of a draft that never lands")
     _add_method_args(p)
     _add_device_args(p)
 
@@ -162,7 +183,7 @@ def cmd_generate(args) -> None:
 
         t = trace_summary(res.trace)
         print(f"--- acceptance {t['acceptance_rate'] or 0:.2f}, accepted per step {t['accepted_histogram']}, "
-              f"origins: " + ", ".join(f"{o} {res.origins.count(o)}" for o in ("prompt", "ngram", "draft", "target")))
+              f"origins: " + ", ".join(f"{o} {res.origins.count(o)}" for o in ("lookup", "ngram", "draft", "target")))
 
 
 def cmd_demo(args) -> None:
@@ -208,12 +229,12 @@ def cmd_engine_bench(args) -> None:
 def cmd_bench(args) -> None:
     from .decoding import METHODS
     from .ladders import load_ladder
-    from .measure.bench import MODES, format_table, run_bench, save
+    from .measure.bench import MODES, format_table, method_and_settings, run_bench, save
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in methods:
-        if m not in METHODS:
+        if method_and_settings(m)[0] not in METHODS:
             raise SddError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
     for m in modes:
         if m not in MODES:
@@ -221,16 +242,20 @@ def cmd_bench(args) -> None:
     if "baseline" not in methods:
         methods.insert(0, "baseline")  # speedups are relative to it
     ladder = load_ladder(args.ladder, device=args.device, dtype=args.dtype)
-    if "staged" in methods and ladder.draft is None:
+    if args.random_draft:
+        from .ladders import with_random_draft
+
+        ladder = with_random_draft(ladder)
+    if any(m.startswith("staged") for m in methods) and ladder.draft is None:
         print(f"note: ladder {args.ladder!r} has no draft model; staged is skipped and the other methods "
               "draft with the n-gram stage alone")
-        methods.remove("staged")
+        methods = [m for m in methods if not m.startswith("staged")]
     given = method_settings(args)
     from .decoding import DEFAULTS
 
-    settings = {m: {k: v for k, v in given.items() if k in DEFAULTS.get(m, {})} for m in methods}
+    settings = {m: {k: v for k, v in given.items() if k in DEFAULTS.get(m, {})} for m in METHODS}
     result = run_bench(ladder, methods, modes, args.prompts, args.start, args.max_new_tokens, args.seed, settings,
-                       peers=args.peers)
+                       peers=args.peers, prompt_set_name=args.prompt_set)
     print(format_table(result))
     if args.json:
         save(result, args.json)

@@ -61,3 +61,51 @@ def resolve_prompt(prompt: str) -> str:
     if isinstance(prompt, str) and _ID.match(prompt.strip()):
         return humaneval_prompt(prompt.strip())
     return prompt
+
+
+# ----------------------------------------------------------------------------- beyond code
+
+# A hold-out check for the drafters: prompts a reader might type that are not Python, written for
+# this package (the draft never saw them).  Each kind tests something different: prose and SQL
+# words that the draft's head lacks, JSON's repeated keys, text that repeats itself, a script the
+# draft was not trained on.  ``bench --prompt-set holdout`` reports speed per kind.
+HOLDOUT_PROMPTS: dict[str, list[str]] = {
+    "prose": [
+        "The history of the printing press begins in the fifteenth century, when",
+        "Autumn arrived early in the small mountain village. The leaves",
+        "Dear hiring manager,\n\nI am writing to apply for the position of",
+    ],
+    "sql": [
+        "-- List every customer with their total order value, largest first\nSELECT c.customer_id, c.name,",
+        "CREATE TABLE employees (\n    id INTEGER PRIMARY KEY,\n    name TEXT NOT NULL,",
+        "SELECT name, email FROM users WHERE active = 1 ORDER BY",
+    ],
+    "json": [
+        '{"users": [{"id": 1, "name": "Alice", "email": "alice@example.com", "active": true}, {"id": 2,',
+        '{\n  "name": "weather-station",\n  "version": "1.0.0",\n  "dependencies": {',
+        '[{"city": "Paris", "country": "France", "population": 2148000}, '
+        '{"city": "Berlin", "country": "Germany", "population": 3645000}, {"city":',
+    ],
+    "repeated": [
+        "Write the word green twenty times: green green green green green green green",
+        "Repeat after me: hello world, hello world, hello world, hello world, hello world,",
+        "Monday, Tuesday, Monday, Tuesday, Monday, Tuesday, Monday, Tuesday, Monday,",
+    ],
+    "non-latin": [
+        "日本の首都は東京です。東京には多くの",
+        "昔々、ある村におじいさんとおばあさんが住んでいました。",
+        "Москва — столица России. Это крупнейший город страны, в котором",
+    ],
+}
+PROMPT_SETS = ("humaneval", "holdout")
+
+
+def prompt_set(name: str, n: int | None = None, start: int = 0) -> list[tuple[str, str, str]]:
+    """(id, kind, text) triples: HumanEval tasks (kind 'humaneval'), or the hold-out prompts, every kind."""
+    if name == "humaneval":
+        return [(task, "humaneval", text) for task, text in humaneval_prompts(n, start)]
+    if name == "holdout":
+        items = [(f"{kind}/{i}", kind, text) for kind, texts in HOLDOUT_PROMPTS.items()
+                 for i, text in enumerate(texts)]
+        return [item for item in items if int(item[0].rsplit("/", 1)[1]) < (n or len(items))]
+    raise SddError(f"unknown prompt set {name!r}; choose one of {', '.join(PROMPT_SETS)}")

@@ -192,3 +192,23 @@ def make_ladder(target: LoadedModel, draft: Optional[LoadedModel] = None, ngram=
     lad = Ladder(name, target.name, draft.name if draft else None,
                  "prompt-lookup" if ngram is None or isinstance(ngram, PromptLookup) else "trigram", "custom ladder")
     return LoadedLadder(lad, target, draft, ngram if ngram is not None else PromptLookup())
+
+
+def with_random_draft(ladder: LoadedLadder, seed: int = 0) -> LoadedLadder:
+    """The ladder with its draft replaced by random weights of the same shape: a draft that costs the
+    same and is always wrong, the worst case a speculation schedule must survive."""
+    import copy
+
+    import torch
+
+    if ladder.draft is None:
+        raise SddError(f"ladder {ladder.ladder.name!r} has no draft model to replace")
+    model = copy.deepcopy(ladder.draft.model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * float(p.float().std()))
+    draft = LoadedModel(f"{ladder.draft.name}-random", model, ladder.draft.tokenizer, "random weights")
+    lad = Ladder(f"{ladder.ladder.name}-random-draft", ladder.ladder.target, draft.name, ladder.ladder.ngram,
+                 f"{ladder.ladder.description}; draft replaced by random weights", ladder.ladder.offline)
+    return LoadedLadder(lad, ladder.target, draft, ladder.ngram)

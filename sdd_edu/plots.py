@@ -17,8 +17,10 @@ from plotly.subplots import make_subplots
 
 from .errors import SddError
 
-# the paper's Figure 3 colours stage by stage: n-gram, draft, target (and the prompt in grey)
-ORIGIN_COLORS = {"prompt": "#9e9e9e", "ngram": "#2ca02c", "draft": "#1f77b4", "target": "#d62728"}
+# the paper's Figure 3 colours stage by stage: n-gram green, draft blue, target red; prompt lookup purple,
+# the prompt itself grey
+ORIGIN_COLORS = {"prompt": "#9e9e9e", "lookup": "#9467bd", "ngram": "#2ca02c", "draft": "#1f77b4",
+                 "target": "#d62728"}
 METHOD_COLORS = {"baseline": "#7f7f7f", "speculative": "#1f77b4", "tree": "#ff7f0e", "staged": "#2ca02c",
                  "transformers-generate": "#c5b0d5", "transformers-assisted": "#9467bd",
                  "transformers-lookup": "#8c564b"}
@@ -234,7 +236,7 @@ def tree_figure(step: dict, decode=None, root_text: str = "", title: str = "") -
     fig.add_trace(go.Scatter(x=[0], y=[_root_row(where, parents)], mode="markers+text", text=[root_text or "root"],
                              textposition="middle left", marker=dict(size=16, color="black"), name="root",
                              hovertemplate="the last committed token<extra></extra>"))
-    for origin in ("ngram", "draft"):
+    for origin in ("lookup", "ngram", "draft"):
         idx = [i for i in range(len(tokens)) if tree["origins"][i] == origin]
         if not idx:
             continue

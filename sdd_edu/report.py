@@ -15,14 +15,15 @@ from . import plots
 
 def _table(bench: dict) -> str:
     head = ("<tr><th>mode</th><th>method</th><th>tok/s</th><th>speedup</th><th>tokens / target forward</th>"
-            "<th>acceptance</th><th>n-gram</th><th>draft</th><th>target</th><th>same as baseline</th></tr>")
+            "<th>acceptance</th><th>lookup</th><th>n-gram</th><th>draft</th><th>target</th><th>same as baseline</th></tr>")
     rows = []
     for s in bench["summary"]:
         o = s["origins"] or {}
         fmt = lambda x, f: "-" if x is None else format(x, f)
         rows.append(f"<tr><td>{s['mode']}</td><td>{s['method']}</td><td>{s['tokens_per_second']:.1f}</td>"
                     f"<td><b>{s['speedup']:.2f}x</b></td><td>{fmt(s['tokens_per_target_forward'], '.2f')}</td>"
-                    f"<td>{fmt(s['acceptance_rate'], '.2f')}</td><td>{fmt(o.get('ngram'), '.0%')}</td>"
+                    f"<td>{fmt(s['acceptance_rate'], '.2f')}</td><td>{fmt(o.get('lookup'), '.0%')}</td>"
+                    f"<td>{fmt(o.get('ngram'), '.0%')}</td>"
                     f"<td>{fmt(o.get('draft'), '.0%')}</td><td>{fmt(o.get('target'), '.0%')}</td>"
                     f"<td>{fmt(s['same_output_as_baseline'], '.0%')}</td></tr>")
     return f"<table>{head}{''.join(rows)}</table>"

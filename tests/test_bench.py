@@ -59,3 +59,24 @@ def test_bench_cli_rejects_unknown_methods(capsys):
 
     assert main(["bench", "--methods", "baseline,beam"]) == 2
     assert "unknown method 'beam'" in capsys.readouterr().err
+
+
+def test_bench_holdout_set_reports_each_kind_and_the_fixed_variant(tiny_text_ladder):
+    from sdd_edu.data import HOLDOUT_PROMPTS
+
+    res = run_bench(tiny_text_ladder, methods=("baseline", "staged", "staged:fixed"), modes=("greedy",), prompts=1,
+                    max_new_tokens=6, progress=False, prompt_set_name="holdout")
+    assert res["prompts"] == len(HOLDOUT_PROMPTS)
+    assert [(s["kind"], s["method"]) for s in res["summary"]] == [
+        (k, m) for k in HOLDOUT_PROMPTS for m in ("baseline", "staged", "staged:fixed")]
+    assert res["settings"]["staged:fixed"]["adaptive"] is False and res["settings"]["staged"]["adaptive"] is True
+    assert all(s["same_output_as_baseline"] == 1.0 for s in res["summary"] if s["method"] != "baseline")
+    table = format_table(res)
+    assert "hold-out prompts (prose, sql, json, repeated, non-latin)" in table and "drafted" in table
+
+
+def test_bench_cli_rejects_unknown_variants(capsys):
+    from sdd_edu.cli import main
+
+    assert main(["bench", "--methods", "staged:huge"]) == 2
+    assert "unknown method variant 'huge'" in capsys.readouterr().err

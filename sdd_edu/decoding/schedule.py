@@ -82,14 +82,14 @@ class DraftSchedule:
 
     def cost(self, size: int) -> float:
         """Expected time of a step of ``size``: its own measured median once it has two steps, else
-        the prior cost scaled by how measured steps compared with their prior so far."""
+        the prior cost scaled as the nearest measured size compares with its prior."""
         seen = {s: statistics.median(t) for s, t in self.times.items() if len(t) >= 2}
         if size in seen:
             return seen[size]
         if not seen:
             return self.step_cost(size)
-        scale = statistics.median(seen[s] / self.step_cost(s) for s in seen)
-        return self.step_cost(size) * scale
+        near = min(seen, key=lambda s: (abs(s - size), -s))
+        return self.step_cost(size) * seen[near] / self.step_cost(near)
 
     def best_size(self) -> int:
         """0, the configured size, or a bigger one that clearly beats it (by ``GROWTH_MARGIN``)."""
