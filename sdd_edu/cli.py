@@ -92,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="baseline,speculative,tree,staged",
                    help="comma-separated; METHOD:fixed runs the paper's fixed tree without prompt lookup")
     p.add_argument("--modes", default="greedy,topk50", help="greedy and/or topk50 (top-k 50 at T = 1)")
-    p.add_argument("--prompt-set", default="humaneval", choices=["humaneval", "holdout"],
-                   help="HumanEval, or the hold-out set (prose, SQL, JSON, repeated, non-Latin), per kind")
+    p.add_argument("--prompt-set", default="humaneval",
+                   help="humaneval, holdout (prose, SQL, JSON, repeated, non-Latin; reported per kind), or both "
+                        "comma-separated: one run, one table each")
     p.add_argument("--prompts", type=_positive_int, default=5,
                    help="HumanEval tasks, or prompts per kind of the hold-out set")
     p.add_argument("--start", type=int, default=0, help="first HumanEval task")
@@ -254,11 +255,20 @@ def cmd_bench(args) -> None:
     from .decoding import DEFAULTS
 
     settings = {m: {k: v for k, v in given.items() if k in DEFAULTS.get(m, {})} for m in METHODS}
-    result = run_bench(ladder, methods, modes, args.prompts, args.start, args.max_new_tokens, args.seed, settings,
-                       peers=args.peers, prompt_set_name=args.prompt_set)
-    print(format_table(result))
+    from .data import PROMPT_SETS
+
+    sets = [x.strip() for x in args.prompt_set.split(",") if x.strip()]
+    for name in sets:
+        if name not in PROMPT_SETS:
+            raise SddError(f"unknown prompt set {name!r}; choose from {', '.join(PROMPT_SETS)}")
+    results = []
+    for name in sets:
+        results.append(run_bench(ladder, methods, modes, args.prompts, args.start, args.max_new_tokens, args.seed,
+                                 settings, peers=args.peers, prompt_set_name=name))
+        print(format_table(results[-1]))
+        print()
     if args.json:
-        save(result, args.json)
+        save(results[0] if len(results) == 1 else results, args.json)
         print(f"saved {args.json}")
 
 

@@ -214,8 +214,9 @@ class AcceptanceExplorer(View):
         results = []
         for i, prompt in enumerate(self.prompts):
             self._progress(i, len(self.prompts))
+            # a fixed schedule: the histogram is read against the chain formula for this one shape
             results.append(generate(self.ladder, prompt, method=method, max_new_tokens=self.max_new_tokens,
-                                    temperature=temperature, seed=self.seed, **settings))
+                                    temperature=temperature, seed=self.seed, adaptive=False, **settings))
         self.results = results
         rec = acceptance_records(results)
         gamma = settings.get("gamma", settings.get("depth"))
@@ -368,7 +369,7 @@ class TreeView(View):
         c = {k: w.value for k, w in self.controls.items()}
         settings = {k: _positive(k if k != "budget" else "tree size", c[k]) for k in ("width", "depth", "budget")}
         self.result = generate(self.ladder, self.prompt, method=c["method"], max_new_tokens=self.max_new_tokens,
-                               **settings)
+                               adaptive=False, **settings)  # every step draws the tree of these settings
         self.method, self.settings = c["method"], settings
         self.step.max = max(0, len(self.result.trace) - 1)
         self.step.value = min(self.step.value, self.step.max)

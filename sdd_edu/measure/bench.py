@@ -171,6 +171,7 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def save(result: dict, path: str) -> None:
+def save(result, path: str) -> None:
+    """One result, or a list of them (a run over several prompt sets), as JSON."""
     with open(path, "w") as fh:
         json.dump(result, fh, indent=1)
