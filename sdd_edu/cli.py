@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HumanEval tasks, or prompts per kind of the hold-out set")
     p.add_argument("--start", type=int, default=0, help="first HumanEval task")
     p.add_argument("--max-new-tokens", type=_positive_int, default=128)
+    p.add_argument("--repeats", type=_positive_int, default=1,
+                   help="runs per prompt and method, in rotated order; each prompt counts its median")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", default="bench-results.json")
     p.add_argument("--peers", action="store_true",
@@ -264,7 +266,7 @@ def cmd_bench(args) -> None:
     results = []
     for name in sets:
         results.append(run_bench(ladder, methods, modes, args.prompts, args.start, args.max_new_tokens, args.seed,
-                                 settings, peers=args.peers, prompt_set_name=name))
+                                 settings, peers=args.peers, prompt_set_name=name, repeats=args.repeats))
         print(format_table(results[-1]))
         print()
     if args.json:

@@ -15,7 +15,8 @@ from . import plots
 
 def _table(bench: dict) -> str:
     head = ("<tr><th>mode</th><th>method</th><th>tok/s</th><th>speedup</th><th>tokens / target forward</th>"
-            "<th>acceptance</th><th>lookup</th><th>n-gram</th><th>draft</th><th>target</th><th>same as baseline</th></tr>")
+            "<th>acceptance</th><th>lookup</th><th>n-gram</th><th>draft</th><th>target</th>"
+            "<th>same as baseline</th></tr>")
     rows = []
     for s in bench["summary"]:
         o = s["origins"] or {}

@@ -65,14 +65,17 @@ def test_bench_holdout_set_reports_each_kind_and_the_fixed_variant(tiny_text_lad
     from sdd_edu.data import HOLDOUT_PROMPTS
 
     res = run_bench(tiny_text_ladder, methods=("baseline", "staged", "staged:fixed"), modes=("greedy",), prompts=1,
-                    max_new_tokens=6, progress=False, prompt_set_name="holdout")
-    assert res["prompts"] == len(HOLDOUT_PROMPTS)
+                    max_new_tokens=6, progress=False, prompt_set_name="holdout", repeats=2)
+    assert res["prompts"] == len(HOLDOUT_PROMPTS) and len(res["rows"]) == len(HOLDOUT_PROMPTS) * 3 * 2
+    first_rounds = [r["method"] for r in res["rows"][:6]]  # each round starts with the next method
+    assert first_rounds == ["baseline", "staged", "staged:fixed", "staged", "staged:fixed", "baseline"]
     assert [(s["kind"], s["method"]) for s in res["summary"]] == [
         (k, m) for k in HOLDOUT_PROMPTS for m in ("baseline", "staged", "staged:fixed")]
     assert res["settings"]["staged:fixed"]["adaptive"] is False and res["settings"]["staged"]["adaptive"] is True
     assert all(s["same_output_as_baseline"] == 1.0 for s in res["summary"] if s["method"] != "baseline")
     table = format_table(res)
     assert "hold-out prompts (prose, sql, json, repeated, non-latin)" in table and "drafted" in table
+    assert "median of 2 runs" in table
 
 
 def test_bench_cli_rejects_unknown_variants(capsys):

@@ -30,8 +30,10 @@ def test_the_schedule_grows_when_drafts_land_and_stops_when_they_miss():
     assert flat.size() == 6  # everything landed: grow, up to twice the configured size
 
     steep = DraftSchedule(3, 6, lambda s: 1.0 + 0.5 * s)  # a CPU-like cost
-    for _ in range(5):
-        steep.record(steep.size(), 0, 1)
+    steep.record(steep.size(), 0, 1)
+    assert steep.size() == 0  # the first draft missed: no more steps at the configured size to time it
+    for _ in range(4):
+        steep.record(3, 0, 1)
     assert steep.size() == 0 and steep.acceptance < 0.2  # nothing lands: baseline steps
 
 

@@ -141,6 +141,10 @@ def test_stops_at_eos_like_baseline():
     (dict(method="tree", gamma=3), "no setting"),
     (dict(method="tree", rule="always-accept"), "rule"),
     (dict(method="speculative", temperature=-1.0), "temperature"),
+    (dict(method="tree", node_cost="fast"), "node_cost"),
+    (dict(method="tree", node_cost=-1), "node_cost"),
+    (dict(method="staged", adaptive="yes"), "adaptive must be True or False"),
+    (dict(method="staged", lookup=1), "lookup must be True or False"),
 ])
 def test_bad_settings_give_clear_errors(tiny_ladder, kwargs, message):
     with pytest.raises(SddError, match=message):

@@ -113,7 +113,8 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
     ``ladder``: a ladder name (see ``sdd_edu.ladders.LADDERS``), a ``LoadedLadder``, or a loaded
     model (baseline only).  ``method``: one of METHODS; its settings (``gamma``; ``width``, ``depth``,
     ``budget``, ``beam``; ``rounds``, ``ngram_fanout``; the sampling ``rule``, 'rrs' or 'target';
-    ``adaptive``, ``node_cost`` and ``lookup``, see DEFAULTS) are keywords, with defaults from ``defaults_for(method, device, dtype)``.  ``stream`` is called with each batch of new token ids.
+    ``adaptive``, ``node_cost`` and ``lookup``, see DEFAULTS) are keywords, with defaults from
+    ``defaults_for(method, device, dtype)``.  ``stream`` is called with each batch of new token ids.
     """
     from ..ladders import load_ladder
     from .speculative import speculative_decode

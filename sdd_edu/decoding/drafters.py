@@ -108,9 +108,6 @@ class Drafter:
     def max_nodes(self) -> int:
         return self.max_size
 
-    # relative cost of one draft forward (in one-token target forwards); the schedule weighs drafts by it
-    forward_cost = 0.0
-
     def set_size(self, size: int) -> None:
         """Propose at most ``size`` nodes next step (0: nothing; a chain drafter's depth follows)."""
         if not 0 <= size <= self.max_size:
@@ -152,6 +149,7 @@ class Drafter:
     def _mix(self, tree: TokenTree, node: int, context: list[int], dist: torch.Tensor) -> torch.Tensor:
         """The distribution the children of ``node`` are drawn from (the draft's, or a mixture with it)."""
         return dist
+
     def _known_dist(self, tree: TokenTree, node: int, context: list[int], sampling: Sampling):
         """The draft distribution after ``node`` if it costs nothing more, else None."""
         return None
@@ -272,9 +270,6 @@ class ModelDrafter(Drafter):
     distribution (see the module docstring).
     """
 
-    # one draft forward against one target forward: measured 0.064 on a 2-core CPU (fp32) and about
-    # 0.15 on an H100 without graphs (both launch-bound); the schedule only needs the order of magnitude
-    forward_cost = 0.1
     # the lookup's weight in the mixture starts here and follows its hits, a decayed count over recent tokens
     LOOKUP_PRIOR, LOOKUP_DECAY = 0.5, 0.9
 
@@ -461,6 +456,7 @@ class ModelDrafter(Drafter):
     def update(self, context, tree, accepted):
         self._extend(context[self.seen:])
         self._score_lookup(context)
+        self.seen = len(context)
         if self.skipped:
             return
         # keep the draft keys/values of the accepted path as far as the draft computed them
@@ -487,7 +483,6 @@ class ModelDrafter(Drafter):
                 self.lookup_tries = self.LOOKUP_DECAY * self.lookup_tries + 1
                 if i == self.seen:
                     self.lookup_landed = hit
-        self.seen = len(context)
         self.ngram_seconds += time.perf_counter() - t0
 
 

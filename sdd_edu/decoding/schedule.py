@@ -10,7 +10,8 @@ steps of this very generation, timed whole (draft, target, bookkeeping), which a
 an isolated measurement misses.  Each step the schedule picks the size with the most expected
 tokens per second, given the acceptance seen over the last few steps.
 
-* The first three steps use the configured size; from then on the measured acceptance and times decide.
+* The first three steps use the configured size (just one if it accepts nothing); from then on the
+  measured acceptance and times decide.
 * Speculation stays on, at the configured size, while that size is expected to beat a baseline
   step.  Sizes in between are not tried: the configured size is the one chosen for the device,
   and on a CPU a forward over 2 tokens can cost as much as one over 4.
@@ -56,7 +57,7 @@ class DraftSchedule:
     """
 
     TIMES_KEPT = 8  # recent step times per size; their median is the size's cost
-    BURN_IN = 3  # steps at the configured size before the schedule decides: an acceptance and a time to start from
+    BURN_IN = 3  # steps at the configured size first (one, if it accepts nothing): an acceptance and a time
     GROWTH_MARGIN = 1.05  # grow past the configured size only for a clear gain (step times are noisy)
 
     def __init__(self, configured: int, max_size: int, step_cost: Callable[[int], float] = lambda s: 1.0,
@@ -66,7 +67,7 @@ class DraftSchedule:
         self.accepted = 0.0  # decayed sums over recent steps
         self.tested = 0.0
         self.idle = 0  # baseline steps since the last draft
-        self.wait = 1  # baseline steps before the next probe
+        self.wait = 1  # baseline steps before the next shadow draft
         self.times: dict[int, deque] = {}  # size -> recent step seconds
         self.steps = 0
 
@@ -101,8 +102,10 @@ class DraftSchedule:
         return max(grown, key=self.gain, default=self.configured)
 
     def size(self) -> int:
-        if not self.adaptive or self.steps < self.BURN_IN:  # first, trust the configuration and time it
+        if not self.adaptive:
             return self.configured
+        if self.steps == 0 or self.steps < self.BURN_IN and self.accepted > 0:  # trust the configuration and
+            return self.configured                                            # time it, while drafts land
         return self.best_size()
 
     def shadow_due(self) -> bool:
@@ -112,7 +115,7 @@ class DraftSchedule:
     def record(self, size: int, accepted: int, tested: int, seconds: Optional[float] = None) -> None:
         """What the step of ``size`` nodes got: ``accepted`` of ``tested`` tree levels, in ``seconds``."""
         self.steps += 1
-        if self.learn_times and seconds is not None and self.steps > 1:  # the first step also fills the draft's cache
+        if self.learn_times and seconds is not None and self.steps > 1:  # step 1 also fills the draft's cache
             self.times.setdefault(size, deque(maxlen=self.TIMES_KEPT)).append(seconds)
         if size == 0:
             self.idle += 1

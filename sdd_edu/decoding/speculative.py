@@ -86,11 +86,15 @@ def speculative_decode(target: LoadedModel, drafter: Drafter, prompt_ids: list[i
         # 3. accept a path
         verdict = verify(tree, logits, sampling, generator, rule)
         # 4. keep the root and the accepted path in the target cache
-        cache.keep(start, [0] + [1 + i for i in verdict.accepted])
+        if verdict.accepted:
+            cache.keep(start, [0] + [1 + i for i in verdict.accepted])
+        else:  # only the root stays, already in place
+            cache.truncate(start + 1)
         new = [tree.tokens[i] for i in verdict.accepted] + [verdict.next_token]
         new_origins = [tree.origins[i] for i in verdict.accepted] + ["target"]
-        step = {"size": size, "shadow": shadow, "proposed": len(tree), "accepted": len(verdict.accepted), "tested": verdict.tested,
-                "emitted": len(new), "depth": tree.max_depth, "draft_forwards": drafter.forwards - forwards_before}
+        step = {"size": size, "shadow": shadow, "proposed": len(tree), "accepted": len(verdict.accepted),
+                "tested": verdict.tested, "emitted": len(new), "depth": tree.max_depth,
+                "draft_forwards": drafter.forwards - forwards_before}
         if keep_trees:
             step["tree"] = tree.to_dict()
             step["accepted_nodes"] = verdict.accepted

@@ -36,10 +36,12 @@ def method_and_settings(label: str) -> tuple[str, dict]:
 def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), modes=("greedy", "topk50"),
               prompts: int = 5, start: int = 0, max_new_tokens: int = 128, seed: int = 0,
               settings: dict | None = None, progress: bool = True, peers: bool = False,
-              on_run=None, prompt_set_name: str = "humaneval") -> dict:
+              on_run=None, prompt_set_name: str = "humaneval", repeats: int = 1) -> dict:
     """Run every method in every mode; return per-prompt rows and per-(mode, kind, method) summaries.
 
     ``prompts``: HumanEval tasks from ``start``, or prompts per kind for the hold-out set.
+    ``repeats``: runs of each prompt and method, the methods in a rotated order each round, so that a
+    slow spell of a shared machine does not land on one method; a prompt's speed is its median.
     ``on_run(done, total)`` is called after each generation (widgets show their own progress with it).
     """
     settings = settings or {}
@@ -51,18 +53,20 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
         generate(ladder, encoded[0][2][:32], method=method, max_new_tokens=8,
                  **{**settings.get(method, {}), **variant})
     rows = []
-    total = len(items) * len(methods) * len(modes)
+    total = len(items) * len(methods) * len(modes) * repeats
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=total, desc="bench", unit="run")
     for mode in modes:
-        for task, kind, ids in encoded:
-            for label, (method, variant) in runs.items():
+        for (task, kind, ids), rep in [(item, rep) for item in encoded for rep in range(repeats)]:
+            order = list(runs.items())
+            order = order[rep % len(order):] + order[:rep % len(order)]
+            for label, (method, variant) in order:
                 res = generate(ladder, ids, method=method, max_new_tokens=max_new_tokens, seed=seed,
                                **MODES[mode], **{**settings.get(method, {}), **variant})
                 s, t = res.stats, trace_summary(res.trace)
-                rows.append({"mode": mode, "method": label, "task_id": task, "kind": kind,
+                rows.append({"mode": mode, "method": label, "task_id": task, "kind": kind, "repeat": rep,
                              "new_tokens": s.new_tokens,
                              "seconds": s.wall_seconds, "tokens_per_second": s.tokens_per_second,
                              "target_forwards": s.target_forwards, "draft_forwards": s.draft_forwards,
@@ -96,7 +100,7 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
     effective = {label: {**defaults_for(m, target.device, target.dtype), **settings.get(m, {}), **v}
                  for label, (m, v) in runs.items() if m != "baseline"}
     return {"device": device_description(target.device), "dtype": str(target.dtype).replace("torch.", ""),
-            "threads": torch.get_num_threads(), "ladder": repr(ladder), "prompts": len(items),
+            "threads": torch.get_num_threads(), "ladder": repr(ladder), "prompts": len(items), "repeats": repeats,
             "prompt_set": prompt_set_name, "max_new_tokens": max_new_tokens, "settings": effective, "rows": rows,
             "summary": summarize(rows, all_methods, modes)}
 
@@ -107,7 +111,7 @@ def summarize(rows, methods, modes) -> list[dict]:
     for mode in modes:
         for kind in kinds:
             mine = [r for r in rows if r["mode"] == mode and r.get("kind", "humaneval") == kind]
-            base = median([r["tokens_per_second"] for r in mine if r["method"] == "baseline"])
+            base = _median_speed([r for r in mine if r["method"] == "baseline"])
             base_rows = {r["task_id"]: r["token_ids"] for r in mine if r["method"] == "baseline"}
             for method in methods:
                 rs = [r for r in mine if r["method"] == method]
@@ -117,11 +121,19 @@ def summarize(rows, methods, modes) -> list[dict]:
     return out
 
 
+def _median_speed(rows) -> float:
+    """The median over prompts of each prompt's median tokens/s over its repeats."""
+    per_prompt: dict[str, list[float]] = {}
+    for r in rows:
+        per_prompt.setdefault(r["task_id"], []).append(r["tokens_per_second"])
+    return median([median(v) for v in per_prompt.values()])
+
+
 def _summary(rs, mode, kind, method, base, base_rows) -> dict:
     tok = sum(r["new_tokens"] for r in rs)
     origins = {o: sum(r["origins"][o] for r in rs) / tok for o in ORIGINS} if rs[0]["origins"] else None
     acc = [r["acceptance_rate"] for r in rs if r["acceptance_rate"] is not None]
-    speed = median([r["tokens_per_second"] for r in rs])
+    speed = _median_speed(rs)
     same = None
     if method != "baseline" and mode == "greedy":
         same = sum(r["token_ids"] == base_rows.get(r["task_id"]) for r in rs) / len(rs)
@@ -144,7 +156,9 @@ def format_table(result: dict) -> str:
         f"hold-out prompts ({', '.join(kinds)})"
     lines = [f"bench: {result['ladder']}",
              f"device: {result['device']}, {result['dtype']}; {result['prompts']} {what}, "
-             f"{result['max_new_tokens']} new tokens, medians over prompts after a warm-up",
+             f"{result['max_new_tokens']} new tokens, medians over prompts"
+             + (f" of each prompt's median of {result['repeats']} runs" if result.get("repeats", 1) > 1 else "")
+             + " after a warm-up",
              f"{'mode':<8}{'kind':<11}{'method':<18}{'tok/s':>7}{'speedup':>8}{'tok/fwd':>8}{'accept':>7}"
              f"{'drafted':>8}{'lookup':>7}{'n-gram':>7}{'draft':>6}{'target':>7}{'  time: target/draft/n-gram/other':>34}"]
     for s in result["summary"]:
