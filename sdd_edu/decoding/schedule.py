@@ -52,16 +52,17 @@ class DraftSchedule:
     ``step_cost(size)``: the expected time of a step that drafts ``size`` nodes, in units of a
     baseline step.  ``learn_times``: replace it, size by size, by the step times this generation
     measures (a prior cost is then only a starting point).  ``adaptive=False`` keeps the configured
-    size every step (the paper's fixed tree).  ``decay`` weights past steps (0.8: the last five or so
+    size every step (the paper's fixed tree).  ``decay`` weights past steps (0.9: the last ten or so
     count); ``prior`` is the acceptance assumed before anything was tested, worth one tested level.
     """
 
     TIMES_KEPT = 8  # recent step times per size; their median is the size's cost
     BURN_IN = 3  # steps at the configured size first (one, if it accepts nothing): an acceptance and a time
     GROWTH_MARGIN = 1.05  # grow past the configured size only for a clear gain (step times are noisy)
+    OFF_MARGIN = 0.9  # stop speculating only for a clear loss
 
     def __init__(self, configured: int, max_size: int, step_cost: Callable[[int], float] = lambda s: 1.0,
-                 adaptive: bool = True, learn_times: bool = False, decay: float = 0.8, prior: float = 0.5):
+                 adaptive: bool = True, learn_times: bool = False, decay: float = 0.9, prior: float = 0.5):
         self.configured, self.max_size, self.step_cost = configured, max_size, step_cost
         self.adaptive, self.learn_times, self.decay, self.prior = adaptive, learn_times, decay, prior
         self.accepted = 0.0  # decayed sums over recent steps
@@ -70,6 +71,7 @@ class DraftSchedule:
         self.wait = 1  # baseline steps before the next shadow draft
         self.times: dict[int, deque] = {}  # size -> recent step seconds
         self.steps = 0
+        self.last_size = configured  # the size of the last step (0: speculation is off)
 
     @property
     def acceptance(self) -> float:
@@ -93,9 +95,12 @@ class DraftSchedule:
         return self.step_cost(size) * seen[near] / self.step_cost(near)
 
     def best_size(self) -> int:
-        """0, the configured size, or a bigger one that clearly beats it (by ``GROWTH_MARGIN``)."""
+        """0, the configured size, or a bigger one that clearly beats it (by ``GROWTH_MARGIN``).
+
+        Speculation that is on stays on until the configured size is clearly worse than a baseline
+        step (``OFF_MARGIN``): acceptance comes in bursts, and a dip costs less than the way back."""
         configured = self.gain(self.configured)
-        if configured < self.gain(0):
+        if configured < self.gain(0) * (self.OFF_MARGIN if self.last_size else 1.0):
             return 0
         grown = [s for s in range(self.configured + 1, self.max_size + 1)
                  if self.gain(s) > self.GROWTH_MARGIN * configured]
@@ -115,6 +120,7 @@ class DraftSchedule:
     def record(self, size: int, accepted: int, tested: int, seconds: Optional[float] = None) -> None:
         """What the step of ``size`` nodes got: ``accepted`` of ``tested`` tree levels, in ``seconds``."""
         self.steps += 1
+        self.last_size = size
         if self.learn_times and seconds is not None and self.steps > 1:  # step 1 also fills the draft's cache
             self.times.setdefault(size, deque(maxlen=self.TIMES_KEPT)).append(seconds)
         if size == 0:
