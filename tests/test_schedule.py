@@ -52,12 +52,14 @@ def test_baseline_steps_call_shadow_drafts_ever_less_often():
         s.record(0, 0, 0)
         s.record_shadow(False)
     assert waits == [1, 2, 4, 8, 16, 16, 16, 16] and MAX_IDLE_WAIT == 16
-    for _ in range(6):  # drafts land again: the shadow says so, and speculation comes back
+    landed = 0
+    while s.size() == 0 and landed < 20:  # drafts land again: the shadow says so, and speculation comes back
         while not s.shadow_due():
             s.record(0, 0, 0)
         s.record(0, 0, 0)
         s.record_shadow(True)
-    assert s.size() == 2
+        landed += 1
+    assert s.size() == 2 and landed <= 12 and s.wait == 1
 
 
 def test_step_times_replace_the_prior_cost():
