@@ -31,7 +31,8 @@ def test_the_schedule_grows_when_drafts_land_and_stops_when_they_miss():
 
     steep = DraftSchedule(3, 6, lambda s: 1.0 + 0.5 * s)  # a CPU-like cost
     steep.record(steep.size(), 0, 1)
-    assert steep.size() == 0  # the first draft missed: no more steps at the configured size to time it
+    steep.record(steep.size(), 0, 1)
+    assert steep.size() == 0  # two drafts missed: no more steps at the configured size to time it
     for _ in range(4):
         steep.record(3, 0, 1)
     assert steep.size() == 0 and steep.acceptance < 0.2  # nothing lands: baseline steps

@@ -10,8 +10,8 @@ steps of this very generation, timed whole (draft, target, bookkeeping), which a
 an isolated measurement misses.  Each step the schedule picks the size with the most expected
 tokens per second, given the acceptance seen over the last few steps.
 
-* The first three steps use the configured size (just one if it accepts nothing); from then on the
-  measured acceptance and times decide.
+* The first three steps use the configured size (two, if neither accepts anything); from then on
+  the measured acceptance and times decide.
 * Speculation stays on, at the configured size, while that size is expected to beat a baseline
   step.  Sizes in between are not tried: the configured size is the one chosen for the device,
   and on a CPU a forward over 2 tokens can cost as much as one over 4.
@@ -57,7 +57,7 @@ class DraftSchedule:
     """
 
     TIMES_KEPT = 8  # recent step times per size; their median is the size's cost
-    BURN_IN = 3  # steps at the configured size first (one, if it accepts nothing): an acceptance and a time
+    BURN_IN = 3  # steps at the configured size first (two, if they accept nothing): an acceptance and a time
     GROWTH_MARGIN = 1.05  # grow past the configured size only for a clear gain (step times are noisy)
     OFF_MARGIN = 0.9  # stop speculating only for a clear loss
 
@@ -109,8 +109,9 @@ class DraftSchedule:
     def size(self) -> int:
         if not self.adaptive:
             return self.configured
-        if self.steps == 0 or self.steps < self.BURN_IN and self.accepted > 0:  # trust the configuration and
-            return self.configured                                            # time it, while drafts land
+        # first trust the configuration, and time it, unless its first two drafts both land nothing
+        if self.steps < 2 and self.accepted == 0 or self.steps < self.BURN_IN and self.accepted > 0:
+            return self.configured
         return self.best_size()
 
     def shadow_due(self) -> bool:
