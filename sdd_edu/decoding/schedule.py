@@ -19,8 +19,8 @@ tokens per second, given the acceptance seen over the last few steps.
   bigger tree clearly pays (as ``transformers``' assisted generation grows its draft after a fully
   accepted step).
 * Drafts that miss turn speculation off: size 0, a plain baseline step with no draft forward.
-  Nothing is tested then, so after 1, 2, 4, ... 16 such steps (the wait doubles while drafts keep
-  missing) the drafter drafts in the shadow: one draft forward, nothing added to the target's
+  Nothing is tested then, so after 1, 2, 4, ... 16 such steps (the wait doubles unless a draft
+  lands and brings speculation within reach) the drafter drafts in the shadow: one draft forward, nothing added to the target's
   forward, and its first token compared with the target's.  A shadow draft costs a draft forward
   (a few percent of a step), where a real probe would also make the target's forward bigger.
   Prompt lookup's guess is free, so a staged drafter checks it at every baseline step, and a guess
@@ -139,9 +139,14 @@ class DraftSchedule:
             self.wait = min(self.wait, self.idle)
 
     def record_shadow(self, landed: bool) -> None:
-        """A baseline step's shadow draft (not verified): would its first token have been the target's?"""
+        """A baseline step's shadow draft (not verified): would its first token have been the target's?
+
+        The next one comes at once only if this one landed and speculation is now within reach (inside
+        the ``OFF_MARGIN`` band below a baseline step); drafts that land now and then, too rarely to pay,
+        would otherwise call a shadow draft every other step and cost more than they tell."""
         self.observe(float(landed), 1.0)
-        self.wait = 1 if landed else min(2 * self.wait, MAX_IDLE_WAIT)
+        within_reach = self.gain(self.configured) >= self.OFF_MARGIN * self.gain(0)
+        self.wait = 1 if landed and within_reach else min(2 * self.wait, MAX_IDLE_WAIT)
         self.idle = 0
 
 
