@@ -19,10 +19,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_device_args(p):
+def _add_device_args(p, fast: bool = True):
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default=None, help="auto (default: fp32 on CPU, bf16/fp16 on GPU), fp32, bf16, fp16")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch")
+    if fast:
+        p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                       help="fixed-shape forwards, replayed from CUDA graphs (default: on for CUDA only)")
 
 
 def _add_method_args(p):
@@ -64,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="device, ladders, models and where artefacts are cached")
-    _add_device_args(p)
+    _add_device_args(p, fast=False)
 
     p = sub.add_parser("generate", help="generate a continuation of a prompt or a HumanEval task")
     p.add_argument("prompt", help="text, or a HumanEval id such as HumanEval/0")
@@ -110,13 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_args(p)
     _add_device_args(p)
 
+    p = sub.add_parser("gpu-check", help="the fast path on this device: eager vs fast logits, greedy tokens of "
+                                         "every method, latency curves, kernels per forward, tok/s")
+    p.add_argument("--quick", action="store_true", help="tiny shapes, a few tokens: seconds, for a CPU")
+    p.add_argument("--no-embedded", action="store_true", help="random weights only, even if the embedded "
+                                                               "model is installed")
+    p.add_argument("--prompts", type=_positive_int, default=3, help="HumanEval prompts for tok/s")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=None, help="default 128 (12 with --quick)")
+    p.add_argument("--json", metavar="PATH", default="gpu-check.json")
+    _add_device_args(p, fast=False)
+
     p = sub.add_parser("engine-bench", help="our baseline vs transformers' generate on the same model")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--prompts", type=_positive_int, default=3)
     p.add_argument("--max-new-tokens", type=_positive_int, default=128)
     p.add_argument("--repeats", type=_positive_int, default=3)
     p.add_argument("--json", metavar="PATH", default=None, help="also save the results as JSON")
-    _add_device_args(p)
+    _add_device_args(p, fast=False)
     return parser
 
 
@@ -161,7 +174,7 @@ def cmd_generate(args) -> None:
     if args.json:
         res = generate(args.ladder, args.prompt, method=args.method, max_new_tokens=args.max_new_tokens,
                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                       device=args.device, dtype=args.dtype, **method_settings(args))
+                       device=args.device, dtype=args.dtype, fast=args.fast, **method_settings(args))
         print(json.dumps(res.to_dict()))
         return
     from .ladders import load_ladder
@@ -179,7 +192,7 @@ def cmd_generate(args) -> None:
 
     res = generate(args.ladder, args.prompt, method=args.method, max_new_tokens=args.max_new_tokens,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                   stream=stream, device=args.device, dtype=args.dtype, **method_settings(args))
+                   stream=stream, device=args.device, dtype=args.dtype, fast=args.fast, **method_settings(args))
     print(f"\n\n--- {res.stats.summary()}")
     if args.method != "baseline":
         from .decoding import trace_summary
@@ -198,7 +211,8 @@ def cmd_demo(args) -> None:
     ladder = load_ladder(args.ladder, device=args.device, dtype=args.dtype)
     print(f"{ladder!r}; target loaded in {ladder.target.load_seconds:.1f} s")
     methods = [m for m in METHODS if m != "staged" or ladder.draft is not None]
-    result = run_bench(ladder, methods, ["greedy"], prompts=args.prompts, max_new_tokens=args.max_new_tokens)
+    result = run_bench(ladder, methods, ["greedy"], prompts=args.prompts, max_new_tokens=args.max_new_tokens,
+                       fast=args.fast)
     best = max((s for s in result["summary"]), key=lambda s: s["tokens_per_second"])
     for (task_id, prompt), row in zip(humaneval_prompts(args.prompts),
                                       [r for r in result["rows"] if r["method"] == best["method"]]):
@@ -227,6 +241,20 @@ def cmd_engine_bench(args) -> None:
         with open(args.json, "w") as fh:
             json.dump(res, fh, indent=1)
         print(f"saved {args.json}")
+
+
+def cmd_gpu_check(args) -> None:
+    from .measure.gpu_check import format_gpu_check, gpu_check
+
+    res = gpu_check(args.device, args.dtype, quick=args.quick, embedded=False if args.no_embedded else None,
+                    new_tokens=args.max_new_tokens, prompts=args.prompts,
+                    progress=lambda msg: print(msg, file=sys.stderr))
+    print(format_gpu_check(res))
+    with open(args.json, "w") as fh:
+        json.dump(res, fh, indent=1, default=str)
+    print(f"saved {args.json}")
+    if not res["ok"]:
+        raise SddError("gpu-check: the fast path disagrees with the eager one (see the table above)")
 
 
 def cmd_bench(args) -> None:
@@ -266,7 +294,8 @@ def cmd_bench(args) -> None:
     results = []
     for name in sets:
         results.append(run_bench(ladder, methods, modes, args.prompts, args.start, args.max_new_tokens, args.seed,
-                                 settings, peers=args.peers, prompt_set_name=name, repeats=args.repeats))
+                                 settings, peers=args.peers, prompt_set_name=name, repeats=args.repeats,
+                                 fast=args.fast))
         print(format_table(results[-1]))
         print()
     if args.json:
@@ -275,7 +304,7 @@ def cmd_bench(args) -> None:
 
 
 COMMANDS = {"info": cmd_info, "generate": cmd_generate, "demo": cmd_demo, "bench": cmd_bench,
-            "engine-bench": cmd_engine_bench}
+            "engine-bench": cmd_engine_bench, "gpu-check": cmd_gpu_check}
 
 
 def main(argv=None) -> int:

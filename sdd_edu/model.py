@@ -100,8 +100,15 @@ class KVCache:
         self.max_len = max_len
         self.length = 0
 
-    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
-        """Store k, v of shape (B, nkv, N, hs) at slots [start, start + N); return all slots so far."""
+    def write(self, layer: int, start, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v of shape (B, nkv, N, hs) at slots [start, start + N); return all slots so far.
+
+        ``start`` may instead be a tensor of N slot indices on the device (the fast path): then the
+        writes need no host integer, and every slot is returned (the attention mask decides)."""
+        if isinstance(start, torch.Tensor):
+            self.k[layer].index_copy_(2, start, k)
+            self.v[layer].index_copy_(2, start, v)
+            return self.k[layer], self.v[layer]  # (B, nkv, S, hs)
         end = start + k.shape[2]
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
@@ -121,11 +128,14 @@ class KVCache:
         Positions were baked into the keys (RoPE) or the embeddings (GPT-2) when
         they were written, so moving a slot does not change its meaning.
         """
-        slots = torch.as_tensor(list(slots), dtype=torch.long, device=self.k.device)
-        if slots.numel() and (int(slots.min()) < 0 or start + int(slots.max()) >= self.length):
+        slots = [int(s) for s in slots]  # checked on the host: no device round trip
+        if slots and (min(slots) < 0 or start + max(slots) >= self.length):
             raise ValueError("keep(): slot index outside the slots written after start")
-        src = start + slots
-        n = slots.numel()
+        n = len(slots)
+        if slots == list(range(n)):  # the accepted path is already in place (a chain, or nothing drafted)
+            self.length = start + n
+            return
+        src = torch.tensor([start + s for s in slots], dtype=torch.long).to(self.k.device, non_blocking=True)
         # index_select copies, so overlapping source and destination ranges are safe
         self.k[:, :, :, start:start + n] = self.k.index_select(3, src)
         self.v[:, :, :, start:start + n] = self.v.index_select(3, src)
@@ -161,7 +171,10 @@ def linear(x, weight, bias=None):
         # the column layout matters: a row-major x gives strides (0, 1, in), the fast case
         columns = x.contiguous().reshape(rows, in_features).t().expand(c, -1, -1)  # (c, in, rows)
         y = torch.bmm(w, columns)  # (c, out/c, rows)
-        y = y.permute(2, 0, 1).reshape(*x.shape[:-1], out_features).contiguous()
+        if rows == 1:  # one token: (c, out/c, 1) is already in the output's order
+            y = y.view(*x.shape[:-1], out_features)
+        else:
+            y = y.permute(2, 0, 1).reshape(*x.shape[:-1], out_features).contiguous()
         return y if bias is None else y + bias
     return F.linear(x, weight, bias)
 
@@ -173,6 +186,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
+        if x.is_cuda and hasattr(F, "rms_norm"):  # one fused kernel (torch >= 2.4) instead of six
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        if x.dtype == torch.float32:  # (on a CPU, F.rms_norm decomposes into more operators than this)
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
         # normalise in fp32 for stability, as the reference implementation does
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -180,18 +197,22 @@ class RMSNorm(nn.Module):
 
 
 def rope_tables(head_dim: int, max_len: int, theta: float):
-    """cos/sin tables of shape (max_len, head_dim) for rotary embeddings (half-split layout)."""
+    """cos and signed sin tables of shape (max_len, head_dim) for rotary embeddings (half-split layout).
+
+    The sin table's first half is negated, so that the rotation is one product with the halves
+    swapped (``apply_rope``): fewer operators, and kernels on a GPU, than negating x each time."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (S, hs/2)
-    angles = torch.cat([angles, angles], dim=-1)  # (S, hs)
-    return angles.cos(), angles.sin()
+    sin = angles.sin()
+    return torch.cat([angles, angles], dim=-1).cos(), torch.cat([-sin, sin], dim=-1)  # (S, hs) each
 
 
-def apply_rope(x, cos, sin):
-    """Rotate x (B, h, N, hs) by its positions' angles; cos/sin are (B, 1, N, hs)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+def apply_rope(x, cos, signed_sin):
+    """Rotate x (B, N, h, hs) by its positions' angles; cos/signed_sin are (B, N, 1, hs).
+
+    Pairs (x1, x2) = (x[i], x[i + hs/2]) turn by their angle: (x1 cos - x2 sin, x2 cos + x1 sin).
+    ``roll`` swaps the halves and the signed sin supplies the minus."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
 
 
 def attention(q, k, v, mask):
@@ -234,13 +255,13 @@ class Attention(nn.Module):
     def forward(self, x, rope, cache: Optional[KVCache], start: int, mask):
         B, N, _ = x.shape
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
-        q, k, v = self.qkv(x).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
-        q = q.view(B, N, nh, hs).transpose(1, 2)  # (B, nh, N, hs)
-        k = k.view(B, N, nkv, hs).transpose(1, 2)  # (B, nkv, N, hs)
-        v = v.view(B, N, nkv, hs).transpose(1, 2)  # (B, nkv, N, hs)
-        if rope is not None:
-            cos, sin = rope
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.qkv(x).view(B, N, nh + 2 * nkv, hs)  # (B, N, nh + 2 nkv, hs)
+        qk, v = qkv[:, :, :nh + nkv], qkv[:, :, nh + nkv:]
+        if rope is not None:  # q and k rotated together: one rotation, not two
+            qk = apply_rope(qk, *rope)
+        q = qk[:, :, :nh].transpose(1, 2)  # (B, nh, N, hs)
+        k = qk[:, :, nh:].transpose(1, 2)  # (B, nkv, N, hs)
+        v = v.transpose(1, 2)  # (B, nkv, N, hs)
         if cache is not None:
             k, v = cache.write(self.layer_idx, start, k, v)  # (B, nkv, start + N, hs)
         y = attention(q, k, v, mask)  # (B, nh, N, hs)
@@ -260,8 +281,9 @@ class MLP(nn.Module):
 
     def forward(self, x):
         if self.gated:
-            gate, up = self.up(x).chunk(2, dim=-1)
-            return self.down(F.silu(gate) * up)
+            gate_up = self.up(x)  # (B, N, 2 d_ff)
+            d_ff = gate_up.shape[-1] // 2
+            return self.down(F.silu(gate_up[..., :d_ff]) * gate_up[..., d_ff:])
         return self.down(F.gelu(self.up(x), approximate="tanh"))
 
 
@@ -310,9 +332,13 @@ class Transformer(nn.Module):
     def dtype(self):
         return self.tok_emb.weight.dtype
 
-    def new_cache(self, max_len: int, batch_size: int = 1) -> KVCache:
+    def new_cache(self, max_len: int, batch_size: int = 1, fast: bool = False) -> KVCache:
+        """A KV cache for ``max_len`` tokens; ``fast``: the fixed-shape one of the fast path (``sdd_edu/fast.py``)."""
         if max_len > self.config.max_seq_len:
             raise ValueError(f"cache length {max_len} exceeds the model's context ({self.config.max_seq_len})")
+        if fast:
+            from .fast import StaticKVCache
+            return StaticKVCache(self, max_len)
         return KVCache(self.config, max_len, batch_size, self.device, self.dtype)
 
     def forward(self, input_ids: torch.Tensor, cache: Optional[KVCache] = None,
@@ -330,6 +356,8 @@ class Transformer(nn.Module):
             the head extended at run time (a drafter adds the tokens of the prompt), from the tied embedding.
         """
         B, N = input_ids.shape
+        if getattr(cache, "static", False) and N <= cache.max_bucket:  # the fast path (sdd_edu/fast.py)
+            return cache.forward(self, input_ids, position_ids, attention_mask, last_only, reduced, extra_head_ids)
         start = cache.length if cache is not None else 0
         if cache is not None and start + N > cache.max_len:
             raise ValueError(f"KV cache full: {start} + {N} > {cache.max_len} slots")
@@ -339,22 +367,34 @@ class Transformer(nn.Module):
         if int(position_ids.max()) >= self.config.max_seq_len:
             raise ValueError(f"position {int(position_ids.max())} is past the model's context "
                              f"of {self.config.max_seq_len} tokens")
-
         mask = self._attention_mask(attention_mask, start, N, input_ids.device)
+        x = self.body(input_ids, position_ids, cache, start, mask, last_only)
+        if cache is not None:
+            cache.length = start + N
+        return self.head_logits(x, reduced, extra_head_ids)
+
+    def body(self, input_ids, position_ids, cache, start, mask, last_only: bool = False) -> torch.Tensor:
+        """The normalised hidden states (B, N, d) of the final layer: embeddings, blocks, final norm.
+
+        ``start`` is where the cache writes begin, or (the fast path) a tensor of N slot indices, with
+        ``mask`` then covering every slot of the cache.  Nothing here reads a device value back to the
+        host, so the fast path can capture it in a CUDA graph."""
         x = self.tok_emb(input_ids)  # (B, N, d)
         rope = None
         if self.pos_emb is not None:
             x = x + self.pos_emb(position_ids)
         else:
-            rope = (self.rope_cos[position_ids].unsqueeze(1).to(x.dtype),  # (B, 1, N, hs)
-                    self.rope_sin[position_ids].unsqueeze(1).to(x.dtype))
+            rope = (self.rope_cos[position_ids].unsqueeze(2).to(x.dtype),  # (B, N, 1, hs)
+                    self.rope_sin[position_ids].unsqueeze(2).to(x.dtype))
         for block in self.blocks:
             x = block(x, rope, cache, start, mask)
-        if cache is not None:
-            cache.length = start + N
         if last_only:
             x = x[:, -1:]
-        h = self.norm(x)
+        return self.norm(x)
+
+    def head_logits(self, h, reduced: bool = False, extra_head_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits from the normalised hidden states h (B, N, d): (B, N, V) in float32, or with ``reduced``
+        the reduced head's columns, then the columns of ``extra_head_ids``."""
         if not self.config.head_size:
             return self.head(h).float()
         small = linear(h, self._reduced_head_weight())  # (B, N, head_size)

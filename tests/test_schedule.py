@@ -129,7 +129,7 @@ def test_the_head_extension_scores_context_tokens_with_their_embedding_rows():
     x = torch.tensor([[3, 40, 41]])
     extra = torch.tensor([40, 41, 55])
     ext = m(x, reduced=True, extra_head_ids=extra)[0]
-    full = m.norm(m.blocks[0](m.tok_emb(x), (m.rope_cos[:3][None, None], m.rope_sin[:3][None, None]), None, 0,
+    full = m.norm(m.blocks[0](m.tok_emb(x), (m.rope_cos[:3][None, :, None], m.rope_sin[:3][None, :, None]), None, 0,
                               m._attention_mask(None, 0, 3, x.device)))[0] @ m.tok_emb.weight.T
     assert ext.shape == (3, 13)
     torch.testing.assert_close(ext[:, 10:], full[:, extra], rtol=1e-4, atol=1e-4)

@@ -51,13 +51,15 @@ def tiny_ladder():
     return make_ladder(target, draft, trigram, name="tiny")
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["eager", "fast"])
 @pytest.mark.parametrize("method, settings", SPECULATIVE)
-def test_greedy_equals_baseline_with_a_random_draft(tiny_ladder, method, settings):
+def test_greedy_equals_baseline_with_a_random_draft(tiny_ladder, method, settings, fast):
     rng = np.random.default_rng(0)
     for trial in range(8):
         prompt = rng.integers(0, 61, int(rng.integers(1, 12))).tolist()
         expected = baseline_decode(tiny_ladder.target, prompt, 40, stop_at_eos=False).token_ids
-        res = generate(tiny_ladder, prompt, method=method, max_new_tokens=40, stop_at_eos=False, **settings)
+        res = generate(tiny_ladder, prompt, method=method, max_new_tokens=40, stop_at_eos=False, fast=fast,
+                       **settings)
         assert res.token_ids == expected, explain_mismatch(tiny_ladder.target, prompt, expected, res.token_ids)
         assert len(res.origins) == 40 and set(res.origins) <= {"target", "draft", "ngram", "lookup"}
         if method == "staged":
@@ -224,7 +226,10 @@ KEEPS_DRAFTING = {"node_cost": 0.0}
 SAMPLING_CASES = [("baseline", {}), ("speculative", {}), ("speculative", KEEPS_DRAFTING),
                   ("speculative", {"adaptive": False}), ("staged", {"adaptive": False, "lookup": False}), ("tree", {"width": 3, "depth": 2, "budget": 6}),
                   ("tree", {"width": 2, "depth": 2, "budget": 4, "rule": "target"}),
-                  ("staged", {"width": 3, "budget": 8, "ngram_fanout": (3, 2)})]
+                  ("staged", {"width": 3, "budget": 8, "ngram_fanout": (3, 2)}),
+                  # the fast path (fixed shapes; CUDA graphs on a GPU) samples the same distribution
+                  ("baseline", {"fast": True}), ("tree", {"width": 3, "depth": 2, "budget": 6, "fast": True}),
+                  ("staged", {"width": 3, "budget": 8, "ngram_fanout": (3, 2), "fast": True})]
 
 
 @pytest.fixture(scope="module")

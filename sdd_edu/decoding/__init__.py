@@ -107,7 +107,8 @@ def make_schedule(target: LoadedModel, drafter, adaptive: bool = True, node_cost
 def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Union[str, list[int]] = "",
              method: str = "baseline", max_new_tokens: int = 128, temperature: float = 0.0,
              top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
-             stream=None, stop_at_eos: bool = True, device=None, dtype=None, **settings) -> GenerationResult:
+             stream=None, stop_at_eos: bool = True, device=None, dtype=None, fast: Optional[bool] = None,
+             **settings) -> GenerationResult:
     """Generate a continuation of ``prompt`` (text, a HumanEval id such as 'HumanEval/0', or token ids).
 
     ``ladder``: a ladder name (see ``sdd_edu.ladders.LADDERS``), a ``LoadedLadder``, or a loaded
@@ -115,6 +116,8 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
     ``budget``, ``beam``; ``rounds``, ``ngram_fanout``; the sampling ``rule``, 'rrs' or 'target';
     ``adaptive``, ``node_cost`` and ``lookup``, see DEFAULTS) are keywords, with defaults from
     ``defaults_for(method, device, dtype)``.  ``stream`` is called with each batch of new token ids.
+    ``fast``: forwards of fixed shapes, replayed from CUDA graphs on a GPU (``sdd_edu/fast.py``); by
+    default on for CUDA, off elsewhere (on a CPU it computes the same, with nothing to gain).
     """
     from ..ladders import load_ladder
     from .speculative import speculative_decode
@@ -128,6 +131,10 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
         target, loaded = ladder, None
     else:
         target, loaded = ladder.target, ladder
+    if fast is None:
+        fast = target.device.type == "cuda"
+    if not isinstance(fast, bool):
+        raise SddError(f"fast must be True, False or None (on for CUDA), got {fast!r}")
     if isinstance(prompt, str):
         text = resolve_prompt(prompt)
         if not text.strip():
@@ -138,7 +145,7 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
     if method == "baseline":
         if settings:
             raise SddError(f"method 'baseline' takes no settings {sorted(settings)}")
-        return baseline_decode(target, prompt_ids, max_new_tokens, sampling, stream, stop_at_eos)
+        return baseline_decode(target, prompt_ids, max_new_tokens, sampling, stream, stop_at_eos, fast=fast)
     if loaded is None:
         raise SddError(f"method {method!r} needs a ladder (target + draft + n-gram), not a single model; "
                        "see sdd_edu.ladders.make_ladder")
@@ -148,7 +155,7 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
     drafter = make_drafter(loaded, method, **settings)
     schedule = make_schedule(target, drafter, **{**defaults_for(method, target.device, target.dtype), **settings})
     return speculative_decode(target, drafter, prompt_ids, max_new_tokens, sampling, method, rule, stream,
-                              stop_at_eos, schedule=schedule)
+                              stop_at_eos, schedule=schedule, fast=fast)
 
 
 __all__ = ["generate", "make_drafter", "make_schedule", "defaults_for", "DEFAULTS", "CPU_DEFAULTS", "CPU_BF16_DEFAULTS", "METHODS", "ORIGINS", "GenerationResult", "GenerationStats",

@@ -36,7 +36,7 @@ def new_stats(method: str, target: LoadedModel, prompt_len: int) -> GenerationSt
 @torch.inference_mode()
 def baseline_decode(target: LoadedModel, prompt_ids: list[int], max_new_tokens: int = 128,
                     sampling: Sampling = Sampling(), stream: StreamCallback = None,
-                    stop_at_eos: bool = True) -> GenerationResult:
+                    stop_at_eos: bool = True, fast: bool = False) -> GenerationResult:
     model = target.model
     check_lengths(prompt_ids, max_new_tokens, model.config.max_seq_len)
     stats = new_stats("baseline", target, len(prompt_ids))
@@ -46,7 +46,7 @@ def baseline_decode(target: LoadedModel, prompt_ids: list[int], max_new_tokens: 
 
     synchronize(target.device)
     t_start = time.perf_counter()
-    cache = model.new_cache(len(prompt_ids) + max_new_tokens)
+    cache = model.new_cache(len(prompt_ids) + max_new_tokens, fast=fast)
     with timer("target_seconds"):
         logits = prefill(model, cache, prompt_ids)
     stats.prefill_seconds = time.perf_counter() - t_start

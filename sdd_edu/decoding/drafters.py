@@ -136,6 +136,8 @@ class Drafter:
         """Longest context the drafter can hold, if it has a limit (a draft model's window)."""
         return None
 
+    fast = False  # the fast path's fixed-shape caches (``sdd_edu/fast.py``), set by the decoding loop
+
     def begin(self, prompt_ids: Sequence[int], max_len: int) -> None:
         self.forwards, self.seconds, self.ngram_seconds = 0, 0.0, 0.0
 
@@ -303,7 +305,8 @@ class ModelDrafter(Drafter):
 
     def begin(self, prompt_ids, max_len):
         super().begin(prompt_ids, max_len)
-        self.cache = self.draft.model.new_cache(min(max_len + self._extra_slots(), self.draft.config.max_seq_len))
+        self.cache = self.draft.model.new_cache(min(max_len + self._extra_slots(), self.draft.config.max_seq_len),
+                                                fast=self.fast)
         self.cached = 0  # context tokens whose keys/values are committed in the draft cache
         self.skipped = False
         self.lookup_hits, self.lookup_tries = 0.0, 0.0

@@ -36,7 +36,8 @@ from .tree import TokenTree, tree_attention_mask, verify
 def speculative_decode(target: LoadedModel, drafter: Drafter, prompt_ids: list[int], max_new_tokens: int = 128,
                        sampling: Sampling = Sampling(), method: str = "speculative", rule: str = "rrs",
                        stream: StreamCallback = None, stop_at_eos: bool = True,
-                       keep_trees: bool = True, schedule: Optional[DraftSchedule] = None) -> GenerationResult:
+                       keep_trees: bool = True, schedule: Optional[DraftSchedule] = None,
+                       fast: bool = False) -> GenerationResult:
     model = target.model
     if schedule is None:  # the configured tree every step
         schedule = DraftSchedule(drafter.budget, drafter.budget, adaptive=False)
@@ -53,7 +54,8 @@ def speculative_decode(target: LoadedModel, drafter: Drafter, prompt_ids: list[i
 
     synchronize(target.device)
     t_start = time.perf_counter()
-    cache = model.new_cache(len(prompt_ids) + max_new_tokens + extra)
+    cache = model.new_cache(len(prompt_ids) + max_new_tokens + extra, fast=fast)
+    drafter.fast = fast  # the draft model's cache too
     drafter.begin(prompt_ids, len(prompt_ids) + max_new_tokens + extra)
     # the target cache holds everything but the root, which each verification forward brings along
     if len(prompt_ids) > 1:

@@ -36,21 +36,24 @@ def method_and_settings(label: str) -> tuple[str, dict]:
 def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), modes=("greedy", "topk50"),
               prompts: int = 5, start: int = 0, max_new_tokens: int = 128, seed: int = 0,
               settings: dict | None = None, progress: bool = True, peers: bool = False,
-              on_run=None, prompt_set_name: str = "humaneval", repeats: int = 1) -> dict:
+              on_run=None, prompt_set_name: str = "humaneval", repeats: int = 1, fast=None) -> dict:
     """Run every method in every mode; return per-prompt rows and per-(mode, kind, method) summaries.
 
     ``prompts``: HumanEval tasks from ``start``, or prompts per kind for the hold-out set.
     ``repeats``: runs of each prompt and method, the methods in a rotated order each round, so that a
     slow spell of a shared machine does not land on one method; a prompt's speed is its median.
     ``on_run(done, total)`` is called after each generation (widgets show their own progress with it).
+    ``fast``: the fast path for every method (``generate``'s flag; None: on for CUDA).
     """
+    if fast is None:
+        fast = ladder.target.device.type == "cuda"
     settings = settings or {}
     items = prompt_set(prompt_set_name, prompts, start)
     target = ladder.target
     encoded = [(task, kind, target.encode(text)) for task, kind, text in items]
     runs = {label: method_and_settings(label) for label in methods}
     for label, (method, variant) in runs.items():  # warm-up: allocate, fill caches, build the n-gram stage
-        generate(ladder, encoded[0][2][:32], method=method, max_new_tokens=8,
+        generate(ladder, encoded[0][2][:32], method=method, max_new_tokens=8, fast=fast,
                  **{**settings.get(method, {}), **variant})
     rows = []
     total = len(items) * len(methods) * len(modes) * repeats
@@ -63,7 +66,7 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
             order = list(runs.items())
             order = order[rep % len(order):] + order[:rep % len(order)]
             for label, (method, variant) in order:
-                res = generate(ladder, ids, method=method, max_new_tokens=max_new_tokens, seed=seed,
+                res = generate(ladder, ids, method=method, max_new_tokens=max_new_tokens, seed=seed, fast=fast,
                                **MODES[mode], **{**settings.get(method, {}), **variant})
                 s, t = res.stats, trace_summary(res.trace)
                 rows.append({"mode": mode, "method": label, "task_id": task, "kind": kind, "repeat": rep,
@@ -100,7 +103,7 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
     effective = {label: {**defaults_for(m, target.device, target.dtype), **settings.get(m, {}), **v}
                  for label, (m, v) in runs.items() if m != "baseline"}
     return {"device": device_description(target.device), "dtype": str(target.dtype).replace("torch.", ""),
-            "threads": torch.get_num_threads(), "ladder": repr(ladder), "prompts": len(items), "repeats": repeats,
+            "threads": torch.get_num_threads(), "fast": fast, "ladder": repr(ladder), "prompts": len(items), "repeats": repeats,
             "prompt_set": prompt_set_name, "max_new_tokens": max_new_tokens, "settings": effective, "rows": rows,
             "summary": summarize(rows, all_methods, modes)}
 
@@ -155,7 +158,8 @@ def format_table(result: dict) -> str:
     what = "HumanEval prompts" if result.get("prompt_set", "humaneval") == "humaneval" else \
         f"hold-out prompts ({', '.join(kinds)})"
     lines = [f"bench: {result['ladder']}",
-             f"device: {result['device']}, {result['dtype']}; {result['prompts']} {what}, "
+             f"device: {result['device']}, {result['dtype']}{', fast path' if result.get('fast') else ''}; "
+             f"{result['prompts']} {what}, "
              f"{result['max_new_tokens']} new tokens, medians over prompts"
              + (f" of each prompt's median of {result['repeats']} runs" if result.get("repeats", 1) > 1 else "")
              + " after a warm-up",

@@ -1,0 +1,130 @@
+"""The fast path: the same forward with fixed shapes, replayed from CUDA graphs on a GPU.
+
+On a GPU, one forward of a small model is about a thousand kernels, each a few microseconds of work,
+and launching them from Python costs far more than running them: the forward is bound by launches,
+not by its weights or its arithmetic.  A CUDA graph records the launches once and replays them as
+one.  It needs a forward whose shapes and memory addresses never change and that never waits for
+the GPU from the host.  The engine's forward (``Transformer.body``) is that forward when it is
+given, instead of host integers:
+
+* the N new tokens padded up to a bucket (1, 2, 4, ..., 64 tokens): one graph per bucket;
+* the cache slots to write as a tensor of indices on the device (``KVCache.write`` then uses
+  ``index_copy_``), the padded tokens going to scratch slots past the end of the cache;
+* an attention mask over every slot of the cache, built on the device, and positions likewise.
+
+Range checks are done on host integers before the forward.  ``StaticKVCache`` holds the input
+buffers and the graphs; ``Transformer.forward`` hands any forward over it of at most 64 tokens to
+``StaticKVCache.forward`` (longer ones, such as a prefill, take the eager path over the same cache).
+
+Capture is explicit (``torch.cuda.CUDAGraph``), not ``torch.compile(mode="reduce-overhead")``: it
+costs a warm-up forward and a capture per bucket (well under a second each), needs no compiler, and
+leaves the kernels as they are, so that its effect alone can be measured.  On a CPU there is nothing
+to capture: the same static forward then runs eagerly, which is how the tests check it against the
+readable eager path (``generate(..., fast=True)``; on by default on CUDA).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .model import KVCache
+
+BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def bucket_for(n: int) -> int:
+    """The smallest bucket that holds n tokens."""
+    return next(b for b in BUCKETS if b >= n)
+
+
+class StaticKVCache(KVCache):
+    """A KV cache whose forwards have fixed shapes (and, on CUDA, are replayed from graphs).
+
+    ``max_len`` slots hold the sequence; ``BUCKETS[-1]`` scratch slots after them take the padded
+    tokens' keys and values.  Attention covers all of them, through the mask.
+    """
+
+    static = True
+    max_bucket = BUCKETS[-1]
+
+    def __init__(self, model, max_len: int, capture: bool | None = None):
+        super().__init__(model.config, max_len + self.max_bucket, 1, model.device, model.dtype)
+        self.max_len = max_len  # the scratch slots are not the sequence's
+        device = model.device
+        total = max_len + self.max_bucket
+        self.slot_index = torch.arange(total, device=device)  # slot_index[i] == i
+        self.ids = torch.zeros(1, self.max_bucket, dtype=torch.long, device=device)  # (1, bucket)
+        self.pos = torch.zeros(1, self.max_bucket, dtype=torch.long, device=device)  # (1, bucket)
+        self.slots = torch.zeros(self.max_bucket, dtype=torch.long, device=device)  # (bucket,)
+        self.mask = torch.zeros(self.max_bucket, total, dtype=torch.bool, device=device)  # (bucket, S)
+        self.capture = (device.type == "cuda") if capture is None else capture
+        self.graphs: dict[int, tuple] = {}  # bucket -> (graph, its output)
+        self.model = None
+        self.replays = 0
+
+    def forward(self, model, input_ids, position_ids=None, attention_mask=None, last_only=False, reduced=False,
+                extra_head_ids=None) -> torch.Tensor:
+        """What ``Transformer.forward`` returns, computed at the bucket's fixed shapes."""
+        B, N = input_ids.shape
+        start = self.length
+        if B != 1:
+            raise ValueError("the fast path decodes one sequence (batch size 1)")
+        if start + N > self.max_len:
+            raise ValueError(f"KV cache full: {start} + {N} > {self.max_len} slots")
+        # positions are start + depth <= start + N - 1, for a chain and for a tree alike
+        if start + N > model.config.max_seq_len:
+            raise ValueError(f"position {start + N - 1} is past the model's context of "
+                             f"{model.config.max_seq_len} tokens")
+        if self.model is None:
+            self.model = model
+        elif self.model is not model:
+            raise ValueError("a fast cache serves the model that first used it")
+        b = bucket_for(N)
+        # fill the input buffers; padded rows keep stale ids and positions (their results are dropped)
+        self.ids[:, :N].copy_(input_ids)
+        if position_ids is None:
+            self.pos[0, :N].copy_(self.slot_index[start:start + N])
+        else:
+            self.pos[0, :N].copy_(position_ids.reshape(-1))
+        self.slots[:N].copy_(self.slot_index[start:start + N])
+        self.slots[N:b].copy_(self.slot_index[self.max_len:self.max_len + b - N])  # scratch slots
+        if attention_mask is None:  # causal: slot j visible to new token i iff j <= start + i
+            self.mask[:N].copy_(self.slot_index[None, :] <= self.slot_index[start:start + N, None])
+        else:
+            m = attention_mask.reshape(N, start + N)
+            if m.dtype != torch.bool:
+                m = m.bool()
+            self.mask[:N].zero_()
+            self.mask[:N, :start + N].copy_(m)
+        self.mask[N:b].copy_(self.slot_index[None, :] == self.slots[N:b, None])  # a padded token sees itself
+        h = self._run(model, b)  # (1, b, d)
+        self.length = start + N
+        h = h[:, N - 1:N] if last_only else h[:, :N]
+        return model.head_logits(h, reduced, extra_head_ids)
+
+    def _body(self, model, b: int) -> torch.Tensor:
+        return model.body(self.ids[:, :b], self.pos[:, :b], self, self.slots[:b], self.mask[:b])
+
+    def _run(self, model, b: int) -> torch.Tensor:
+        if not self.capture:
+            return self._body(model, b)
+        if b not in self.graphs:
+            # warm up on a side stream (allocations settle, lazy initialisation happens), then record
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._body(model, b)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool()):
+                out = self._body(model, b)
+            self.graphs[b] = (graph, out)
+        graph, out = self.graphs[b]
+        graph.replay()  # the warm-up wrote the same keys and values to the same slots: replaying is harmless
+        self.replays += 1
+        return out
+
+    def _pool(self):
+        if not hasattr(self, "_graph_pool"):
+            self._graph_pool = torch.cuda.graph_pool_handle()
+        return self._graph_pool

@@ -1,0 +1,308 @@
+"""``python -m sdd_edu gpu-check``: is the fast path right, and how fast is it, on this device?
+
+In one run (a few minutes on one GPU; seconds on a CPU with ``quick``):
+
+1. **Logits**: eager vs fast forwards (one token, a chain, a tree mask) at a few cache lengths, on
+   random weights in the embedded target's, the embedded draft's and GPT-2-L's shapes: no model file
+   needed.  Checked in float32 (tight) and in the run's dtype (reported).
+2. **Greedy tokens**: baseline eager, and all four methods on the fast path, on a random-weight ladder
+   in float32 (exactness is a float32 property; in 16 bits a forward over several tokens rounds
+   differently from one over one), and on the embedded ladder when it is installed.
+3. **Latency curve**, eager vs fast, per shape: one forward over 1, 2, 4, ... 64 new tokens.
+4. **Kernels per forward** (CUDA; on a CPU the operators) counted by the profiler.
+5. **Tokens per second** per method, eager baseline vs fast, on the embedded ladder when installed.
+
+Everything goes into one JSON file and a printed table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from typing import Optional
+
+import torch
+
+from ..loading import LoadedModel, resolve_device, resolve_dtype
+from ..model import ModelConfig, Transformer
+from .timing import device_description, median, time_call
+
+CURVE_TOKENS = (1, 2, 4, 8, 16, 32, 64)
+QUICK_TOKENS = (1, 4)
+
+
+def check_shapes(quick: bool) -> dict[str, ModelConfig]:
+    """The shapes checked: the embedded target and draft, and the paper's target (GPT-2-L); tiny ones when quick."""
+    from .roofline import reference_configs
+
+    if quick:
+        return {"tiny llama": ModelConfig(family="llama", vocab_size=512, n_layer=2, n_head=4, n_kv_head=2,
+                                          d_model=64, d_ff=160, max_seq_len=512, rope_theta=10000.0),
+                "tiny draft": ModelConfig(family="llama", vocab_size=512, n_layer=1, n_head=4, n_kv_head=2,
+                                          d_model=32, d_ff=64, max_seq_len=512, head_size=128),
+                "tiny gpt2": ModelConfig(family="gpt2", vocab_size=512, n_layer=2, n_head=4, n_kv_head=4,
+                                         d_model=64, d_ff=256, max_seq_len=512)}
+    from ..loading import DRAFT_ASSET
+
+    draft = ModelConfig(**json.loads((DRAFT_ASSET / "sdd_config.json").read_text()))
+    return {"smollm2-135m shape": ModelConfig(family="llama", vocab_size=49152, n_layer=30, n_head=9, n_kv_head=3,
+                                              d_model=576, d_ff=1536, max_seq_len=8192, rope_theta=100000.0),
+            "draft shape": draft,
+            "gpt2-large shape": reference_configs()["gpt2-large (the paper's target, 774M)"]}
+
+
+def random_model(config: ModelConfig, device, dtype, seed: int = 0, name: str = "random") -> LoadedModel:
+    """Random weights in ``config``'s shape (std 0.02, as GPT-2 initialises), no tokenizer."""
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Transformer(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.02 if config.d_model > 128 else 0.2)
+    return LoadedModel(name, model.to(dtype=dtype).eval().requires_grad_(False), None, "random weights")
+
+
+def _forward_cases(config: ModelConfig, cached: int):
+    """(name, tokens, position_ids, mask) for a one-token step, a 4-token chain and a 6-node tree."""
+    from ..decoding.tree import tree_attention_mask
+
+    mask, pos = tree_attention_mask([-1, -1, 0, 0, 1, 2], cached=cached, chain=1)
+    g = torch.Generator().manual_seed(cached)
+    ids = lambda n: torch.randint(0, config.vocab_size, (1, n), generator=g)
+    return [("1 token", ids(1), None, None), ("chain of 4", ids(4), None, None), ("tree of 6", ids(7), pos, mask)]
+
+
+@torch.inference_mode()
+def logits_gap(model: LoadedModel, cached_lengths=(0, 5, 37)) -> float:
+    """Largest |eager - fast| logit over the forward cases, relative to the largest |logit|."""
+    m = model.model
+    worst = 0.0
+    for cached in cached_lengths:
+        for name, ids, pos, mask in _forward_cases(m.config, cached):
+            outs = []
+            for fast in (False, True):
+                cache = m.new_cache(cached + 16, fast=fast)
+                if cached:
+                    prompt = torch.arange(cached, device=m.device)[None] % m.config.vocab_size
+                    m(prompt, cache)
+                outs.append(m(ids.to(m.device), cache, position_ids=None if pos is None else pos.to(m.device),
+                              attention_mask=None if mask is None else mask.to(m.device)).float())
+            finite = torch.isfinite(outs[0])
+            if not torch.equal(finite, torch.isfinite(outs[1])):
+                return float("inf")
+            scale = outs[0][finite].abs().max().item()
+            worst = max(worst, (outs[0][finite] - outs[1][finite]).abs().max().item() / max(scale, 1e-6))
+    return worst
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Some builds of the profiler's native library log every start and stop on stderr: keep output readable."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
+@torch.inference_mode()
+def forward_profile(model: LoadedModel, fast: bool, tokens: int = 1, context: int = 64) -> dict:
+    """Kernels (on CUDA) or operators (on a CPU) in one forward, and its wall time, by the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    m = model.model
+    cache = m.new_cache(context + tokens, fast=fast)
+    m(torch.zeros(1, context, dtype=torch.long, device=m.device), cache)
+    x = torch.zeros(1, tokens, dtype=torch.long, device=m.device)
+
+    def step():
+        m(x, cache)
+        cache.truncate(context)
+
+    for _ in range(2):  # warm up (and capture, on the fast path)
+        step()
+    cuda = m.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with native_stderr_silenced(), profile(activities=activities) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.events()
+    if cuda:
+        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        kernel_ms = sum(e.device_time_total for e in kernels) / 1000 if kernels else 0.0
+        count = len(kernels)
+    else:
+        count = sum(1 for e in events if e.name.startswith("aten::"))
+        kernel_ms = float("nan")
+    wall = median(time_call(step, m.device, repeats=5, warmup=1)) * 1000
+    return {"count": count, "what": "CUDA kernels" if cuda else "aten operators", "kernel_ms": kernel_ms,
+            "wall_ms": wall}
+
+
+@torch.inference_mode()
+def latency(model: LoadedModel, fast: bool, tokens=CURVE_TOKENS, context: int = 256, repeats: int = 5) -> dict:
+    """Median ms of one forward over n new tokens after ``context`` cached ones."""
+    m = model.model
+    cache = m.new_cache(context + max(tokens), fast=fast)
+    m(torch.zeros(1, context, dtype=torch.long, device=m.device), cache)
+    out = {}
+    for n in tokens:
+        x = torch.zeros(1, n, dtype=torch.long, device=m.device)
+
+        def step():
+            m(x, cache)
+            cache.truncate(context)
+
+        out[n] = 1000 * median(time_call(step, m.device, repeats=repeats, warmup=2))
+    return out
+
+
+def greedy_identity(ladder, prompt_ids: list[int], new_tokens: int) -> dict:
+    """Token ids of baseline (eager and fast) and of every method on the fast path; which equal baseline's."""
+    from ..decoding import METHODS, generate
+
+    ref = generate(ladder, prompt_ids, method="baseline", max_new_tokens=new_tokens, fast=False).token_ids
+    same = {"baseline (fast)": generate(ladder, prompt_ids, method="baseline", max_new_tokens=new_tokens,
+                                        fast=True).token_ids == ref}
+    for method in METHODS[1:]:
+        if method == "staged" and ladder.draft is None:
+            continue
+        for adaptive in (False, True):  # fixed trees exercise the tree forwards even where drafts miss
+            out = generate(ladder, prompt_ids, method=method, max_new_tokens=new_tokens, fast=True,
+                           adaptive=adaptive, node_cost=0.0).token_ids
+            same[f"{method}{'' if adaptive else ':fixed'}"] = out == ref
+    return same
+
+
+def method_speeds(ladder, prompts: list[list[int]], new_tokens: int) -> dict:
+    """Median tok/s per method over the prompts: baseline eager and fast, the others fast, acceptance beside."""
+    from ..decoding import METHODS, generate
+
+    runs = [("baseline (eager)", "baseline", False)] + [(m, m, True) for m in METHODS]
+    generate(ladder, prompts[0], method="staged" if ladder.draft is not None else "tree", max_new_tokens=8,
+             fast=True)  # warm-up: captures, measured costs
+    rows: dict[str, dict] = {}
+    for label, method, fast in runs:
+        if method == "staged" and ladder.draft is None:
+            continue
+        speeds, per_forward = [], []
+        for ids in prompts:
+            r = generate(ladder, ids, method=method, max_new_tokens=new_tokens, fast=fast)
+            speeds.append(r.stats.tokens_per_second)
+            per_forward.append(r.stats.tokens_per_target_forward)
+        rows[label] = {"tokens_per_second": median(speeds), "tokens_per_target_forward": median(per_forward)}
+    base = rows["baseline"]["tokens_per_second"]
+    for r in rows.values():
+        r["speedup_vs_fast_baseline"] = r["tokens_per_second"] / base
+    return rows
+
+
+def gpu_check(device=None, dtype=None, quick: bool = False, embedded: Optional[bool] = None,
+              new_tokens: Optional[int] = None, prompts: int = 3, progress=print) -> dict:
+    """Run the checks above; the result as a dict (see ``format_gpu_check``)."""
+    from ..ladders import make_ladder
+    from ..ngram import PromptLookup
+
+    t_start = time.perf_counter()
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    new_tokens = new_tokens or (12 if quick else 128)
+    shapes = check_shapes(quick)
+    tokens = QUICK_TOKENS if quick else CURVE_TOKENS
+    res = {"device": device_description(device), "dtype": str(dtype).replace("torch.", ""), "quick": quick,
+           "torch": torch.__version__, "shapes": {}, "greedy": {}, "speed": {}}
+    for i, (name, config) in enumerate(shapes.items()):
+        progress(f"gpu-check: {name}")
+        row = {}
+        fp32 = random_model(config, device, torch.float32, seed=i)
+        row["logits_gap_fp32"] = logits_gap(fp32)
+        model = fp32 if dtype == torch.float32 else random_model(config, device, dtype, seed=i)
+        if dtype != torch.float32:
+            row["logits_gap"] = logits_gap(model)
+        del fp32
+        row["latency_ms"] = {"eager": latency(model, False, tokens, context=16 if quick else 256),
+                             "fast": latency(model, True, tokens, context=16 if quick else 256)}
+        row["profile"] = {"eager": forward_profile(model, False, context=16 if quick else 64),
+                          "fast": forward_profile(model, True, context=16 if quick else 64)}
+        res["shapes"][name] = row
+    # greedy identity on a random ladder (target and draft shapes), in float32
+    names = list(shapes)
+    target = random_model(shapes[names[0]], device, torch.float32, seed=10, name="random target")
+    draft = random_model(shapes[names[1]], device, torch.float32, seed=11, name="random draft")
+    random_ladder = make_ladder(target, draft, PromptLookup())
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, shapes[names[0]].vocab_size, (24,), generator=g).tolist()
+    ids = ids + ids[:12]  # a repeat, so that prompt lookup proposes something
+    progress("gpu-check: greedy tokens, random ladder")
+    res["greedy"]["random ladder (fp32)"] = greedy_identity(random_ladder, ids, new_tokens)
+    if embedded is None:
+        embedded = not quick and _embedded_installed()
+    if embedded:
+        from ..data import humaneval_prompt
+        from ..ladders import load_ladder
+
+        progress("gpu-check: embedded ladder")
+        exact = load_ladder("embedded", device=device, dtype="fp32")
+        prompt = exact.target.encode(humaneval_prompt(0))
+        res["greedy"]["embedded ladder (fp32)"] = greedy_identity(exact, prompt, new_tokens)
+        ladder = load_ladder("embedded", device=device, dtype=dtype)
+        encoded = [ladder.target.encode(humaneval_prompt(i)) for i in range(prompts)]
+        res["speed"] = {"ladder": "embedded", "prompts": prompts, "new_tokens": new_tokens,
+                        "methods": method_speeds(ladder, encoded, new_tokens)}
+    else:
+        res["speed"] = {"ladder": "random (acceptance near 0: the machinery's speed only)", "prompts": 1,
+                        "new_tokens": new_tokens,
+                        "methods": method_speeds(random_ladder, [ids], new_tokens)}
+    res["seconds"] = time.perf_counter() - t_start
+    res["ok"] = all(all(v.values()) for v in res["greedy"].values()) and all(
+        r["logits_gap_fp32"] < 1e-3 for r in res["shapes"].values())
+    return res
+
+
+def _embedded_installed() -> bool:
+    from ..errors import SddError
+    from ..loading import embedded_gguf_path
+
+    try:
+        embedded_gguf_path()
+        return True
+    except SddError:
+        return False
+
+
+def format_gpu_check(res: dict) -> str:
+    lines = [f"gpu-check on {res['device']}, {res['dtype']}, torch {res['torch']}"
+             f"{' (quick)' if res['quick'] else ''}: {'all checks passed' if res['ok'] else 'CHECKS FAILED'}"
+             f" in {res['seconds']:.0f} s", ""]
+    for name, row in res["shapes"].items():
+        gap = f"logits |eager - fast| / max|logit|: fp32 {row['logits_gap_fp32']:.1e}"
+        if "logits_gap" in row:
+            gap += f", {res['dtype']} {row['logits_gap']:.1e}"
+        lines.append(f"{name}: {gap}")
+        eager, fast = row["latency_ms"]["eager"], row["latency_ms"]["fast"]
+        lines.append("  new tokens      " + "".join(f"{n:>8}" for n in eager))
+        lines.append("  eager ms        " + "".join(f"{eager[n]:8.2f}" for n in eager))
+        lines.append("  fast ms         " + "".join(f"{fast[n]:8.2f}" for n in fast))
+        pe, pf = row["profile"]["eager"], row["profile"]["fast"]
+        lines.append(f"  one-token forward: {pe['count']} {pe['what']}, {pe['wall_ms']:.2f} ms eager; "
+                     f"{pf['wall_ms']:.2f} ms fast" + (f" (kernel time {pe['kernel_ms']:.2f} ms)"
+                                                      if pe["kernel_ms"] == pe["kernel_ms"] else ""))
+    lines.append("")
+    for name, same in res["greedy"].items():
+        lines.append(f"greedy tokens identical to eager baseline, {name}: "
+                     + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items()))
+    sp = res["speed"]
+    lines += ["", f"tok/s, {sp['ladder']}, {sp['prompts']} prompt(s), {sp['new_tokens']} new tokens, medians:"]
+    for label, r in sp["methods"].items():
+        lines.append(f"  {label:<18} {r['tokens_per_second']:8.1f} tok/s  {r['speedup_vs_fast_baseline']:5.2f}x"
+                     f"  {r['tokens_per_target_forward']:5.2f} tok/fwd")
+    return "\n".join(lines)
