@@ -29,6 +29,16 @@ def test_decoders_and_timing_on_the_accelerator(device, tmp_path):
     base = generate(ladder, "def f(x):", method="baseline", max_new_tokens=16)
     for method in METHODS[1:]:
         assert generate(ladder, "def f(x):", method=method, max_new_tokens=16).token_ids == base.token_ids
+    for method in METHODS:  # the fast path: fixed shapes, and on CUDA one graph per bucket
+        for fast in (False, True):
+            out = generate(ladder, "def f(x):", method=method, max_new_tokens=16, fast=fast).token_ids
+            assert out == base.token_ids, (method, fast)
+    cache = target.model.new_cache(32, fast=True)
+    for n in (3, 1, 1):
+        fast_logits = target.model(torch.ones(1, n, dtype=torch.long, device=target.device), cache)
+    assert torch.isfinite(fast_logits).all()
+    if device == "cuda":
+        assert set(cache.graphs) == {4, 1} and cache.replays == 3  # captured once per bucket, replayed each time
     assert not device_description(target.device).startswith("CPU")  # the accelerator is named
     seconds = time_call(lambda: target.model(torch.zeros(1, 8, dtype=torch.long, device=target.device)),
                         target.device, repeats=2)
