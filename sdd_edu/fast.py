@@ -30,11 +30,33 @@ import torch
 from .model import KVCache
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+CAPACITY_STEP = 256  # fast caches come in multiples of this many slots, so that generations can share them
 
 
 def bucket_for(n: int) -> int:
     """The smallest bucket that holds n tokens."""
     return next(b for b in BUCKETS if b >= n)
+
+
+def static_cache(model, max_len: int, role: str = "target") -> "StaticKVCache":
+    """A fast cache for at least ``max_len`` tokens, reset and reused across generations.
+
+    Capturing a bucket's graph costs a warm-up forward and a capture, so a cache, and the graphs
+    recorded on its buffers, are kept on the model, one per ``role`` (a target's cache and a draft's
+    must differ even when the draft is the target) and per capacity, a multiple of
+    ``CAPACITY_STEP`` slots.  ``release(model)`` frees them."""
+    capacity = min(-(-max_len // CAPACITY_STEP) * CAPACITY_STEP, model.config.max_seq_len)
+    pool = model.__dict__.setdefault("_static_caches", {})
+    cache = pool.get((role, capacity))
+    if cache is None:
+        cache = pool[(role, capacity)] = StaticKVCache(model, capacity)
+    cache.length = 0
+    return cache
+
+
+def release(model) -> None:
+    """Forget the fast caches (and their graphs) kept on ``model``."""
+    model.__dict__.pop("_static_caches", None)
 
 
 class StaticKVCache(KVCache):

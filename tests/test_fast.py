@@ -64,7 +64,7 @@ def test_keep_and_truncate_work_on_the_fast_cache():
 
 def test_padded_tokens_never_touch_the_sequence_slots():
     m = random_lm(8).model
-    cache = m.new_cache(30, fast=True)
+    cache = StaticKVCache(m, 30)
     m(torch.tensor([[1, 2, 3]]), cache)  # a bucket of 4: one padded token, written to a scratch slot
     before = cache.k[:, :, :, :30].clone()
     m(torch.tensor([[4, 5, 6]]), cache)
@@ -72,6 +72,27 @@ def test_padded_tokens_never_touch_the_sequence_slots():
     assert torch.equal(cache.k[:, :, :, 7:30], before[:, :, :, 7:30])  # so are the slots past the tokens
     assert isinstance(cache, StaticKVCache) and cache.max_len == 30 and cache.k.shape[3] == 30 + BUCKETS[-1]
     assert [bucket_for(n) for n in (1, 2, 3, 5, 64)] == [1, 2, 4, 8, 64]
+
+
+def test_fast_caches_are_kept_for_the_next_generation_one_per_role():
+    from sdd_edu.fast import CAPACITY_STEP, release
+    from sdd_edu.ladders import make_ladder
+    from sdd_edu.ngram import PromptLookup
+
+    target = random_lm(14)
+    m = target.model
+    first = m.new_cache(40, fast=True)
+    m(torch.tensor([[1, 2, 3]]), first)
+    again = m.new_cache(100, fast=True)
+    assert again is first and again.length == 0 and again.max_len == CAPACITY_STEP  # reset, graphs kept
+    assert m.new_cache(40, fast=True, role="draft") is not first
+    same = make_ladder(target, target, PromptLookup())  # a draft that is the target: two caches, no clash
+    base = generate(same, [1, 2, 3], max_new_tokens=20, stop_at_eos=False)
+    spec = generate(same, [1, 2, 3], method="speculative", max_new_tokens=20, stop_at_eos=False, fast=True,
+                    adaptive=False)
+    assert spec.token_ids == base.token_ids and spec.stats.tokens_per_target_forward > 2
+    release(m)
+    assert m.new_cache(40, fast=True) is not first
 
 
 def test_the_static_body_traces_with_no_graph_break_and_the_eager_one_does_not():
@@ -99,7 +120,7 @@ def test_long_forwards_fall_back_to_the_eager_path_on_a_fast_cache():
 
 def test_the_fast_path_checks_its_limits_with_clear_errors():
     m = random_lm(11).model
-    cache = m.new_cache(6, fast=True)
+    cache = StaticKVCache(m, 6)
     m(torch.tensor([[1, 2, 3, 4]]), cache)
     with pytest.raises(ValueError, match="KV cache full"):
         m(torch.tensor([[1, 2, 3]]), cache)

@@ -33,7 +33,9 @@ def test_decoders_and_timing_on_the_accelerator(device, tmp_path):
         for fast in (False, True):
             out = generate(ladder, "def f(x):", method=method, max_new_tokens=16, fast=fast).token_ids
             assert out == base.token_ids, (method, fast)
-    cache = target.model.new_cache(32, fast=True)
+    from sdd_edu.fast import StaticKVCache
+
+    cache = StaticKVCache(target.model, 32)
     for n in (3, 1, 1):
         fast_logits = target.model(torch.ones(1, n, dtype=torch.long, device=target.device), cache)
     assert torch.isfinite(fast_logits).all()

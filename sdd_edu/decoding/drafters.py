@@ -306,7 +306,7 @@ class ModelDrafter(Drafter):
     def begin(self, prompt_ids, max_len):
         super().begin(prompt_ids, max_len)
         self.cache = self.draft.model.new_cache(min(max_len + self._extra_slots(), self.draft.config.max_seq_len),
-                                                fast=self.fast)
+                                                fast=self.fast, role="draft")
         self.cached = 0  # context tokens whose keys/values are committed in the draft cache
         self.skipped = False
         self.lookup_hits, self.lookup_tries = 0.0, 0.0

@@ -149,9 +149,15 @@ def forward_profile(model: LoadedModel, fast: bool, tokens: int = 1, context: in
 
 
 @torch.inference_mode()
-def latency(model: LoadedModel, fast: bool, tokens=CURVE_TOKENS, context: int = 256, repeats: int = 5) -> dict:
-    """Median ms of one forward over n new tokens after ``context`` cached ones."""
+def latency(model: LoadedModel, fast: bool, tokens=CURVE_TOKENS, context: int = 256, repeats: int = 5,
+            first: Optional[dict] = None) -> dict:
+    """Median ms of one forward over n new tokens after ``context`` cached ones; ``first`` gets the first
+    call's ms per n (on the fast path it captures the bucket's graph: the one-time cost a reader pays)."""
+    from ..fast import release
+
     m = model.model
+    if fast:
+        release(m)  # so that the first calls below capture
     cache = m.new_cache(context + max(tokens), fast=fast)
     m(torch.zeros(1, context, dtype=torch.long, device=m.device), cache)
     out = {}
@@ -162,7 +168,10 @@ def latency(model: LoadedModel, fast: bool, tokens=CURVE_TOKENS, context: int = 
             m(x, cache)
             cache.truncate(context)
 
-        out[n] = 1000 * median(time_call(step, m.device, repeats=repeats, warmup=2))
+        once = time_call(step, m.device, repeats=1, warmup=0)[0]
+        if first is not None:
+            first[n] = 1000 * once
+        out[n] = 1000 * median(time_call(step, m.device, repeats=repeats, warmup=1))
     return out
 
 
@@ -229,8 +238,10 @@ def gpu_check(device=None, dtype=None, quick: bool = False, embedded: Optional[b
         if dtype != torch.float32:
             row["logits_gap"] = logits_gap(model)
         del fp32
+        first: dict = {}
         row["latency_ms"] = {"eager": latency(model, False, tokens, context=16 if quick else 256),
-                             "fast": latency(model, True, tokens, context=16 if quick else 256)}
+                             "fast": latency(model, True, tokens, context=16 if quick else 256, first=first)}
+        row["first_fast_call_ms"] = first  # the capture of each bucket's graph, on CUDA
         row["profile"] = {"eager": forward_profile(model, False, context=16 if quick else 64),
                           "fast": forward_profile(model, True, context=16 if quick else 64)}
         res["shapes"][name] = row
@@ -292,6 +303,10 @@ def format_gpu_check(res: dict) -> str:
         lines.append("  new tokens      " + "".join(f"{n:>8}" for n in eager))
         lines.append("  eager ms        " + "".join(f"{eager[n]:8.2f}" for n in eager))
         lines.append("  fast ms         " + "".join(f"{fast[n]:8.2f}" for n in fast))
+        first = row.get("first_fast_call_ms", {})
+        if first:
+            lines.append("  fast, 1st call  " + "".join(f"{first[n]:8.2f}" for n in first)
+                         + "   (captures the bucket's graph on CUDA)")
         pe, pf = row["profile"]["eager"], row["profile"]["fast"]
         lines.append(f"  one-token forward: {pe['count']} {pe['what']}, {pe['wall_ms']:.2f} ms eager; "
                      f"{pf['wall_ms']:.2f} ms fast" + (f" (kernel time {pe['kernel_ms']:.2f} ms)"
