@@ -203,12 +203,18 @@ def method_speeds(ladder, prompts: list[list[int]], new_tokens: int) -> dict:
     for label, method, fast in runs:
         if method == "staged" and ladder.draft is None:
             continue
-        speeds, per_forward = [], []
+        speeds, per_forward, split = [], [], {"target": 0.0, "draft": 0.0, "other": 0.0}
         for ids in prompts:
             r = generate(ladder, ids, method=method, max_new_tokens=new_tokens, fast=fast)
-            speeds.append(r.stats.tokens_per_second)
-            per_forward.append(r.stats.tokens_per_target_forward)
-        rows[label] = {"tokens_per_second": median(speeds), "tokens_per_target_forward": median(per_forward)}
+            s = r.stats
+            speeds.append(s.tokens_per_second)
+            per_forward.append(s.tokens_per_target_forward)
+            split["target"] += s.target_seconds
+            split["draft"] += s.draft_seconds
+            split["other"] += s.wall_seconds - s.target_seconds - s.draft_seconds  # n-gram, Python, syncs
+        total = sum(split.values()) or 1.0
+        rows[label] = {"tokens_per_second": median(speeds), "tokens_per_target_forward": median(per_forward),
+                       "time_split": {k: v / total for k, v in split.items()}}
     base = rows["baseline"]["tokens_per_second"]
     for r in rows.values():
         r["speedup_vs_fast_baseline"] = r["tokens_per_second"] / base
@@ -318,6 +324,8 @@ def format_gpu_check(res: dict) -> str:
     sp = res["speed"]
     lines += ["", f"tok/s, {sp['ladder']}, {sp['prompts']} prompt(s), {sp['new_tokens']} new tokens, medians:"]
     for label, r in sp["methods"].items():
+        t = r["time_split"]
         lines.append(f"  {label:<18} {r['tokens_per_second']:8.1f} tok/s  {r['speedup_vs_fast_baseline']:5.2f}x"
-                     f"  {r['tokens_per_target_forward']:5.2f} tok/fwd")
+                     f"  {r['tokens_per_target_forward']:5.2f} tok/fwd   time: target {t['target']:4.0%}, "
+                     f"draft {t['draft']:4.0%}, other {t['other']:4.0%}")
     return "\n".join(lines)
