@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.sdd-edu-installed
 
-.PHONY: setup demo test test-fast lab strip bench engine-bench clean
+.PHONY: setup demo test test-fast lab strip student bench engine-bench clean
 
 setup: $(STAMP)
 
@@ -40,3 +40,7 @@ engine-bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+# the student edition: every exercise's solution replaced by a stub (see sdd_edu/notebook.py)
+student: $(STAMP)
+	$(PY) -m sdd_edu.notebook student student tutorials/*.ipynb

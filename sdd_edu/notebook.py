@@ -13,6 +13,7 @@ The notebooks are kept without outputs in the repository::
 
     python -m sdd_edu.notebook strip tutorials/*.ipynb   # remove outputs, execution counts, widget state
     python -m sdd_edu.notebook check tutorials/*.ipynb   # report what is left, and missing sections
+    python -m sdd_edu.notebook student student/ tutorials/*.ipynb   # the student edition (``make student``)
 """
 
 from __future__ import annotations
@@ -111,13 +112,123 @@ def structure_problems(nb) -> list[str]:
     return problems
 
 
+# ----------------------------------------------------------------------------- the student edition
+#
+# The committed notebooks are the instructor edition: every exercise is solved, between marker lines
+#
+#     # BEGIN SOLUTION (hint: what to write)
+#     ...the solution...
+#     # END SOLUTION
+#
+# and followed by a cell of ``check(...)`` calls.  The student edition replaces each block by a stub
+# that raises NotImplementedError with the hint, so that the cell, and the checks after it, fail until
+# the student writes the code.
+
+BEGIN_SOLUTION = re.compile(r"^(?P<indent>\s*)# BEGIN SOLUTION(?: \(hint: (?P<hint>.*)\))?\s*$")
+END_SOLUTION = re.compile(r"^\s*# END SOLUTION\s*$")
+
+
+def solution_blocks(source: str) -> list[tuple[int, int, str, str]]:
+    """(first line, last line, indent, hint) of each marked solution block; the markers included."""
+    blocks, begin = [], None
+    for i, line in enumerate(source.split("\n")):
+        m = BEGIN_SOLUTION.match(line)
+        if m:
+            if begin is not None:
+                raise ValueError(f"line {i + 1}: BEGIN SOLUTION inside another solution block")
+            begin = (i, m.group("indent"), m.group("hint") or "")
+        elif END_SOLUTION.match(line):
+            if begin is None:
+                raise ValueError(f"line {i + 1}: END SOLUTION without BEGIN SOLUTION")
+            blocks.append((begin[0], i, begin[1], begin[2]))
+            begin = None
+    if begin is not None:
+        raise ValueError(f"line {begin[0] + 1}: BEGIN SOLUTION without END SOLUTION")
+    return blocks
+
+
+def student_source(source: str) -> str:
+    """``source`` with every solution block replaced by a stub that raises NotImplementedError."""
+    lines = source.split("\n")
+    for first, last, indent, hint in reversed(solution_blocks(source)):
+        stub = [f"{indent}# YOUR CODE HERE" + (f" (hint: {hint})" if hint else ""),
+                f"{indent}raise NotImplementedError({('Exercise: ' + hint if hint else 'Exercise')!r})"]
+        lines[first:last + 1] = stub
+    return "\n".join(lines)
+
+
+def student_edition(nb):
+    """A copy of ``nb`` with its solutions replaced by stubs (outputs stripped)."""
+    import copy
+
+    out = copy.deepcopy(nb)
+    strip(out)
+    for cell in out.get("cells", []):
+        if cell.get("cell_type") == "code" and "# BEGIN SOLUTION" in cell.get("source", ""):
+            cell["source"] = student_source(cell["source"])
+    return out
+
+
+def exercise_problems(nb) -> list[str]:
+    """Why an exercise's checks could pass on the unchanged stub (an empty list: none can).
+
+    For each solved cell, a later cell must call ``check`` on a name that the solved cell binds from
+    its solution block on, and that nothing before binds: on the stub that name is never defined, so
+    the check fails (and the stub cell itself raises NotImplementedError)."""
+    import ast
+
+    problems, bound_before = [], set()
+    cells = [c for c in nb.get("cells", []) if c.get("cell_type") == "code"]
+    for k, cell in enumerate(cells):
+        source = cell.get("source", "")
+        blocks = solution_blocks(source)
+        if blocks:
+            first_line = blocks[0][0] + 1  # ast counts lines from 1
+            bindings = _bindings(source)
+            before = {name for name, line in bindings if line < first_line}
+            from_block = {name for name, line in bindings if line >= first_line} - before - bound_before
+            checks = next((c.get("source", "") for c in cells[k + 1:] if "check(" in c.get("source", "")), "")
+            used = {n.id for n in ast.walk(ast.parse(checks)) if isinstance(n, ast.Name)} if checks else set()
+            if not (used & from_block):
+                problems.append(f"code cell {k}: no later check uses a name its solution defines "
+                                f"({sorted(from_block) or 'none'}), so the checks could pass on the stub")
+        bound_before |= {name for name, _ in _bindings(source)}
+    return problems
+
+
+def _bindings(source: str) -> list[tuple[str, int]]:
+    """(name, line) of every name the code binds: assignments, loop targets, defs, imports."""
+    import ast
+
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            out.append((node.id, node.lineno))
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            out.append((node.name, node.lineno))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            out.extend(((a.asname or a.name).split(".")[0], node.lineno) for a in node.names)
+    return out
+
+
 def main(argv=None) -> int:
     import nbformat
 
     args = sys.argv[1:] if argv is None else argv
-    if len(args) < 2 or args[0] not in ("strip", "check"):
-        print("usage: python -m sdd_edu.notebook {strip,check} NOTEBOOK.ipynb ...", file=sys.stderr)
+    if len(args) < 2 or args[0] not in ("strip", "check", "student") or (args[0] == "student" and len(args) < 3):
+        print("usage: python -m sdd_edu.notebook {strip,check} NOTEBOOK.ipynb ...\n"
+              "       python -m sdd_edu.notebook student OUTDIR NOTEBOOK.ipynb ...", file=sys.stderr)
         return 2
+    if args[0] == "student":
+        from pathlib import Path
+
+        out = Path(args[1])
+        out.mkdir(parents=True, exist_ok=True)
+        for path in args[2:]:
+            nb = nbformat.read(path, as_version=4)
+            nbformat.write(student_edition(nb), out / Path(path).name)
+            print(f"wrote {out / Path(path).name}")
+        return 0
     bad = 0
     for path in args[1:]:
         nb = nbformat.read(path, as_version=4)
@@ -126,7 +237,7 @@ def main(argv=None) -> int:
                 nbformat.write(nb, path)
                 print(f"stripped {path}")
         else:
-            for problem in dirty_parts(nb) + structure_problems(nb):
+            for problem in dirty_parts(nb) + structure_problems(nb) + exercise_problems(nb):
                 print(f"{path}: {problem}")
                 bad += 1
     return 1 if bad else 0
