@@ -172,9 +172,9 @@ def student_edition(nb):
 def exercise_problems(nb) -> list[str]:
     """Why an exercise's checks could pass on the unchanged stub (an empty list: none can).
 
-    For each solved cell, a later cell must call ``check`` on a name that the solved cell binds from
-    its solution block on, and that nothing before binds: on the stub that name is never defined, so
-    the check fails (and the stub cell itself raises NotImplementedError)."""
+    The stub raises where the solution was: at once for a block at the top of a cell, at the first
+    call for a block inside a function.  A later cell must call ``check`` on a global name that is
+    bound only from that point on (so on the stub it is never bound), or call the function itself."""
     import ast
 
     problems, bound_before = [], set()
@@ -183,31 +183,50 @@ def exercise_problems(nb) -> list[str]:
         source = cell.get("source", "")
         blocks = solution_blocks(source)
         if blocks:
+            tree = ast.parse(source)
             first_line = blocks[0][0] + 1  # ast counts lines from 1
-            bindings = _bindings(source)
-            before = {name for name, line in bindings if line < first_line}
-            from_block = {name for name, line in bindings if line >= first_line} - before - bound_before
+            enclosing = [f for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                         and f.lineno < first_line <= f.end_lineno]
+            raises_at, stubbed = first_line, set()
+            if enclosing:  # the stub raises when the function is first used (called, or passed on to a caller)
+                stubbed = {enclosing[0].name}
+                uses = [stmt.lineno for stmt in tree.body if stmt.lineno > enclosing[0].end_lineno
+                        and any(isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in stubbed
+                                for n in ast.walk(stmt))]
+                raises_at = min(uses, default=float("inf"))  # the first statement that uses it
+            bindings = _global_bindings(tree)
+            before = {name for name, line in bindings if line < raises_at}
+            from_stub = ({name for name, line in bindings if line >= raises_at} - before - bound_before) | stubbed
             checks = next((c.get("source", "") for c in cells[k + 1:] if "check(" in c.get("source", "")), "")
             used = {n.id for n in ast.walk(ast.parse(checks)) if isinstance(n, ast.Name)} if checks else set()
-            if not (used & from_block):
-                problems.append(f"code cell {k}: no later check uses a name its solution defines "
-                                f"({sorted(from_block) or 'none'}), so the checks could pass on the stub")
-        bound_before |= {name for name, _ in _bindings(source)}
+            if not (used & from_stub):
+                problems.append(f"code cell {k}: no later check uses a name bound only once its solution has run "
+                                f"({sorted(from_stub) or 'none'}), so the checks could pass on the stub")
+        bound_before |= {name for name, _ in _global_bindings(ast.parse(source))}
     return problems
 
 
-def _bindings(source: str) -> list[tuple[str, int]]:
-    """(name, line) of every name the code binds: assignments, loop targets, defs, imports."""
+def _global_bindings(tree) -> list[tuple[str, int]]:
+    """(name, line) of the global names a cell binds: assignments, loop targets, defs, imports (not the
+    locals of its functions or comprehensions)."""
     import ast
 
     out = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            out.append((node.id, node.lineno))
-        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            out.append((node.name, node.lineno))
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            out.extend(((a.asname or a.name).split(".")[0], node.lineno) for a in node.names)
+
+    def visit(node):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                out.append((child.name, child.lineno))
+            elif isinstance(child, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+                continue
+            elif isinstance(child, ast.Name) and isinstance(child.ctx, ast.Store):
+                out.append((child.id, child.lineno))
+            elif isinstance(child, (ast.Import, ast.ImportFrom)):
+                out.extend(((a.asname or a.name).split(".")[0], child.lineno) for a in child.names)
+            else:
+                visit(child)
+
+    visit(tree)
     return out
 
 
