@@ -11,7 +11,7 @@ from sdd_edu import generate
 from sdd_edu.decoding import baseline_decode
 from sdd_edu.decoding.schedule import MAX_IDLE_WAIT, DraftSchedule, expected_tokens
 from sdd_edu.ladders import make_ladder
-from sdd_edu.ngram import KatzTrigram
+from sdd_edu.ngram import KatzTrigram, PromptLookup
 from tests.test_speculative import (VOCAB, chi_square_p_value, exact_two_token_distribution, random_lm,
                                     random_streams, sample_counts)
 
@@ -142,3 +142,26 @@ def test_a_fixed_schedule_drafts_the_configured_tree_every_step():
                    budget=5)
     assert [step["size"] for step in res.trace] == [5] * len(res.trace)
     assert not any(step["shadow"] for step in res.trace)
+
+
+def test_a_draft_that_cannot_predict_the_prompt_starts_with_speculation_off():
+    s = DraftSchedule(3, 6, lambda n: 1.0 + 0.2 * n)
+    s.record_prompt(0.05)  # the draft's first choice was the prompt's next token at 5% of the positions
+    assert not s.burning_in() and s.size() == 0
+    s = DraftSchedule(3, 6, lambda n: 1.0 + 0.2 * n)
+    s.record_prompt(0.4)
+    assert s.burning_in() and s.size() == 3 and s.acceptance == 0.5  # only kept: the burn-in measures
+
+
+def test_the_prompt_decides_the_first_step_in_generation():
+    from sdd_edu.decoding import baseline_decode
+
+    target = random_lm(21)
+    random_draft = make_ladder(target, random_lm(22, n_layer=1), PromptLookup())
+    itself = make_ladder(target, target, PromptLookup())
+    text = baseline_decode(target, [3, 1, 4], 24, stop_at_eos=False).token_ids  # what the target itself writes
+    off = generate(random_draft, text, method="speculative", max_new_tokens=12, stop_at_eos=False)
+    on = generate(itself, text, method="speculative", max_new_tokens=12, stop_at_eos=False)
+    assert off.trace[0]["size"] == 0 and on.trace[0]["size"] > 0
+    expected = baseline_decode(target, text, 12, stop_at_eos=False).token_ids
+    assert off.token_ids == on.token_ids == expected

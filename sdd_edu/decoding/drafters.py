@@ -147,6 +147,11 @@ class Drafter:
     def update(self, context: list[int], tree: TokenTree, accepted: list[int]) -> None:
         pass
 
+    def prefill(self, context: list[int]):
+        """Read the context before the first step; how often the drafter's first choice was the context's
+        next token (None: it cannot tell at no cost).  Only model drafters can."""
+        return None
+
     # -- hooks for _grow
     def _mix(self, tree: TokenTree, node: int, context: list[int], dist: torch.Tensor) -> torch.Tensor:
         """The distribution the children of ``node`` are drawn from (the draft's, or a mixture with it)."""
@@ -336,6 +341,31 @@ class ModelDrafter(Drafter):
     def _logits(self, x, **kw):
         extra = getattr(self, "_extra_on_device", None) if self.head_ids is not None else None
         return self.draft.model(x, self.cache, reduced=self.head_ids is not None, extra_head_ids=extra, **kw)[0]
+
+    def prefill(self, context):
+        """The draft forward over the context that the first draft would run anyway (all but the root),
+        and its agreement with the context: the share of positions where the draft's first choice, or the
+        lookup's, was the next token.  A draft that cannot predict the prompt rarely predicts the target."""
+        if len(context) < 2 or self.cached:
+            return None
+        model = self.draft.model
+        synchronize(model.device)
+        t0 = time.perf_counter()
+        logits = self._logits(torch.tensor([context[:-1]], device=model.device))  # (L - 1, columns)
+        self.forwards += 1
+        self.cached = len(context) - 1
+        best = logits.argmax(-1).cpu()
+        guesses = (self.support[best] if self.head_ids is not None else best).tolist()
+        synchronize(model.device)
+        self.seconds += time.perf_counter() - t0
+        hits = [g == t for g, t in zip(guesses, context[1:])]
+        if self.lookup is not None:
+            t0 = time.perf_counter()
+            for i in range(1, len(context)):
+                _, tokens, _ = self.lookup.match(context[:i], 1)
+                hits[i - 1] = hits[i - 1] or (bool(tokens) and tokens[0] == context[i])
+            self.ngram_seconds += time.perf_counter() - t0
+        return sum(hits) / len(hits)
 
     # -- prompt lookup, mixed into every node's distribution
     @property

@@ -11,7 +11,10 @@ an isolated measurement misses.  Each step the schedule picks the size with the 
 tokens per second, given the acceptance seen over the last few steps.
 
 * The first three steps use the configured size (two, if neither accepts anything); from then on
-  the measured acceptance and times decide.
+  the measured acceptance and times decide.  Before that, the draft reads the prompt (the forward its
+  first draft would run anyway): if its first choice was the prompt's next token at fewer than
+  ``PROMPT_FLOOR`` of the positions (prose or Japanese for a draft trained on code), there is no burn-in
+  and speculation starts off, to come back when shadow drafts land.
 * Speculation stays on, at the configured size, while that size is expected to beat a baseline
   step.  Sizes in between are not tried: the configured size is the one chosen for the device,
   and on a CPU a forward over 2 tokens can cost as much as one over 4.
@@ -60,6 +63,8 @@ class DraftSchedule:
     BURN_IN = 3  # steps at the configured size first (two, if they accept nothing): an acceptance and a time
     GROWTH_MARGIN = 1.05  # grow past the configured size only for a clear gain (step times are noisy)
     OFF_MARGIN = 0.9  # stop speculating only for a clear loss
+    PROMPT_FLOOR = 0.15  # below this agreement with the prompt, start with speculation off
+    PROMPT_WEIGHT = 2.0  # tested levels the prompt's agreement then counts for
 
     def __init__(self, configured: int, max_size: int, step_cost: Callable[[int], float] = lambda s: 1.0,
                  adaptive: bool = True, learn_times: bool = False, decay: float = 0.9, prior: float = 0.5):
@@ -72,6 +77,7 @@ class DraftSchedule:
         self.times: dict[int, deque] = {}  # size -> recent step seconds
         self.steps = 0
         self.last_size = configured  # the size of the last step (0: speculation is off)
+        self.prompt_agreement: Optional[float] = None
 
     @property
     def acceptance(self) -> float:
@@ -110,9 +116,21 @@ class DraftSchedule:
         if not self.adaptive:
             return self.configured
         # first trust the configuration, and time it, unless its first two drafts both land nothing
-        if self.steps < 2 and self.accepted == 0 or self.steps < self.BURN_IN and self.accepted > 0:
+        if self.burning_in():
             return self.configured
         return self.best_size()
+
+    def burning_in(self) -> bool:
+        if self.prompt_agreement is not None and self.prompt_agreement < self.PROMPT_FLOOR:
+            return False  # the draft could not even predict the prompt
+        return self.steps < 2 and self.accepted == 0 or self.steps < self.BURN_IN and self.accepted > 0
+
+    def record_prompt(self, agreement: Optional[float]) -> None:
+        """How often the drafter's first choice was the prompt's next token (None: not known).  Low, it
+        counts as ``PROMPT_WEIGHT`` tested levels and the burn-in is skipped; otherwise it is only kept."""
+        self.prompt_agreement = agreement
+        if agreement is not None and agreement < self.PROMPT_FLOOR:
+            self.observe(self.PROMPT_WEIGHT * agreement, self.PROMPT_WEIGHT)
 
     def shadow_due(self) -> bool:
         """At size 0: time to draft without verifying, to see whether drafts would land again."""

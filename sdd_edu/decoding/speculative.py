@@ -61,6 +61,8 @@ def speculative_decode(target: LoadedModel, drafter: Drafter, prompt_ids: list[i
     if len(prompt_ids) > 1:
         with timer("target_seconds"):
             model(torch.tensor([prompt_ids[:-1]], device=model.device), cache, last_only=True)
+    if schedule.adaptive:  # the draft reads the prompt now (its first draft would anyway): how well it predicts it
+        schedule.record_prompt(drafter.prefill(list(prompt_ids)))
     stats.prefill_seconds = time.perf_counter() - t_start
 
     context = list(prompt_ids)
