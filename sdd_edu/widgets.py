@@ -264,9 +264,11 @@ class LatencyDashboard(View):
 
         c = {k: w.value for k, w in self.controls.items()}
         methods = ["baseline"] + [m for m in c["methods"] if m != "baseline"]
+        # the shapes set by the controls, every step (the adaptive schedule would resize them)
         tree = {"width": _positive("width", c["width"]), "depth": _positive("depth", c["depth"]),
-                "budget": _positive("tree size", c["budget"])}
-        settings = {"speculative": {"gamma": _positive("gamma", c["gamma"])}, "tree": tree, "staged": tree}
+                "budget": _positive("tree size", c["budget"]), "adaptive": False}
+        settings = {"speculative": {"gamma": _positive("gamma", c["gamma"]), "adaptive": False}, "tree": tree,
+                    "staged": tree}
         if self.bench is None:
             self.bench = run_bench(self.ladder, methods, [c["mode"]], prompts=self.prompts,
                                    max_new_tokens=self.max_new_tokens, settings=settings, progress=False,

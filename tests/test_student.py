@@ -59,10 +59,14 @@ def test_every_exercise_of_the_series_fails_on_its_stub(path):
     assert structure_problems(student) == []
     stubs = [c.source for c in student.cells if c.cell_type == "code" and "raise NotImplementedError" in c.source]
     assert len(stubs) == len([c for c in nb.cells if c.cell_type == "code" and solution_blocks(c.source)])
-    solved_lines = {line.strip() for c in nb.cells if c.cell_type == "code" for first, last, *_ in
-                    solution_blocks(c.source) for line in c.source.split("\n")[first + 1:last]}
-    student_lines = {line.strip() for c in student.cells if c.cell_type == "code" for line in c.source.split("\n")}
-    assert not (solved_lines & student_lines), "a solution line is left in the student edition"
+    for solved, stub in zip(nb.cells, student.cells):
+        if solved.cell_type != "code" or not solution_blocks(solved.source):
+            continue
+        lines = solved.source.split("\n")
+        inside = {i for first, last, *_ in solution_blocks(solved.source) for i in range(first + 1, last)}
+        hidden = {lines[i].strip() for i in inside} - {lines[i].strip() for i in range(len(lines)) if i not in inside}
+        left = hidden & {line.strip() for line in stub.source.split("\n")}
+        assert not left, f"solution lines left in the student edition: {left}"
     assert "BEGIN SOLUTION" not in "".join(c.source for c in student.cells)
 
 
