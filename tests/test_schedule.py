@@ -52,7 +52,7 @@ def test_baseline_steps_call_shadow_drafts_ever_less_often():
         waits.append(idle)
         s.record(0, 0, 0)
         s.record_shadow(False)
-    assert waits == [1, 2, 4, 8, 16, 16, 16, 16] and MAX_IDLE_WAIT == 16
+    assert waits == [1, 2, 4, 8, 16, 32, 32, 32] and MAX_IDLE_WAIT == 32
     landed = 0
     while s.size() == 0 and landed < 20:  # drafts land again: the shadow says so, and speculation comes back
         while not s.shadow_due():

@@ -22,8 +22,9 @@ tokens per second, given the acceptance seen over the last few steps.
   bigger tree clearly pays (as ``transformers``' assisted generation grows its draft after a fully
   accepted step).
 * Drafts that miss turn speculation off: size 0, a plain baseline step with no draft forward.
-  Nothing is tested then, so after 1, 2, 4, ... 16 such steps (the wait doubles unless a draft
-  lands and brings speculation within reach) the drafter drafts in the shadow: one draft forward, nothing added to the target's
+  Nothing is tested then, so after 1, 2, 4, ... 32 such steps (the wait doubles unless a draft
+  lands and brings speculation within reach; it starts at 8 when the prompt turned speculation
+  off) the drafter drafts in the shadow: one draft forward, nothing added to the target's
   forward, and its first token compared with the target's.  A shadow draft costs a draft forward
   (a few percent of a step), where a real probe would also make the target's forward bigger.
   Prompt lookup's guess is free, so a staged drafter checks it at every baseline step, and a guess
@@ -41,7 +42,8 @@ from typing import Callable, Optional
 
 from ..errors import SddError
 
-MAX_IDLE_WAIT = 16  # longest run of baseline steps between shadow drafts
+MAX_IDLE_WAIT = 32  # longest run of baseline steps between shadow drafts
+PROMPT_OFF_WAIT = 8  # the first wait when the prompt turned speculation off (no sign yet that drafts land)
 
 
 def expected_tokens(acceptance: float, size: int) -> float:
@@ -131,6 +133,9 @@ class DraftSchedule:
         self.prompt_agreement = agreement
         if agreement is not None and agreement < self.PROMPT_FLOOR:
             self.observe(self.PROMPT_WEIGHT * agreement, self.PROMPT_WEIGHT)
+            # a shadow draft costs more than its own forward (it also slows the target's next ones: measured
+            # about 2.4 ms a step on this CPU with one every few steps), so start probing slowly
+            self.wait = PROMPT_OFF_WAIT
 
     def shadow_due(self) -> bool:
         """At size 0: time to draft without verifying, to see whether drafts would land again."""
