@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import html
 import math
+import textwrap
 from pathlib import Path
 
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from .errors import SddError
@@ -28,9 +30,49 @@ STAGE_COLORS = {"target_seconds": "#d62728", "draft_seconds": "#1f77b4", "ngram_
                 "overhead_seconds": "#bcbd22"}
 
 
+# room at the top of every figure, in px: the plotly toolbar (modebar) floats over the top right, so the
+# title starts below it; make_subplots puts its panel titles in the top margin, just above the panels
+MODEBAR_PX = 32
+TITLE_LINE_PX = 24  # one line of the 17 px title font
+SUBPLOT_TITLES_PX = 32
+LEGEND_PX = 30  # one row of the horizontal legend under the plot
+TITLE_CHARS = 80  # plotly never wraps a title: longer ones are broken at spaces (about 750 px of 17 px text)
+
+
+def _wrap(title: str, width: int = TITLE_CHARS) -> str:
+    """``title`` with a ``<br>`` wherever a line would run past ``width`` characters."""
+    lines = []
+    for line in title.split("<br>"):
+        lines += textwrap.wrap(line, width, break_long_words=False) or [""]
+    return "<br>".join(lines)
+
+
+def _has_subplot_titles(fig: go.Figure) -> bool:
+    # make_subplots writes each panel title as a paper-referenced annotation anchored on a panel's top edge
+    return any(a.xref == "paper" and a.yref == "paper" and a.yanchor == "bottom" and a.showarrow is False
+               for a in fig.layout.annotations)
+
+
+def _legend_shown(fig: go.Figure) -> bool:
+    return sum(1 for t in fig.data if t.showlegend is not False) >= 2 or any(t.showlegend for t in fig.data)
+
+
 def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
-    fig.update_layout(title=title, height=height, template="plotly_white", margin=dict(l=60, r=20, t=60, b=50),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0))
+    """The house style: title under the toolbar, panel titles under the title, the legend under the axes.
+
+    ``height``: of the plot with one title line; the figure grows by the room its title lines and legend take.
+    """
+    title = _wrap(title or "")
+    lines = title.count("<br>") + 1 if title else 0
+    top = MODEBAR_PX + lines * TITLE_LINE_PX + (SUBPLOT_TITLES_PX if _has_subplot_titles(fig) else 12)
+    legend = LEGEND_PX if _legend_shown(fig) else 0
+    fig.update_layout(
+        title=dict(text=title, x=0, xref="paper", xanchor="left", y=1, yref="container", yanchor="top",
+                   pad=dict(t=MODEBAR_PX)),
+        height=height + top - 60 + legend, template="plotly_white", margin=dict(l=60, r=20, t=top, b=50),
+        # anchored to the figure's bottom edge: plotly reserves room for it below the x axes (however many
+        # rows it wraps to), so it never meets a panel title, an axis title or the figure title
+        legend=dict(orientation="h", xref="paper", x=0, xanchor="left", yref="container", y=0, yanchor="bottom"))
     return fig
 
 
@@ -44,36 +86,62 @@ def roofline_figure(ceilings: dict, points: list[dict], title: str = "") -> go.F
     """
     peak, bw = ceilings["peak_flops"], ceilings["bandwidth_bytes"]
     ridge = peak / bw
-    lo = min([0.1] + [p["intensity"] / 2 for p in points])
-    hi = max([ridge * 10] + [p["intensity"] * 2 for p in points])
+    # the axis spans the points and the ridge with a little room, not decades of empty compute-bound roof
+    span = [ridge] + [p["intensity"] for p in points]
+    lo, hi = min(span) / 4, max(span) * 4
     xs = [lo * (hi / lo) ** (i / 99) for i in range(100)]
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=xs, y=[min(peak, bw * x) / 1e9 for x in xs], mode="lines", name="roofline",
                              line=dict(color="black", width=2),
                              hovertemplate="intensity %{x:.2f} FLOP/B<br>%{y:.1f} GFLOP/s<extra></extra>"))
-    fig.add_vline(x=ridge, line=dict(dash="dot", color="grey"),
-                  annotation_text=f"ridge {ridge:.0f} FLOP/B", annotation_position="top left")
-    for p in points:
+    fig.add_vline(x=ridge, line=dict(dash="dot", color="grey"))
+    # an annotation's x on a log axis is log10 of the value (add_vline's own annotation puts it at 10^ridge)
+    fig.add_annotation(x=math.log10(ridge), xref="x", y=0, yref="paper", xanchor="left", yanchor="bottom",
+                       text=f"ridge {ridge:.0f} FLOP/B", showarrow=False, font=dict(color="grey"))
+    for p, position in zip(points, _label_positions([p["intensity"] for p in points])):
         y = p.get("flops_per_second") or min(peak, bw * p["intensity"])
         fig.add_trace(go.Scatter(
             x=[p["intensity"]], y=[y / 1e9], mode="markers+text", name=p["name"], text=[p["name"]],
-            textposition="top center", marker=dict(size=12, color=METHOD_COLORS.get(p.get("method", ""), None)),
+            textposition=position, cliponaxis=False,
+            marker=dict(size=12, color=METHOD_COLORS.get(p.get("method", ""), None)),
             hovertemplate=f"{p['name']}<br>intensity %{{x:.2f}} FLOP/B<br>%{{y:.1f}} GFLOP/s<extra></extra>"))
-    fig.update_xaxes(type="log", title="arithmetic intensity (FLOP per byte moved)")
+    fig.update_xaxes(type="log", range=[math.log10(lo), math.log10(hi)],
+                     title="arithmetic intensity (FLOP per byte moved)")
     fig.update_yaxes(type="log", title="attainable GFLOP/s")
     return _layout(fig, title or f"Roofline of {ceilings['device']} ({ceilings['dtype']}): "
                                  f"{peak / 1e9:.0f} GFLOP/s peak, {bw / 1e9:.0f} GB/s")
 
 
+def _label_positions(intensities: list[float]) -> list[str]:
+    """A text position per point: neighbours along the axis take turns above-left and below-right of their marker.
+
+    Points close in intensity sit close on the roofline too, so labels on the same side would overlap; on
+    opposite sides of the (rising or flat) roof they never do.
+    """
+    order = sorted(range(len(intensities)), key=lambda i: intensities[i])
+    positions = [""] * len(intensities)
+    for rank, i in enumerate(order):
+        positions[i] = "top left" if rank % 2 == 0 else "bottom right"
+    return positions
+
+
+def _series_color(i: int) -> str:
+    palette = pio.templates["plotly_white"].layout.colorway
+    return palette[i % len(palette)]
+
+
 def latency_figure(curves: dict[str, list[dict]], title: str = "Forward latency vs tokens per forward") -> go.Figure:
     """Measured forward time vs tokens per forward (``measure.roofline.latency_curve``), one line per model."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("time per forward (ms)", "relative to one token"))
-    for name, rows in curves.items():
+    for i, (name, rows) in enumerate(curves.items()):
+        # one colour per model in both panels: left to itself, plotly would colour each trace anew
+        color = _series_color(i)
+        style = dict(mode="lines+markers", name=name, legendgroup=name, line=dict(color=color),
+                     marker=dict(color=color))
         xs = [r["tokens"] for r in rows]
-        fig.add_trace(go.Scatter(x=xs, y=[r["ms"] for r in rows], mode="lines+markers", name=name,
-                                 legendgroup=name), row=1, col=1)
-        fig.add_trace(go.Scatter(x=xs, y=[r["relative_to_one"] for r in rows], mode="lines+markers", name=name,
-                                 legendgroup=name, showlegend=False), row=1, col=2)
+        fig.add_trace(go.Scatter(x=xs, y=[r["ms"] for r in rows], **style), row=1, col=1)
+        fig.add_trace(go.Scatter(x=xs, y=[r["relative_to_one"] for r in rows], showlegend=False, **style),
+                      row=1, col=2)
     fig.add_hline(y=1.0, line=dict(dash="dot", color="grey"), row=1, col=2)
     fig.update_xaxes(type="log", title="new tokens in the forward")
     return _layout(fig, title)

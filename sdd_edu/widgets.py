@@ -24,6 +24,13 @@ import plotly.graph_objects as go
 from . import plots
 from .errors import SddError
 
+# FigureWidget (plotly 6+, an anywidget) draws before JupyterLab has laid out its output area, so autosize
+# falls back to plotly's 700 px and stays there: views draw at a width that fits JupyterLab's ~1150 px output
+FIGURE_WIDTH = 1080
+# ipywidgets cuts a description at about 80 px ("temperat..."); 'initial' gives each label the room it needs
+LABEL_STYLE = {"description_width": "initial"}
+CELL_STYLE = "padding:2px 8px"  # widgets.HTML has no table style of its own: cells would touch
+
 
 class View(widgets.VBox):
     """Controls, a figure, a progress bar and a message line; ``refresh()`` redraws from the controls."""
@@ -43,6 +50,7 @@ class View(widgets.VBox):
             rows.append(self.figure)
         super().__init__(rows)
         for control in controls.values():
+            control.style.description_width = LABEL_STYLE["description_width"]  # every label whole
             control.observe(self._on_change, names="value")
 
     # subclasses implement draw(): read the controls, measure, update the figure
@@ -74,6 +82,7 @@ class View(widgets.VBox):
         self.message.value = f'<span style="color:#d62728">&#9888; {html.escape(text)}</span>'
 
     def _show(self, fig: go.Figure) -> None:
+        fig.update_layout(width=FIGURE_WIDTH)
         with self.figure.batch_update():
             self.figure.data = ()
             self.figure.add_traces(list(fig.data))
@@ -90,6 +99,16 @@ def _int(description: str, value: int, lo: int = 1, hi: int = 64, slider: bool =
     if slider:
         return widgets.IntSlider(value=value, min=lo, max=hi, description=description, continuous_update=False)
     return widgets.IntText(value=value, description=description, layout=widgets.Layout(width="170px"))
+
+
+def _float(description: str, value: float, step: float = 0.1):
+    return widgets.FloatText(value=value, step=step, description=description, layout=widgets.Layout(width="190px"))
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """An HTML table with padded cells; ``header`` and ``rows`` are HTML already."""
+    line = lambda tag, cells: "<tr>" + "".join(f'<{tag} style="{CELL_STYLE}">{c}</{tag}>' for c in cells) + "</tr>"
+    return "<table>" + line("th", header) + "".join(line("td", row) for row in rows) + "</table>"
 
 
 def _rate(x) -> str:
@@ -111,7 +130,7 @@ class IntensityExplorer(View):
             "model": widgets.Dropdown(options=list(models), description="model"),
             "tokens": widgets.IntSlider(value=16, min=1, max=512, description="tree tokens", continuous_update=False),
             "gamma": widgets.IntSlider(value=4, min=1, max=16, description="draft length", continuous_update=False),
-            "context": widgets.IntText(value=256, description="context", layout=widgets.Layout(width="170px")),
+            "context": _int("context", 256, slider=False),
             "dtype": widgets.Dropdown(options=["fp32", "bf16", "fp16"], value=next(iter(self.ceilings), "fp32"),
                                       description="dtype"),
         }
@@ -144,12 +163,11 @@ class IntensityExplorer(View):
         self._show(plots.roofline_figure(ceil, points, title=f"{c['model']}, {c['dtype']}, context {c['context']}"))
         base = rows[0][2]
         ridge = ceil["peak_flops"] / ceil["bandwidth_bytes"]
-        body = "".join(
-            f"<tr><td>{n}</td><td>{k['intensity']:.2f}</td><td>{plots.format_si(k['flops'], 'FLOP')}</td>"
-            f"<td>{plots.format_si(k['bytes'], 'B')}</td><td>{1000 * t:.2f} ms</td><td>{t / base:.2f}x</td>"
-            f"<td>{'memory' if k['intensity'] < ridge else 'compute'}</td></tr>" for n, k, t in rows)
-        self.table.value = ("<table><tr><th>forward</th><th>FLOP/B</th><th>FLOPs</th><th>bytes</th>"
-                            "<th>roofline time</th><th>vs 1 token</th><th>bound by</th></tr>" + body + "</table>")
+        self.table.value = _table(
+            ["forward", "FLOP/B", "FLOPs", "bytes", "roofline time", "vs 1 token", "bound by"],
+            [(html.escape(n), f"{k['intensity']:.2f}", plots.format_si(k["flops"], "FLOP"),
+              plots.format_si(k["bytes"], "B"), f"{1000 * t:.2f} ms", f"{t / base:.2f}x",
+              "memory" if k["intensity"] < ridge else "compute") for n, k, t in rows])
 
 
 def intensity_explorer(models: Optional[dict] = None, ceilings: Optional[dict] = None,
@@ -188,8 +206,7 @@ class AcceptanceExplorer(View):
             "width": _int("width", 2, 1, 8),
             "depth": _int("depth", 4, 1, 12),
             "budget": _int("tree size", 8, slider=False),
-            "temperature": widgets.FloatText(value=0.0, step=0.1, description="temperature",
-                                             layout=widgets.Layout(width="170px")),
+            "temperature": _float("temperature", 0.0),
         }
         self.summary = widgets.HTML()
         self.results = []
@@ -276,13 +293,11 @@ class LatencyDashboard(View):
         bench, self.bench = self.bench, None  # a given benchmark is shown once; control changes re-measure
         self.last = bench
         self._show(plots.latency_bars_figure(bench, mode=bench["summary"][0]["mode"]))
-        rows = "".join(
-            f"<tr><td>{s['method']}</td><td>{s['tokens_per_second']:.1f}</td><td>{s['speedup']:.2f}x</td>"
-            f"<td>{_rate(s['acceptance_rate'])}</td></tr>"
-            for s in bench["summary"])
+        table = _table(["method", "tok/s", "speedup", "acceptance"],
+                       [(s["method"], f"{s['tokens_per_second']:.1f}", f"{s['speedup']:.2f}x",
+                         _rate(s["acceptance_rate"])) for s in bench["summary"]])
         self.table.value = (f"<small>{html.escape(bench['device'])}; {bench['prompts']} prompts x "
-                            f"{bench['max_new_tokens']} tokens</small><table><tr><th>method</th><th>tok/s</th>"
-                            f"<th>speedup</th><th>acceptance</th></tr>{rows}</table>")
+                            f"{bench['max_new_tokens']} tokens</small>{table}")
 
 
 def latency_dashboard(ladder="embedded", prompts: int = 2, max_new_tokens: int = 48,
@@ -307,8 +322,7 @@ class TokenOriginView(View):
         controls = {
             "prompt": widgets.Dropdown(options=list(prompts), description="prompt"),
             "method": widgets.Dropdown(options=methods, value=methods[-1], description="method"),
-            "temperature": widgets.FloatText(value=0.0, step=0.1, description="temperature",
-                                             layout=widgets.Layout(width="170px")),
+            "temperature": _float("temperature", 0.0),
         }
         self.text = widgets.HTML()
         self.result = None
@@ -358,7 +372,8 @@ class TreeView(View):
             "depth": _int("depth", depth, slider=False),
             "budget": _int("tree size", budget, slider=False),
         }
-        self.step = widgets.IntSlider(value=0, min=0, max=0, description="step", continuous_update=False)
+        self.step = widgets.IntSlider(value=0, min=0, max=0, description="step", continuous_update=False,
+                                      style=LABEL_STYLE)
         self.context = widgets.HTML()
         self.result = None
         super().__init__(controls, go.Figure(), extra=[self.step, self.context],
@@ -391,8 +406,8 @@ class TreeView(View):
         step = res.trace[i]
         self._show(plots.tree_figure(step, decode=decode, root_text=repr(decode([context[-1]]))[1:-1],
                                      title=f"{self.method} (width {self.settings['width']}, depth "
-                                           f"{self.settings['depth']}, size {self.settings['budget']}), step {i}: "
-                                           f"{len(step['tree']['tokens'])} nodes proposed, {step['accepted']} "
+                                           f"{self.settings['depth']}, size {self.settings['budget']}), step {i}"
+                                           f"<br>{len(step['tree']['tokens'])} nodes proposed, {step['accepted']} "
                                            f"accepted, then 1 token from the target"))
         emitted = res.token_ids[before:before + step["emitted"]]
         self.context.value = (f'<pre style="white-space:pre-wrap;font-size:12px">'
