@@ -90,29 +90,34 @@ class KVCache:
     ``length`` counts the committed slots.  A forward over N tokens writes slots
     [length, length + N) and advances ``length``; ``truncate`` and ``keep`` then
     decide which of those writes survive.
+
+    Keys and values share one tensor, the keys' heads first, in the order the
+    layer's fused qkv projection produces them: one write stores both.  ``k`` and
+    ``v`` are views of its two halves.
     """
 
     def __init__(self, config: ModelConfig, max_len: int, batch_size: int = 1,
                  device=None, dtype=torch.float32):
-        shape = (config.n_layer, batch_size, config.n_kv_head, max_len, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (nl, B, nkv, S, hs)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        nkv = config.n_kv_head
+        shape = (config.n_layer, batch_size, 2 * nkv, max_len, config.head_dim)
+        self.kv = torch.zeros(shape, device=device, dtype=dtype)  # (nl, B, 2 nkv, S, hs)
+        self.k, self.v = self.kv[:, :, :nkv], self.kv[:, :, nkv:]  # (nl, B, nkv, S, hs) each
+        # one view per layer, made once, not at every step (not ``unbind``: autograd refuses writes to its views)
+        self.layers = tuple(self.kv[i] for i in range(config.n_layer))  # (B, 2 nkv, S, hs) each
         self.max_len = max_len
         self.length = 0
 
-    def write(self, layer: int, start, k: torch.Tensor, v: torch.Tensor):
-        """Store k, v of shape (B, nkv, N, hs) at slots [start, start + N); return all slots so far.
+    def write(self, layer: int, start, kv: torch.Tensor) -> torch.Tensor:
+        """Store keys and values kv (B, 2 nkv, N, hs) at slots [start, start + N); return all slots so far.
 
         ``start`` may instead be a tensor of N slot indices on the device (the fast path): then the
         writes need no host integer, and every slot is returned (the attention mask decides)."""
+        cache = self.layers[layer]  # (B, 2 nkv, S, hs)
         if isinstance(start, torch.Tensor):
-            self.k[layer].index_copy_(2, start, k)
-            self.v[layer].index_copy_(2, start, v)
-            return self.k[layer], self.v[layer]  # (B, nkv, S, hs)
-        end = start + k.shape[2]
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+            return cache.index_copy_(2, start, kv)
+        end = start + kv.shape[2]
+        cache[:, :, start:end] = kv
+        return cache[:, :, :end]
 
     def truncate(self, length: int):
         """Forget every slot from ``length`` on (rejected drafts are simply overwritten later)."""
@@ -137,8 +142,7 @@ class KVCache:
             return
         src = torch.tensor([start + s for s in slots], dtype=torch.long).to(self.k.device, non_blocking=True)
         # index_select copies, so overlapping source and destination ranges are safe
-        self.k[:, :, :, start:start + n] = self.k.index_select(3, src)
-        self.v[:, :, :, start:start + n] = self.v.index_select(3, src)
+        self.kv[:, :, :, start:start + n] = self.kv.index_select(3, src)
         self.length = start + n
 
 
@@ -168,8 +172,10 @@ def linear(x, weight, bias=None):
     if (x.device.type == "cpu" and x.dtype == torch.float32 and rows <= Linear.MAX_ROWS
             and out_features % c == 0 and not torch.is_grad_enabled()):
         w = weight.view(c, out_features // c, in_features)  # (c, out/c, in)
-        # the column layout matters: a row-major x gives strides (0, 1, in), the fast case
-        columns = x.contiguous().reshape(rows, in_features).t().expand(c, -1, -1)  # (c, in, rows)
+        # x's rows as columns, the same for every block: one strided view of a row-major x (what
+        # reshape, t and expand would give, in one operator).  The column layout matters: strides
+        # (0, 1, in) are the fast case.
+        columns = x.contiguous().as_strided((c, in_features, rows), (0, 1, in_features))  # (c, in, rows)
         y = torch.bmm(w, columns)  # (c, out/c, rows)
         if rows == 1:  # one token: (c, out/c, 1) is already in the output's order
             y = y.view(*x.shape[:-1], out_features)
@@ -189,7 +195,11 @@ class RMSNorm(nn.Module):
         if x.is_cuda and hasattr(F, "rms_norm"):  # one fused kernel (torch >= 2.4) instead of six
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         if x.dtype == torch.float32:  # (on a CPU, F.rms_norm decomposes into more operators than this)
-            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+            # mean(x^2) + eps as |x|^2 / d + eps: one reduction and one multiply-add.  eps is a tensor: on
+            # the CPU every Python number in an operation costs a conversion (four more operators)
+            eps = torch.scalar_tensor(self.eps, dtype=x.dtype, device=x.device)
+            norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # (B, N, 1)
+            return x * torch.rsqrt(torch.addcmul(eps, norm, norm, value=1 / x.shape[-1])) * self.weight
         # normalise in fp32 for stability, as the reference implementation does
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -208,15 +218,32 @@ def rope_tables(head_dim: int, max_len: int, theta: float):
 
 
 def apply_rope(x, cos, signed_sin):
-    """Rotate x (B, N, h, hs) by its positions' angles; cos/signed_sin are (B, N, 1, hs).
+    """Rotate x (B, N, h, 2, hs/2), each head split into its two halves, by its positions' angles;
+    cos/signed_sin are tables of the same layout (``head_rope``).
 
     Pairs (x1, x2) = (x[i], x[i + hs/2]) turn by their angle: (x1 cos - x2 sin, x2 cos + x1 sin).
-    ``roll`` swaps the halves and the signed sin supplies the minus."""
-    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
+    ``flip`` swaps the halves and the signed sin supplies the minus."""
+    return torch.addcmul(x * cos, x.flip(-2), signed_sin)
+
+
+def head_rope(cos, signed_sin, n_rotated: int, n_plain: int):
+    """The tables of ``apply_rope`` for a layer's fused qkv heads: (B, N, n_rotated + n_plain, 2, hs/2)
+    from the (B, N, 1, hs) rows of ``rope_tables``.
+
+    The first n_rotated heads (q and k) turn by their angles, the last n_plain (v) by angle zero
+    (cos 1, sin 0, exactly v again): then one rotation covers the projection's whole output, and no
+    layer slices q and k out of it first.  Made once per forward; every layer uses the same."""
+    B, N, _, hs = cos.shape
+    cos = torch.cat([cos.expand(B, N, n_rotated, hs), torch.ones_like(cos).expand(B, N, n_plain, hs)], dim=2)
+    sin = torch.cat([signed_sin.expand(B, N, n_rotated, hs), torch.zeros_like(signed_sin).expand(B, N, n_plain, hs)],
+                    dim=2)
+    return cos.view(B, N, -1, 2, hs // 2), sin.view(B, N, -1, 2, hs // 2)
 
 
 def attention(q, k, v, mask):
     """Softmax attention, q (B, nh, N, hs) over k, v (B, nkv, S, hs); each kv head serves nh / nkv query heads.
+
+    mask: None, boolean (True = may attend) or additive (0 or -inf, ``additive_mask``), (N, S) or (B, 1, N, S).
 
     On the CPU in 16-bit, PyTorch's fused kernel is many times slower than three plain ops
     (measured: about 10 ms against 0.6 ms for one layer of a 48-sequence decoding step), so
@@ -230,8 +257,11 @@ def attention(q, k, v, mask):
         scores = (q.reshape(B, nkv, g * N, hs) @ k.transpose(-1, -2)).float() / math.sqrt(hs)  # (B, nkv, g*N, S)
         if mask is not None:
             m = mask if mask.dim() == 2 else mask[:, 0]  # (N, S) or (B, N, S)
-            scores = scores.view(B, nkv, g, N, S).masked_fill(~m[..., None, None, :, :] if m.dim() == 3
-                                                               else ~m, float("-inf")).view(B, nkv, g * N, S)
+            m = m[:, None, None] if m.dim() == 3 else m  # broadcasts over (B, nkv, g, N, S)
+            scores = scores.view(B, nkv, g, N, S)
+            # a boolean mask (True = may attend) or an additive one (0 or -inf, ``additive_mask``)
+            scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m
+            scores = scores.view(B, nkv, g * N, S)
         return (torch.softmax(scores, -1).to(v.dtype) @ v).view(B, nh, N, hs)
     if nkv != nh:
         try:
@@ -240,6 +270,14 @@ def attention(q, k, v, mask):
             k = k.repeat_interleave(nh // nkv, dim=1)
             v = v.repeat_interleave(nh // nkv, dim=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def additive_mask(mask, dtype):
+    """A boolean mask (True = may attend) as the additive one attention applies: 0 or -inf.
+
+    ``scaled_dot_product_attention`` converts a boolean mask so in every call; done once per forward,
+    the layers share it."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
 class Attention(nn.Module):
@@ -253,17 +291,20 @@ class Attention(nn.Module):
         self.out = Linear(config.d_model, config.d_model, bias=bias)
 
     def forward(self, x, rope, cache: Optional[KVCache], start: int, mask):
+        """rope: the tables of ``head_rope`` (or (B, N, 1, hs) rows of ``rope_tables``, widened here)."""
         B, N, _ = x.shape
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
-        qkv = self.qkv(x).view(B, N, nh + 2 * nkv, hs)  # (B, N, nh + 2 nkv, hs)
-        qk, v = qkv[:, :, :nh + nkv], qkv[:, :, nh + nkv:]
-        if rope is not None:  # q and k rotated together: one rotation, not two
-            qk = apply_rope(qk, *rope)
-        q = qk[:, :, :nh].transpose(1, 2)  # (B, nh, N, hs)
-        k = qk[:, :, nh:].transpose(1, 2)  # (B, nkv, N, hs)
-        v = v.transpose(1, 2)  # (B, nkv, N, hs)
+        H = nh + 2 * nkv  # q, k and v heads, in this order
+        qkv = self.qkv(x)  # (B, N, H * hs)
+        if rope is not None:  # q and k rotated together, v by angle zero: one rotation, no slicing
+            if rope[0].dim() == 4:
+                rope = head_rope(*rope, nh + nkv, nkv)
+            qkv = apply_rope(qkv.view(B, N, H, 2, hs // 2), *rope)  # (B, N, H, 2, hs/2)
+        qkv = qkv.view(B, N, H, hs).transpose(1, 2)  # (B, H, N, hs)
+        q, kv = qkv.split([nh, 2 * nkv], dim=1)  # (B, nh, N, hs), (B, 2 nkv, N, hs)
         if cache is not None:
-            k, v = cache.write(self.layer_idx, start, k, v)  # (B, nkv, start + N, hs)
+            kv = cache.write(self.layer_idx, start, kv)  # (B, 2 nkv, start + N, hs): k and v in one write
+        k, v = kv.split([nkv, nkv], dim=1)  # (B, nkv, S, hs) each
         y = attention(q, k, v, mask)  # (B, nh, N, hs)
         return self.out(y.transpose(1, 2).reshape(B, N, nh * hs))
 
@@ -272,6 +313,7 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.gated = config.family == "llama"
+        self.d_ff = config.d_ff
         if self.gated:  # SwiGLU: gate and up projections fused into one matmul
             self.up = Linear(config.d_model, 2 * config.d_ff, bias=False)
             self.down = Linear(config.d_ff, config.d_model, bias=False)
@@ -281,9 +323,8 @@ class MLP(nn.Module):
 
     def forward(self, x):
         if self.gated:
-            gate_up = self.up(x)  # (B, N, 2 d_ff)
-            d_ff = gate_up.shape[-1] // 2
-            return self.down(F.silu(gate_up[..., :d_ff]) * gate_up[..., d_ff:])
+            gate, up = self.up(x).split([self.d_ff, self.d_ff], dim=-1)  # (B, N, d_ff) each
+            return self.down(F.silu(gate) * up)
         return self.down(F.gelu(self.up(x), approximate="tanh"))
 
 
@@ -384,9 +425,12 @@ class Transformer(nn.Module):
         rope = None
         if self.pos_emb is not None:
             x = x + self.pos_emb(position_ids)
-        else:
-            rope = (self.rope_cos[position_ids].unsqueeze(2).to(x.dtype),  # (B, N, 1, hs)
-                    self.rope_sin[position_ids].unsqueeze(2).to(x.dtype))
+        else:  # the rotation tables of this forward's positions, made once for every layer
+            c = self.config
+            rope = head_rope(self.rope_cos[position_ids].unsqueeze(2).to(x.dtype),  # (B, N, 1, hs)
+                             self.rope_sin[position_ids].unsqueeze(2).to(x.dtype), c.n_head + c.n_kv_head, c.n_kv_head)
+        if mask is not None and mask.dtype == torch.bool:
+            mask = additive_mask(mask, x.dtype)
         for block in self.blocks:
             x = block(x, rope, cache, start, mask)
         if last_only:

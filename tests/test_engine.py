@@ -164,6 +164,41 @@ def test_single_row_fast_path_matches_linear():
     for rows in (1, 3, 16, 17):
         x = torch.randn(1, rows, 96)
         torch.testing.assert_close(lin(x), torch.nn.functional.linear(x, lin.weight, lin.bias), atol=1e-5, rtol=1e-5)
+        # the columns are a strided view of x's storage: rows that start past its beginning, or not contiguous
+        for part in (torch.randn(1, rows + 2, 96)[:, 2:], torch.randn(1, rows, 192)[..., ::2]):
+            torch.testing.assert_close(lin(part), torch.nn.functional.linear(part, lin.weight, lin.bias),
+                                       atol=1e-5, rtol=1e-5)
+
+
+def test_keys_and_values_share_one_cache_tensor():
+    model = small_model("llama")
+    cache = model.new_cache(16)
+    model(torch.tensor([[1, 2, 3]]), cache)
+    nkv = model.config.n_kv_head
+    assert cache.k.shape == cache.v.shape == (2, 1, nkv, 16, model.config.head_dim)  # (nl, B, nkv, S, hs)
+    assert torch.equal(cache.kv[:, :, :nkv], cache.k) and torch.equal(cache.kv[:, :, nkv:], cache.v)
+    assert cache.k.abs().sum() > 0 and cache.v[:, :, :, 3:].abs().sum() == 0  # three slots written, no more
+    assert all(layer.data_ptr() == cache.kv[i].data_ptr() for i, layer in enumerate(cache.layers))  # views
+
+
+def test_rope_tables_of_one_head_are_widened_to_the_fused_heads():
+    """A block given the (B, N, 1, hs) rows of the rope tables computes what the forward computes (it widens
+    them to every q, k and v head, the v heads turned by angle zero)."""
+    from sdd_edu.model import head_rope
+
+    model = small_model("llama")
+    x = torch.tensor([[5, 9, 13]])
+    cos, sin = model.rope_cos[:3][None, :, None], model.rope_sin[:3][None, :, None]  # (1, 3, 1, hs)
+    mask = model._attention_mask(None, 0, 3, x.device)
+    h = model.tok_emb(x)
+    c = model.config
+    wide = head_rope(cos, sin, c.n_head + c.n_kv_head, c.n_kv_head)
+    assert wide[0].shape == (1, 3, c.n_head + 2 * c.n_kv_head, 2, c.head_dim // 2)
+    assert torch.equal(wide[0][:, :, -c.n_kv_head:], torch.ones_like(wide[0][:, :, -c.n_kv_head:]))
+    assert torch.equal(wide[1][:, :, -c.n_kv_head:], torch.zeros_like(wide[1][:, :, -c.n_kv_head:]))
+    torch.testing.assert_close(model.blocks[0](h, (cos, sin), None, 0, mask), model.blocks[0](h, wide, None, 0, mask))
+    full = model.norm(model.blocks[1](model.blocks[0](h, (cos, sin), None, 0, mask), (cos, sin), None, 0, mask))
+    torch.testing.assert_close(full, model.body(x, torch.arange(3)[None], None, 0, mask), atol=1e-6, rtol=1e-6)
 
 
 def test_cache_errors():
