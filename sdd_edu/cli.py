@@ -34,6 +34,8 @@ def _add_method_args(p):
     g.add_argument("--width", type=int, help="tree/staged: children per node")
     g.add_argument("--depth", type=int, help="tree/staged: maximum tree depth")
     g.add_argument("--budget", type=int, help="tree/staged: nodes sent to the target")
+    g.add_argument("--tree", choices=["auto"], help="auto: the chain or tree planned for this device from its measured "
+                   "acceptance and forward costs (measured once, then cached; sdd_edu.measure.tree_plan)")
     g.add_argument("--rounds", type=int, help="staged: extra draft forwards after the n-gram-guided one")
     g.add_argument("--rule", choices=["rrs", "target"], help="sampling rule for trees (default rrs)")
     g.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=None,
@@ -56,7 +58,20 @@ def _node_cost(text: str):
 def method_settings(args) -> dict:
     """The method settings given on the command line (unset ones keep the method's defaults)."""
     names = ("gamma", "width", "depth", "budget", "rounds", "rule", "adaptive", "node_cost", "lookup")
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if getattr(args, "tree", None) == "auto":
+        shape = {"gamma", "width", "depth", "budget"} & set(given)
+        if shape:
+            raise SddError(f"--tree auto chooses the shape itself; drop --{' --'.join(sorted(shape))}")
+        given.update(gamma="auto", budget="auto")  # each method keeps the key it has (see for_method)
+    return given
+
+
+def for_method(method: str, settings: dict) -> dict:
+    """The settings that ``method`` takes (the command line's apply to every method of a benchmark)."""
+    from .decoding import DEFAULTS
+
+    return {k: v for k, v in settings.items() if k in DEFAULTS.get(method, {})}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="baseline, speculative, tree and staged on HumanEval (the paper's Table 2)")
     p.add_argument("--ladder", default=DEFAULT_LADDER)
     p.add_argument("--methods", default="baseline,speculative,tree,staged",
-                   help="comma-separated; METHOD:fixed runs the paper's fixed tree without prompt lookup")
+                   help="comma-separated; METHOD:fixed runs the paper's fixed tree without prompt lookup, "
+                        "tree:2x3x4 a fixed tree (width x depth x budget), speculative:g4 a fixed chain, METHOD:auto "
+                        "the tree planned for this device, fixed; fixed shapes are printed with their predicted speed")
     p.add_argument("--modes", default="greedy,topk50", help="greedy and/or topk50 (top-k 50 at T = 1)")
     p.add_argument("--prompt-set", default="humaneval",
                    help="humaneval, holdout (prose, SQL, JSON, repeated, non-Latin; reported per kind), or both "
@@ -168,13 +185,18 @@ def cmd_info(args) -> None:
         print(f"  {name:<38} {desc}")
 
 
+def _generate_settings(args) -> dict:
+    given = method_settings(args)
+    return for_method(args.method, given) if getattr(args, "tree", None) == "auto" else given
+
+
 def cmd_generate(args) -> None:
     from .decoding import generate
 
     if args.json:
         res = generate(args.ladder, args.prompt, method=args.method, max_new_tokens=args.max_new_tokens,
                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                       device=args.device, dtype=args.dtype, fast=args.fast, **method_settings(args))
+                       device=args.device, dtype=args.dtype, fast=args.fast, **_generate_settings(args))
         print(json.dumps(res.to_dict()))
         return
     from .ladders import load_ladder
@@ -192,7 +214,7 @@ def cmd_generate(args) -> None:
 
     res = generate(args.ladder, args.prompt, method=args.method, max_new_tokens=args.max_new_tokens,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                   stream=stream, device=args.device, dtype=args.dtype, fast=args.fast, **method_settings(args))
+                   stream=stream, device=args.device, dtype=args.dtype, fast=args.fast, **_generate_settings(args))
     print(f"\n\n--- {res.stats.summary()}")
     if args.method != "baseline":
         from .decoding import trace_summary
@@ -282,9 +304,7 @@ def cmd_bench(args) -> None:
               "draft with the n-gram stage alone")
         methods = [m for m in methods if not m.startswith("staged")]
     given = method_settings(args)
-    from .decoding import DEFAULTS
-
-    settings = {m: {k: v for k, v in given.items() if k in DEFAULTS.get(m, {})} for m in METHODS}
+    settings = {m: for_method(m, given) for m in METHODS}
     from .data import PROMPT_SETS
 
     sets = [x.strip() for x in args.prompt_set.split(",") if x.strip()]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import math
 import textwrap
+from typing import Optional
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -351,3 +352,66 @@ def format_si(x: float, unit: str = "") -> str:
         return f"{x} {unit}"
     k = min(4, max(0, int(math.log10(abs(x)) // 3)))
     return f"{x / 10 ** (3 * k):.1f} {['', 'k', 'M', 'G', 'T'][k]}{unit}"
+
+
+# ----------------------------------------------------------------------------- the tree planned for a device
+
+def tree_plan_figure(plan: dict, measured: Optional[list[dict]] = None, title: str = "") -> go.Figure:
+    """The tree chosen for a device (``sdd_edu.measure.tree_plan``) and what it came from.
+
+    Four panels: predicted tok/s of the best tree of each size (``measured``: records with ``nodes``,
+    ``measured_tokens_per_second`` and optionally ``predicted_tokens_per_second``, drawn beside it), the
+    chosen tree, the acceptance by rank, and the target's (and draft's) forward time against tokens.
+    """
+    table = plan["table"]
+    best = plan["predicted"]
+    fig = make_subplots(rows=2, cols=2, horizontal_spacing=0.1, vertical_spacing=0.2,
+                        subplot_titles=("predicted tok/s, best tree of each size", f"the chosen tree ({best['nodes']} nodes)",
+                                        "acceptance of the draft's k-th choice", "forward time (ms)"))
+    # x: the node budget n (the best tree within it may use fewer nodes, when more would not pay)
+    fig.add_trace(go.Scatter(x=[r["n"] for r in table], y=[r["tokens_per_second"] for r in table],
+                             mode="lines+markers", name="predicted", line=dict(color=METHOD_COLORS["tree"]),
+                             text=[r["nodes"] for r in table],
+                             hovertemplate="budget %{x}: %{text} nodes, %{y:.1f} tok/s<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Scatter(x=[best["nodes"]], y=[best["tokens_per_second"]], mode="markers", name="chosen",
+                             marker=dict(size=14, symbol="star", color="#d62728")), row=1, col=1)
+    if measured:
+        fig.add_trace(go.Scatter(x=[r["nodes"] for r in measured], y=[r["measured_tokens_per_second"] for r in measured],
+                                 mode="markers", name="measured", marker=dict(size=10, symbol="x", color="black"),
+                                 text=[", ".join(f"{k} {v}" for k, v in r["shape"].items()) for r in measured],
+                                 hovertemplate="%{text}: %{y:.1f} tok/s measured<extra></extra>"), row=1, col=1)
+    fig.update_xaxes(title="tree nodes (budget)", row=1, col=1)
+    fig.update_yaxes(title="tok/s (decoding)", rangemode="tozero", row=1, col=1)
+    # the chosen tree, drawn as the drafters would fill it (rank order top to bottom)
+    chosen = next((r for r in table if r["nodes"] == best["nodes"]), table[0])
+    parents = chosen.get("parents", [])
+    where = tree_layout(parents)
+    root_row = (sum(where[i][1] for i, p in enumerate(parents) if p == -1) /
+                max(1, sum(1 for p in parents if p == -1))) if parents else 0.0
+    xs, ys = [], []
+    for i, p in enumerate(parents):
+        x0, y0 = (0, root_row) if p == -1 else where[p]
+        xs += [x0, where[i][0], None]
+        ys += [-y0, -where[i][1], None]
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="#aaaaaa"), showlegend=False,
+                             hoverinfo="skip"), row=1, col=2)
+    fig.add_trace(go.Scatter(x=[0] + [d for d, _ in where], y=[-root_row] + [-r for _, r in where], mode="markers",
+                             marker=dict(size=10, color=["black"] + [ORIGIN_COLORS["draft"]] * len(where)),
+                             showlegend=False, hoverinfo="skip"), row=1, col=2)
+    fig.update_xaxes(title="depth below the root", dtick=1, row=1, col=2)
+    fig.update_yaxes(visible=False, row=1, col=2)
+    p = plan["rank_acceptance"]
+    fig.add_trace(go.Bar(x=list(range(1, len(p) + 1)), y=p, name="acceptance", marker_color=ORIGIN_COLORS["draft"],
+                         showlegend=False, text=[f"{x:.2f}" for x in p], textposition="outside"), row=2, col=1)
+    fig.update_xaxes(title="rank k of the target's token among the draft's choices", dtick=1, row=2, col=1)
+    fig.update_yaxes(range=[0, 1.1], row=2, col=1)
+    for name, ms, color in (("target", plan["target_ms"], ORIGIN_COLORS["target"]),
+                            ("draft", plan.get("draft_ms"), ORIGIN_COLORS["draft"])):
+        if ms:
+            fig.add_trace(go.Scatter(x=list(range(1, len(ms))), y=ms[1:], mode="lines+markers", name=f"{name} forward",
+                                     line=dict(color=color)), row=2, col=2)
+    fig.update_xaxes(title="tokens in the forward", row=2, col=2)
+    fig.update_yaxes(rangemode="tozero", row=2, col=2)
+    shape = ", ".join(f"{k} {v}" for k, v in plan["shape"].items())
+    return _layout(fig, title or f"{plan['method']} on {plan['device']} ({plan['dtype'].replace('torch.', '')}): "
+                                 f"{shape}, predicted {best['speedup']:.2f}x a baseline step", height=640)

@@ -10,7 +10,8 @@ as a static figure (``view.static()``) where no widget frontend runs.
 * ``acceptance_explorer``: accepted-length histogram and tokens per target forward vs the analytic chain formula;
 * ``latency_dashboard``: tokens/s per method with speedups and acceptance, time per stage;
 * ``token_origin_view``: generated text coloured by the stage that produced each token;
-* ``tree_view``: one verification step's token tree, the accepted path highlighted.
+* ``tree_view``: one verification step's token tree, the accepted path highlighted;
+* ``tree_plan_view``: the tree chosen for this device from measured acceptance and forward costs.
 """
 
 from __future__ import annotations
@@ -423,3 +424,65 @@ def tree_view(ladder="embedded", prompt: str = "HumanEval/0", method: str = "sta
     if isinstance(ladder, str):
         ladder = load_ladder(ladder)
     return TreeView(ladder, prompt, method, max_new_tokens, width, depth, budget).refresh()
+
+
+# ----------------------------------------------------------------------------- the tree planned for this device
+
+class TreePlanView(View):
+    def __init__(self, ladder, prompts, max_new_tokens, max_nodes: int, save: bool):
+        self.ladder_name = ladder if isinstance(ladder, str) else None
+        self.loaded = {} if self.ladder_name else {None: ladder}
+        self.prompts, self.max_new_tokens, self.save = prompts, max_new_tokens, save
+        first = ladder if not isinstance(ladder, str) else self._ladder("fp32")
+        methods = ["tree", "staged", "speculative"] if first.draft is not None else ["tree", "speculative"]
+        controls = {"method": widgets.ToggleButtons(options=methods, description="method")}
+        if self.ladder_name:  # another dtype means another copy of the models: only for a ladder given by name
+            controls["dtype"] = widgets.ToggleButtons(options=["fp32", "bf16"], description="dtype")
+        controls["max_nodes"] = _int("largest tree", max_nodes, slider=False)
+        controls["measure"] = widgets.Checkbox(value=False, description="run trees of 1, 2, 4, ... nodes too (slow)")
+        self.plan, self.measured = None, None
+        self.table = widgets.HTML()
+        super().__init__(controls, go.Figure(), extra=[self.table],
+                         title="The tree for this device: predicted from measured acceptance and forward costs")
+
+    def _ladder(self, dtype):
+        if dtype not in self.loaded:
+            from .ladders import load_ladder
+
+            self.loaded[dtype] = load_ladder(self.ladder_name, dtype=dtype)
+        return self.loaded[dtype]
+
+    def draw(self) -> None:
+        from .measure.tree_plan import measure_shapes, plan_tree
+
+        c = {k: w.value for k, w in self.controls.items()}
+        ladder = self._ladder(c.get("dtype"))
+        max_nodes = _positive("largest tree", c["max_nodes"])
+        self.plan = plan_tree(ladder, c["method"], prompts=self.prompts, max_new_tokens=self.max_new_tokens,
+                              max_nodes=max_nodes, save=self.save)
+        self.measured = None
+        if c["measure"]:
+            sizes = sorted({n for n in (1, 2, 4, 8, 16, 32, 64) if n <= max_nodes} | {self.plan["predicted"]["nodes"]}
+                           - {0})
+            self.measured = measure_shapes(ladder, c["method"], self.plan, sizes, prompts=1,
+                                           max_new_tokens=self.max_new_tokens, on_run=self._progress)
+        self._show(plots.tree_plan_figure(self.plan, self.measured))
+        p = self.plan["predicted"]
+        rows = [[html.escape(", ".join(f"{k} {v}" for k, v in self.plan["shape"].items())),
+                 f"{p['tokens_per_forward']:.2f}", f"{p['tokens_per_second']:.1f}", f"{p['speedup']:.2f}x"]]
+        text = _table(["chosen shape", "tokens / target forward", "tok/s (predicted)", "vs a baseline step"], rows)
+        if self.measured:
+            text += _table(["shape", "tok/s predicted", "tok/s measured", "error"],
+                           [[html.escape(", ".join(f"{k} {v}" for k, v in r["shape"].items())),
+                             f"{r['predicted_tokens_per_second']:.1f}", f"{r['measured_tokens_per_second']:.1f}",
+                             f"{r['error']:+.0%}" if r["error"] is not None else "-"] for r in self.measured])
+        self.table.value = f"<small>{html.escape(self.plan['device'])}, measured {self.plan['measured']}</small>{text}"
+
+
+def tree_plan_view(ladder="embedded", prompts=("HumanEval/0", "HumanEval/1", "HumanEval/2"), max_new_tokens: int = 32,
+                   max_nodes: int = 16, save: bool = False) -> TreePlanView:
+    """The tree ``budget="auto"`` picks on this device, with the acceptance by rank and forward costs it came
+    from; controls: method, dtype (for a ladder given by name), the largest tree, and whether to run trees of
+    several sizes to put measured speeds beside the predicted ones.  ``save``: file the plan as this device's
+    default shape (``sdd_edu.measure.tree_plan``); a notebook leaves the defaults alone."""
+    return TreePlanView(ladder, prompts, max_new_tokens, max_nodes, save).refresh()

@@ -230,7 +230,9 @@ SAMPLING_CASES = [("baseline", {}), ("speculative", {}), ("speculative", KEEPS_D
                   ("staged", {"width": 3, "budget": 8, "ngram_fanout": (3, 2)}),
                   # the fast path (fixed shapes; CUDA graphs on a GPU) samples the same distribution
                   ("baseline", {"fast": True}), ("tree", {"width": 3, "depth": 2, "budget": 6, "fast": True}),
-                  ("staged", {"width": 3, "budget": 8, "ngram_fanout": (3, 2), "fast": True})]
+                  ("staged", {"width": 3, "budget": 8, "ngram_fanout": (3, 2), "fast": True}),
+                  # the tree planned for this device (measured once on this ladder, then reused)
+                  ("staged", {"budget": "auto"})]
 
 
 @pytest.fixture(scope="module")

@@ -295,3 +295,24 @@ def test_report_is_one_self_contained_page(ladder, tmp_path):
     assert "PROMPT-ZERO" in page and page.count('class="sdd-origins"') == 2
     assert page.count("<tr>") == 1 + len(bench["summary"]) and "acceptance" in page
     assert bench["device"] in page
+
+
+def test_tree_plan_view(ladder):
+    view = widgets.tree_plan_view(ladder, prompts=PROMPTS, max_new_tokens=8, max_nodes=4)
+    assert view.ok, view.message.value
+    plan = view.plan
+    names = [t.name for t in view.figure.data]
+    assert "predicted" in names and "chosen" in names and "target forward" in names and "draft forward" in names
+    predicted = next(t for t in view.figure.data if t.name == "predicted")
+    assert list(predicted.x) == list(range(5)) == [r["n"] for r in plan["table"]]
+    assert "chosen shape" in view.table.value
+    assert_reads_well_in_jupyterlab(view)
+    legend_y = view.figure.layout.legend.y  # four panels: the legend sits under the lower ones
+    assert view.figure.layout.legend.yref == "container" and legend_y == 0
+    assert_each_control_changes_the_figure(view, [("method", "speculative"), ("max_nodes", 2)],
+                                           shown=lambda v: v.table.value)
+    view.controls["measure"].value = True  # trees run beside the predictions
+    measured = next(t for t in view.figure.data if t.name == "measured")
+    assert len(measured.x) == len(view.measured) >= 2 and "measured" in view.table.value
+    assert_bad_setting_shows_a_message(view, "max_nodes", 0, "largest tree")
+    assert isinstance(view.static(), go.Figure)

@@ -152,10 +152,31 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
     rule = settings.get("rule", "rrs")
     if rule not in RULES:
         raise SddError(f"unknown sampling rule {rule!r}; use one of {RULES}")
+    settings = _tree_shape(loaded, method, settings, prompt_ids)
     drafter = make_drafter(loaded, method, **settings)
     schedule = make_schedule(target, drafter, **{**defaults_for(method, target.device, target.dtype), **settings})
     return speculative_decode(target, drafter, prompt_ids, max_new_tokens, sampling, method, rule, stream,
                               stop_at_eos, schedule=schedule, fast=fast)
+
+
+def _tree_shape(ladder, method: str, settings: dict, prompt_ids: list[int]) -> dict:
+    """``budget="auto"`` (``gamma="auto"`` for a chain): the shape planned for this device (measured once,
+    ``sdd_edu.measure.tree_plan``).  With no shape given, a plan filed on disk for this device, dtype and
+    ladder supplies the default shape; without one, the constants of ``defaults_for`` do."""
+    from ..measure.tree_plan import PROBE_PROMPTS, SHAPE_KEYS, cached_shape, plan_tree
+
+    keys = SHAPE_KEYS[method]
+    given = {k: settings[k] for k in ("gamma", "width", "depth", "budget") if k in settings}
+    auto = [k for k, v in given.items() if isinstance(v, str)]
+    if not auto:
+        return settings if given else {**cached_shape(ladder, method), **settings}
+    if any(given[k] != "auto" for k in auto) or set(auto) != {keys[-1]} or len(given) > 1:
+        raise SddError(f"{method} chooses its shape with {keys[-1]}='auto' alone (no other "
+                       f"{'/'.join(keys)} beside it), got {given}")
+    # the probe prompts need a tokenizer; a model without one is probed on this prompt
+    prompts = PROBE_PROMPTS if ladder.target.tokenizer is not None else [prompt_ids]
+    plan = plan_tree(ladder, method, prompts=prompts)
+    return {**{k: v for k, v in settings.items() if k not in given}, **plan["shape"]}
 
 
 __all__ = ["generate", "make_drafter", "make_schedule", "defaults_for", "DEFAULTS", "CPU_DEFAULTS", "CPU_BF16_DEFAULTS", "METHODS", "ORIGINS", "GenerationResult", "GenerationStats",

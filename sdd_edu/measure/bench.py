@@ -11,6 +11,7 @@ with no prompt lookup, to compare with the adaptive defaults in the same run.
 from __future__ import annotations
 
 import json
+import re
 
 import torch
 
@@ -21,16 +22,30 @@ from .timing import device_description, median
 
 MODES = {"greedy": {"temperature": 0.0}, "topk50": {"temperature": 1.0, "top_k": 50}}
 VARIANTS = {"fixed": {"adaptive": False, "lookup": False}}
+SHAPE_HELP = ("variants: fixed (the paper's fixed tree, no prompt lookup), auto (the tree planned for this device), "
+              "WxDxB (tree/staged: width x depth x budget) or gN (speculative: a chain of N), each fixed at every step")
 
 
 def method_and_settings(label: str) -> tuple[str, dict]:
-    """'staged' -> ('staged', {}); 'staged:fixed' -> ('staged', VARIANTS['fixed'])."""
+    """'staged' -> ('staged', {}); 'staged:fixed' -> ('staged', VARIANTS['fixed']); 'tree:2x3x4' -> a fixed
+    tree of width 2, depth 3 and 4 nodes; 'speculative:g5' -> a fixed chain of 5; 'tree:auto' -> the tree
+    planned for this device (``sdd_edu.measure.tree_plan``), fixed at every step."""
     method, _, variant = label.partition(":")
-    if variant and variant not in VARIANTS:
-        raise SddError(f"unknown method variant {variant!r} in {label!r}; variants: {', '.join(VARIANTS)}")
     if variant and method == "baseline":
         raise SddError("baseline has no variants")
-    return method, dict(VARIANTS.get(variant, {}))
+    if not variant or variant in VARIANTS:
+        return method, dict(VARIANTS.get(variant, {}))
+    fixed = {"adaptive": False}
+    if variant == "auto":
+        return method, {"gamma" if method == "speculative" else "budget": "auto", **fixed}
+    chain = re.fullmatch(r"g([1-9][0-9]*)", variant)
+    tree = re.fullmatch(r"([1-9][0-9]*)x([1-9][0-9]*)x([1-9][0-9]*)", variant)
+    if chain and method == "speculative":
+        return method, {"gamma": int(chain.group(1)), **fixed}
+    if tree and method in ("tree", "staged"):
+        width, depth, budget = map(int, tree.groups())
+        return method, {"width": width, "depth": depth, "budget": budget, **fixed}
+    raise SddError(f"unknown method variant {variant!r} in {label!r}; {SHAPE_HELP}")
 
 
 def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), modes=("greedy", "topk50"),
@@ -72,6 +87,7 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
                 rows.append({"mode": mode, "method": label, "task_id": task, "kind": kind, "repeat": rep,
                              "new_tokens": s.new_tokens,
                              "seconds": s.wall_seconds, "tokens_per_second": s.tokens_per_second,
+                             "prefill_seconds": s.prefill_seconds,
                              "target_forwards": s.target_forwards, "draft_forwards": s.draft_forwards,
                              "tokens_per_target_forward": s.tokens_per_target_forward,
                              "acceptance_rate": t["acceptance_rate"],
@@ -100,12 +116,40 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
         all_methods += use
     from ..decoding import defaults_for
 
-    effective = {label: {**defaults_for(m, target.device, target.dtype), **settings.get(m, {}), **v}
+    from .tree_plan import cached_shape
+
+    effective = {label: {**defaults_for(m, target.device, target.dtype), **cached_shape(ladder, m),
+                         **settings.get(m, {}), **v}
                  for label, (m, v) in runs.items() if m != "baseline"}
+    summary = summarize(rows, all_methods, modes)
     return {"device": device_description(target.device), "dtype": str(target.dtype).replace("torch.", ""),
             "threads": torch.get_num_threads(), "fast": fast, "ladder": repr(ladder), "prompts": len(items), "repeats": repeats,
             "prompt_set": prompt_set_name, "max_new_tokens": max_new_tokens, "settings": effective, "rows": rows,
-            "summary": summarize(rows, all_methods, modes)}
+            "summary": summary, "predicted": predictions(ladder, runs, summary)}
+
+
+def predictions(ladder, runs, summary) -> list[dict]:
+    """Predicted against measured decoding speed (tok/s without the prefill) for every method run at a fixed
+    shape (``METHOD:WxDxB``, ``METHOD:gN``, ``METHOD:auto``), from the device's tree plan (``tree_plan``)."""
+    from .tree_plan import SHAPE_KEYS, plan_tree, predict
+
+    out = []
+    for label, (method, variant) in runs.items():
+        if method not in SHAPE_KEYS or variant.get("adaptive", True) or not any(k in variant for k in SHAPE_KEYS[method]):
+            continue
+        plan = plan_tree(ladder, method)
+        shape = plan["shape"] if "auto" in variant.values() else {k: variant[k] for k in SHAPE_KEYS[method]}
+        guess = predict(plan, shape)
+        for s in summary:
+            if s["method"] == label:
+                out.append({"mode": s["mode"], "kind": s["kind"], "method": label, "shape": shape,
+                            "predicted_tokens_per_forward": guess["tokens_per_forward"],
+                            "measured_tokens_per_forward": s["tokens_per_target_forward"],
+                            "predicted_tokens_per_second": guess["tokens_per_second"],
+                            "measured_tokens_per_second": s["decode_tokens_per_second"],
+                            "error": guess["tokens_per_second"] / s["decode_tokens_per_second"] - 1
+                            if s["decode_tokens_per_second"] else None})
+    return out
 
 
 def summarize(rows, methods, modes) -> list[dict]:
@@ -141,7 +185,10 @@ def _summary(rs, mode, kind, method, base, base_rows) -> dict:
     if method != "baseline" and mode == "greedy":
         same = sum(r["token_ids"] == base_rows.get(r["task_id"]) for r in rs) / len(rs)
     drafted = [r["drafted_steps"] / r["steps"] for r in rs if r.get("steps")]
+    decode = [r["new_tokens"] / (r["seconds"] - r["prefill_seconds"]) for r in rs
+              if r.get("prefill_seconds") is not None and r["seconds"] > r["prefill_seconds"]]
     return {"mode": mode, "kind": kind, "method": method, "tokens_per_second": speed,
+            "decode_tokens_per_second": median(decode) if decode else None,
             "speedup": speed / base if base else None,
             "tokens_per_target_forward": median([r["tokens_per_target_forward"] for r in rs])
             if rs[0]["tokens_per_target_forward"] is not None else None,
@@ -179,6 +226,16 @@ def format_table(result: dict) -> str:
     for method, st in result["settings"].items():
         lines.append(f"  {method}: " + ", ".join(f"{k}={v}" for k, v in st.items()))
     lines.append("drafted: the share of steps that sent a tree to the target (the adaptive schedule skips the rest)")
+    if result.get("predicted"):
+        lines.append("predicted (tree plan of this device) against measured, decoding only (prefill left out):")
+        lines.append(f"  {'mode':<8}{'method':<18}{'shape':<34}{'tok/fwd pred / meas':>20}{'tok/s pred / meas':>19}"
+                     f"{'error':>7}")
+        for r in result["predicted"]:
+            shape = ", ".join(f"{k}={v}" for k, v in r["shape"].items())
+            err = f"{r['error']:+.0%}" if r["error"] is not None else "-"
+            lines.append(f"  {r['mode']:<8}{r['method']:<18}{shape:<34}"
+                         f"{r['predicted_tokens_per_forward']:>10.2f} / {r['measured_tokens_per_forward']:<7.2f}"
+                         f"{r['predicted_tokens_per_second']:>9.1f} / {r['measured_tokens_per_second']:<7.1f}{err:>7}")
     greedy_same = [s for s in result["summary"] if s["same_output_as_baseline"] is not None]
     if greedy_same:
         same = {}

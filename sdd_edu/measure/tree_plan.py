@@ -1,0 +1,262 @@
+"""The best tree for this device, measured: ``generate(..., budget="auto")`` and ``--tree auto``.
+
+``sdd_edu.decoding.autotree`` predicts a tree's speed from two measurements and finds the fastest
+tree; this module takes them on the reader's device and keeps the result:
+
+1. **acceptance by rank**: a few short greedy generations with a wide fixed tree (every rank up to
+   ``PROBE["width"]`` gets tested at every level), read by ``rank_acceptance_from_traces``;
+2. **forward costs**: the target's and the draft's forward time against tokens per forward
+   (``roofline.forward_latency_ms``: interleaved medians, kept on disk per model, device and dtype);
+3. **the rest of a step**: the probe runs' time outside the forwards, per step (trees, the walk,
+   bookkeeping).
+
+``plan_tree`` joins them (``autotree.best_tree``) and returns the shape for the method's settings
+(``width``/``depth``/``budget``, or ``gamma`` for a chain) with the measurements it came from.  A plan
+is kept for the life of the process and, for named models (the embedded ladder, checkpoints, hub
+models), on disk under ``cache_dir()/tree-plans`` keyed by device, dtype, ladder and method; a cached
+plan also supplies the method's default shape on that device (``cached_shape``), so the hand-set
+``CPU_DEFAULTS`` are only the fallback before anything was measured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Optional
+
+from ..errors import SddError
+
+PROBE = {"width": 4, "depth": 4, "budget": 16}  # wide enough to see ranks 1..4 at every level
+PROBE_PROMPTS = ("HumanEval/0", "HumanEval/1", "HumanEval/2")
+SHAPE_KEYS = {"speculative": ("gamma",), "tree": ("width", "depth", "budget"), "staged": ("width", "depth", "budget")}
+_IN_PROCESS: dict = {}
+
+
+def _key(ladder, method: str) -> tuple[str, Optional[str]]:
+    """(the plan's key, its file name, or None for models without a name to file them under)."""
+    from .timing import device_description
+
+    target, draft = ladder.target, ladder.draft
+    parts = [device_description(target.device), str(target.dtype), method, f"{target.name}|{target.source}",
+             f"{draft.name}|{draft.source}" if draft is not None else "no draft"]
+    named = target.name and target.source not in ("", "test") and (draft is None or draft.source not in ("", "test"))
+    if not named:  # test models share names: in this process, the plan belongs to these very objects
+        parts.append(f"objects {id(target.model)} {id(draft.model) if draft is not None else 0}")
+    key = " / ".join(parts)
+    return key, (hashlib.sha1(key.encode()).hexdigest()[:16] + ".json") if named else None
+
+
+def _path(name: str):
+    from ..loading import cache_dir
+
+    return cache_dir() / "tree-plans" / name
+
+
+def cached_plan(ladder, method: str) -> Optional[dict]:
+    """The plan measured before for this ladder, method, device and dtype (this process, or on disk), or None."""
+    key, name = _key(ladder, method)
+    if key in _IN_PROCESS:
+        return _IN_PROCESS[key]
+    if name is not None and _path(name).exists():
+        try:
+            plan = json.loads(_path(name).read_text())
+        except (OSError, ValueError):
+            return None
+        if plan.get("key") == key:
+            _IN_PROCESS[key] = plan
+            return plan
+    return None
+
+
+def cached_shape(ladder, method: str) -> dict:
+    """The shape of the plan filed on disk for this ladder, method, device and dtype ({} when there is none):
+    the method's default shape here.  A plan kept only in this process (``save=False``, test models) is not
+    a default: it changes nothing for calls that did not ask for it."""
+    if method not in SHAPE_KEYS or _key(ladder, method)[1] is None:
+        return {}
+    plan = cached_plan(ladder, method)
+    return dict(plan["shape"]) if plan and plan.get("saved") else {}
+
+
+def plan_tree(ladder, method: str, prompts=PROBE_PROMPTS, max_new_tokens: int = 32, max_nodes: Optional[int] = None,
+              refresh: bool = False, save: bool = True) -> dict:
+    """Measure (or reuse) what ``autotree`` needs on this device and return the plan: ``shape`` (the
+    method's settings), ``predicted`` (its tokens per forward, seconds per step, tok/s, speedup), the
+    measurements (``rank_acceptance``, ``target_ms``, ``draft_ms``, ``overhead_seconds``) and ``table``
+    (the best tree of every size).  ``max_nodes``: the largest tree considered (default 64 on a GPU, 16
+    on a CPU, where forwards over more tokens cost too much to be worth measuring)."""
+    if method not in SHAPE_KEYS:
+        raise SddError(f"method {method!r} has no tree to plan; choose speculative, tree or staged")
+    if ladder.draft is None and method == "staged":
+        raise SddError("staged decoding needs a draft model; this ladder has none")
+    key, name = _key(ladder, method)
+    if not refresh:
+        plan = cached_plan(ladder, method)
+        if plan is not None and (max_nodes is None or max_nodes == plan["max_nodes"]):
+            return plan
+        if plan is not None and max_nodes < plan["max_nodes"]:
+            return replan(plan, max_nodes)  # a smaller limit: the same measurements, the programme again
+    plan = _measure(ladder, method, prompts, max_new_tokens, max_nodes)
+    plan["key"] = key
+    _IN_PROCESS[key] = plan
+    plan["saved"] = bool(save and name is not None)
+    if plan["saved"]:
+        path = _path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(plan, indent=1))
+    return plan
+
+
+def _measure(ladder, method, prompts, max_new_tokens, max_nodes) -> dict:
+    from ..decoding import defaults_for, generate
+    from ..decoding.autotree import rank_acceptance_from_traces
+    from .roofline import forward_latency_ms
+    from .timing import device_description
+
+    target, draft = ladder.target, ladder.draft
+    if max_nodes is None:
+        max_nodes = 64 if target.device.type == "cuda" else 16
+    defaults = defaults_for(method, target.device, target.dtype)
+    probe = {"gamma": PROBE["depth"]} if method == "speculative" else dict(PROBE)
+    runs = [generate(ladder, p, method=method, max_new_tokens=max_new_tokens, stop_at_eos=False, adaptive=False,
+                     **probe) for p in prompts]
+    rank_acceptance = rank_acceptance_from_traces(runs)
+    steps = sum(len(r.trace) for r in runs)
+    # the rest of a step: what the probe runs spent outside the forwards and the n-gram, per step
+    overhead = sum(r.stats.wall_seconds - r.stats.target_seconds - r.stats.draft_seconds for r in runs) / max(steps, 1)
+    beam = 1 if method == "speculative" else defaults.get("beam", 4)
+    guesses = 0
+    if method == "staged":  # the first draft forward also scores the n-gram's guesses (and the lookup's chain)
+        guesses = sum(defaults["ngram_fanout"]) + (PROBE["depth"] if defaults.get("lookup") else 0)
+    target_ms = forward_latency_ms(target, max_nodes + 1)
+    draft_ms = forward_latency_ms(draft, max(beam, 1 + guesses)) if draft is not None else None
+    plan = {"method": method, "device": device_description(target.device), "dtype": str(target.dtype),
+            "ladder": repr(ladder), "measured": time.strftime("%Y-%m-%d %H:%M"), "prompts": list(map(str, prompts)),
+            "probe": probe, "rank_acceptance": rank_acceptance, "target_ms": target_ms, "draft_ms": draft_ms,
+            "overhead_seconds": max(overhead, 0.0), "beam": beam, "guesses": guesses,
+            "rounds": defaults.get("rounds"), "max_nodes": max_nodes}
+    return _choose(plan, max_nodes)
+
+
+def replan(plan: dict, max_nodes: int) -> dict:
+    """The plan's measurements with trees of at most ``max_nodes`` nodes (no new measurement)."""
+    if not 1 <= max_nodes <= len(plan["target_ms"]) - 2:
+        raise SddError(f"the plan measured forwards for trees of up to {len(plan['target_ms']) - 2} nodes, "
+                       f"not {max_nodes}")
+    return _choose({k: v for k, v in plan.items() if k not in ("shape", "predicted", "table")}, max_nodes)
+
+
+def _choose(plan: dict, max_nodes: int) -> dict:
+    method, target_ms = plan["method"], plan["target_ms"]
+    plan["max_nodes"] = max_nodes
+    best = _best(plan, max_nodes)
+    plan["shape"] = _shape(method, best)
+    # a baseline step: one target forward over one token (its own bookkeeping is small)
+    baseline = 1000 / target_ms[1]
+    plan["predicted"] = {**{k: best[k] for k in ("nodes", "width", "depth", "tokens_per_forward", "seconds_per_step",
+                                                 "tokens_per_second")},
+                         "baseline_tokens_per_second": baseline, "speedup": best["tokens_per_second"] / baseline}
+    plan["table"] = [{**{k: row[k] for k in ("n", "nodes", "depth_limit", "width", "depth", "tokens_per_forward",
+                                             "seconds_per_step", "tokens_per_second")},
+                      "speedup": row["tokens_per_second"] / baseline, "parents": row["parents"]}
+                     for row in best["table"]]
+    return plan
+
+
+def _curve(ms: list[float]) -> dict:
+    return {n: ms[n] / 1000 for n in range(1, len(ms))}
+
+
+def _costs(plan: dict) -> dict:
+    """best_tree's cost arguments for the plan's method.
+
+    A tree drafter runs a draft forward per level (``autotree`` counts them); a staged drafter runs one
+    forward over its guesses and at most ``rounds`` more, whatever the tree's depth, so its draft time is
+    a constant of the step: it joins the overhead, and the tree is priced by the target alone."""
+    overhead = plan["overhead_seconds"]
+    draft_curve = _curve(plan["draft_ms"]) if plan["draft_ms"] else None
+    if plan["method"] == "staged" and draft_curve is not None:
+        first = draft_curve[min(1 + plan["guesses"], max(draft_curve))]
+        extra = (plan["rounds"] or 0) * draft_curve[min(plan["beam"], max(draft_curve))]
+        return {"draft_curve": None, "overhead": overhead + first + extra}
+    return {"draft_curve": draft_curve, "overhead": overhead, "beam": plan["beam"]}
+
+
+def _best(plan: dict, max_nodes: int, max_depth: Optional[int] = None, max_width: Optional[int] = None) -> dict:
+    from ..decoding.autotree import best_tree
+
+    if plan["method"] == "speculative":
+        max_width = 1
+    return best_tree(plan["rank_acceptance"], _curve(plan["target_ms"]), max_nodes=max_nodes, max_depth=max_depth,
+                     max_width=max_width, **_costs(plan))
+
+
+def _shape(method: str, best: dict) -> dict:
+    if method == "speculative":
+        return {"gamma": max(best["nodes"], 1)}  # a chain of at least one token; the schedule may still skip steps
+    if best["nodes"] == 0:
+        return {"width": 1, "depth": 1, "budget": 1}
+    return {"width": best["width"], "depth": best["depth"], "budget": best["nodes"]}
+
+
+def predict(plan: dict, shape: dict) -> dict:
+    """Predicted tokens per forward, seconds per step and tok/s of a fixed ``shape`` (the method's settings) from
+    the plan's measurements: the model's best tree within those limits (the drafters grow within them too)."""
+    from ..decoding.autotree import expected_accepted, optimal_tree, step_seconds
+
+    if plan["method"] == "speculative":
+        limits = {"max_nodes": shape["gamma"], "max_depth": shape["gamma"], "max_width": 1}
+    else:
+        limits = {"max_nodes": shape["budget"], "max_depth": shape["depth"], "max_width": shape["width"]}
+    parents, _ = optimal_tree(plan["rank_acceptance"], **limits)
+    costs = _costs(plan)
+    seconds = step_seconds(parents, _curve(plan["target_ms"]), costs["draft_curve"], costs["overhead"],
+                           beam=costs.get("beam"))["seconds"]
+    tpf = 1.0 + expected_accepted(parents, plan["rank_acceptance"])
+    return {"nodes": len(parents), "tokens_per_forward": tpf, "seconds_per_step": seconds,
+            "tokens_per_second": tpf / seconds}
+
+
+def summary(plan: dict) -> str:
+    """Two lines for a terminal: the chosen shape and the measurements it came from."""
+    p = plan["predicted"]
+    acc = ", ".join(f"{x:.2f}" for x in plan["rank_acceptance"])
+    head = (f"{plan['method']} on {plan['device']} ({plan['dtype']}): {plan['shape']} -> predicted "
+            f"{p['tokens_per_forward']:.2f} tokens per target forward, {p['tokens_per_second']:.1f} tok/s "
+            f"({p['speedup']:.2f}x a baseline step)")
+    if p["nodes"] == 0:
+        head += "; no tree pays here: the smallest is set, and the adaptive schedule turns speculation off"
+    return (f"{head}\n"
+            f"  acceptance by rank [{acc}]; target forward {plan['target_ms'][1]:.1f} ms at 1 token, "
+            f"{plan['target_ms'][-1]:.1f} ms at {len(plan['target_ms']) - 1}; measured {plan['measured']}")
+
+
+def measure_shapes(ladder, method: str, plan: dict, sizes=(1, 2, 4, 8, 16), prompts: int = 2,
+                   max_new_tokens: int = 48, on_run=None) -> list[dict]:
+    """The model's best tree of each size in ``sizes``, run fixed at every step on HumanEval prompts
+    (``bench``'s ``METHOD:WxDxB`` variants): predicted and measured decoding tok/s side by side, one record
+    per size (``nodes``, ``shape``, ``predicted_tokens_per_second``, ``measured_tokens_per_second``, ...)."""
+    from .bench import run_bench
+
+    labels = {}
+    for n in sizes:
+        if not 1 <= n < len(plan["table"]):
+            raise SddError(f"tree size {n} is outside the plan's 1..{len(plan['table']) - 1} nodes")
+        row = plan["table"][n]
+        if method == "speculative":
+            shape = {"gamma": n}
+        elif row["nodes"] < n:  # nodes past the best tree's do not pay: then n nodes in a chain
+            shape = {"width": 1, "depth": n, "budget": n}
+        else:
+            shape = _shape(method, row)
+        label = (f"{method}:g{shape['gamma']}" if method == "speculative"
+                 else f"{method}:{shape['width']}x{shape['depth']}x{shape['budget']}")
+        labels.setdefault(label, shape)
+    res = run_bench(ladder, ["baseline", *labels], ["greedy"], prompts=prompts, max_new_tokens=max_new_tokens,
+                    progress=False, on_run=on_run)
+    out = []
+    for row in res["predicted"]:
+        shape = row["shape"]
+        out.append({**row, "nodes": shape.get("budget", shape.get("gamma"))})
+    return sorted(out, key=lambda r: r["nodes"])

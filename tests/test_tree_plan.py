@@ -1,0 +1,117 @@
+"""Trees chosen on the device: the plan measured on a tiny ladder, generate(budget="auto"), bench's predictions."""
+
+import pytest
+
+from sdd_edu import SddError, generate
+from sdd_edu.decoding import baseline_decode
+from sdd_edu.decoding.autotree import optimal_tree, tokens_per_forward
+from sdd_edu.ladders import make_ladder
+from sdd_edu.measure import tree_plan
+from sdd_edu.loading import load_model
+from sdd_edu.measure.acceptance import expected_tokens_per_forward
+from sdd_edu.measure.bench import format_table, method_and_settings, run_bench
+from sdd_edu.ngram import KatzTrigram, PromptLookup
+from tests.helpers import save_tiny_checkpoint
+from tests.test_speculative import random_lm, random_streams
+
+PROMPTS = ([3, 5, 7, 11], [1, 2, 3, 4, 5, 6])
+
+
+@pytest.fixture(scope="module")
+def ladder():
+    target = random_lm(21, family="llama")
+    draft = random_lm(21, family="llama")  # the target itself: every rank-1 guess lands
+    return make_ladder(target, draft, KatzTrigram.fit(random_streams(61, 4), 61), name="tiny-plan")
+
+
+@pytest.fixture(scope="module")
+def plans(ladder):
+    return {m: tree_plan.plan_tree(ladder, m, prompts=PROMPTS, max_new_tokens=12, max_nodes=6)
+            for m in ("speculative", "tree", "staged")}
+
+
+def test_a_plan_keeps_its_measurements_and_predicts_its_own_shape(plans):
+    for method, plan in plans.items():
+        assert plan["method"] == method and len(plan["target_ms"]) == 8  # sizes 0..max_nodes + 1
+        # the draft is the target: its first choice lands but for near-ties the two forwards break differently
+        assert plan["rank_acceptance"][0] > 0.8
+        assert set(plan["shape"]) == set(tree_plan.SHAPE_KEYS[method])
+        assert plan["predicted"]["tokens_per_second"] == pytest.approx(
+            max(row["tokens_per_second"] for row in plan["table"]))
+        again = tree_plan.predict(plan, plan["shape"])
+        assert again["tokens_per_second"] == pytest.approx(plan["predicted"]["tokens_per_second"], rel=1e-9)
+    # a chain's tokens per forward is Leviathan et al.'s formula at its first rank's acceptance
+    chain = plans["speculative"]
+    a, gamma = chain["rank_acceptance"][0], chain["shape"]["gamma"]
+    assert chain["predicted"]["tokens_per_forward"] == pytest.approx(expected_tokens_per_forward(a, gamma))
+
+
+def test_predictions_follow_the_model_for_any_shape(plans):
+    plan = plans["tree"]
+    for shape in ({"width": 1, "depth": 3, "budget": 3}, {"width": 2, "depth": 2, "budget": 4}):
+        parents, _ = optimal_tree(plan["rank_acceptance"], shape["budget"], shape["depth"], shape["width"])
+        got = tree_plan.predict(plan, shape)
+        assert got["tokens_per_forward"] == pytest.approx(tokens_per_forward(parents, plan["rank_acceptance"]))
+        assert got["tokens_per_second"] == pytest.approx(got["tokens_per_forward"] / got["seconds_per_step"])
+
+
+def test_a_plan_is_measured_once_per_process(ladder, plans):
+    assert tree_plan.plan_tree(ladder, "tree", prompts=PROMPTS) is plans["tree"]
+    assert tree_plan.cached_shape(ladder, "tree") == {}  # a test model's plan is never filed as a default
+
+
+@pytest.mark.parametrize("method, auto", [("speculative", {"gamma": "auto"}), ("tree", {"budget": "auto"}),
+                                          ("staged", {"budget": "auto"})])
+def test_auto_keeps_greedy_identity(ladder, plans, method, auto):
+    for prompt in PROMPTS:
+        expected = baseline_decode(ladder.target, list(prompt), 20, stop_at_eos=False).token_ids
+        res = generate(ladder, list(prompt), method=method, max_new_tokens=20, stop_at_eos=False, **auto)
+        assert res.token_ids == expected
+
+
+def test_auto_with_a_fixed_shape_is_refused(ladder, plans):
+    with pytest.raises(SddError, match="auto"):
+        generate(ladder, [1, 2, 3], method="tree", max_new_tokens=4, budget="auto", width=2)
+    with pytest.raises(SddError, match="auto"):
+        generate(ladder, [1, 2, 3], method="tree", max_new_tokens=4, budget="big")
+
+
+def test_bench_variants_name_shapes_and_auto():
+    assert method_and_settings("tree:2x3x4") == ("tree", {"width": 2, "depth": 3, "budget": 4, "adaptive": False})
+    assert method_and_settings("speculative:g5") == ("speculative", {"gamma": 5, "adaptive": False})
+    assert method_and_settings("staged:auto") == ("staged", {"budget": "auto", "adaptive": False})
+    assert method_and_settings("speculative:auto") == ("speculative", {"gamma": "auto", "adaptive": False})
+    for bad in ("tree:2x3", "tree:g3", "speculative:2x2x2", "tree:0x1x1"):
+        with pytest.raises(SddError):
+            method_and_settings(bad)
+
+
+@pytest.fixture(scope="module")
+def text_ladder(tmp_path_factory):
+    """A tiny ladder of checkpoints with a tokenizer: the plan probes it on HumanEval prompts and files it on
+    disk (in a cache of its own), as for a real ladder."""
+    tdir = save_tiny_checkpoint(tmp_path_factory.mktemp("t"), "llama", seed=0, max_len=1024)
+    ddir = save_tiny_checkpoint(tmp_path_factory.mktemp("d"), "llama", seed=1, max_len=1024, n_layer=1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SDD_EDU_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield make_ladder(load_model(str(tdir), device="cpu", dtype="fp32"),
+                          load_model(str(ddir), device="cpu", dtype="fp32"), PromptLookup(), name="tiny-text")
+
+
+def test_bench_puts_predictions_beside_measurements(text_ladder):
+    res = run_bench(text_ladder, ["baseline", "tree:auto", "tree:1x2x2", "tree"], ["greedy"], prompts=1,
+                    max_new_tokens=8, progress=False)
+    predicted = {r["method"]: r for r in res["predicted"]}
+    assert set(predicted) == {"tree:auto", "tree:1x2x2"}  # the adaptive default has no fixed shape to predict
+    plan = tree_plan.plan_tree(text_ladder, "tree")
+    assert predicted["tree:auto"]["shape"] == plan["shape"]
+    assert predicted["tree:1x2x2"]["shape"] == {"width": 1, "depth": 2, "budget": 2}
+    for label, row in predicted.items():
+        measured = next(s for s in res["summary"] if s["method"] == label)
+        assert row["measured_tokens_per_second"] == pytest.approx(measured["decode_tokens_per_second"])
+        assert row["predicted_tokens_per_second"] == pytest.approx(tree_plan.predict(plan, row["shape"])["tokens_per_second"])
+    assert "predicted (tree plan of this device) against measured" in format_table(res)
+    # filed on disk, the plan is now this ladder's default shape on this device (the constants were the fallback)
+    assert tree_plan.cached_shape(text_ladder, "tree") == plan["shape"]
+    assert res["settings"]["tree"] | plan["shape"] == res["settings"]["tree"]
+    assert list((tree_plan._path("x").parent).glob("*.json"))
