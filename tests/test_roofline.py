@@ -1,6 +1,7 @@
 """Analytic FLOP and byte counts, checked by hand and against the parameter count; measurements in reduced mode."""
 
 import pytest
+import torch
 
 from sdd_edu.measure.roofline import (device_ceilings, forward_counts, intensity_table, latency_curve,
                                       roofline_time)
@@ -57,3 +58,17 @@ def test_measurements_run_in_reduced_mode():
     assert roofline_time(forward_counts(TINY, 4, 8), ceilings) > 0
     with pytest.raises(ValueError):
         forward_counts(TINY, tokens=0)
+
+
+def test_forward_costs_are_timed_as_decoding_runs_them():
+    """Decoding runs under inference mode, where the one-row product takes its faster path; costs timed with
+    autograd on took the other path (measured on a 2-core CPU: a 2-token forward at 1.8x a one-token one)."""
+    from sdd_edu.measure.roofline import forward_latency_ms
+    from tests.test_speculative import random_lm
+
+    lm = random_lm(31, n_layer=1)
+    grad_seen = []
+    lm.model.register_forward_pre_hook(lambda module, args: grad_seen.append(torch.is_grad_enabled()))
+    ms = forward_latency_ms(lm, 3, context=8, repeats=2)
+    assert len(ms) == 4 and ms[0] == 0.0 and all(x > 0 for x in ms[1:])
+    assert grad_seen and not any(grad_seen)

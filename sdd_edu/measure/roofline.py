@@ -155,7 +155,9 @@ def forward_latency_ms(model, max_tokens: int, context: int = 256, repeats: int 
     sizes = [n for n in COST_SIZES if n < max_tokens] + [max_tokens]
     sizes = sorted(set(n for n in sizes if n >= 1) | {1})
     context = min(context, m.config.max_seq_len - max(sizes))
-    key = f"{device_description(m.device)}|{str(m.dtype)}|context {context}|sizes {sizes}"
+    # "no grad": the forwards are timed as decoding runs them (records from before, timed with autograd on
+    # and so on the slower product path, are not reused)
+    key = f"{device_description(m.device)}|{str(m.dtype)}|context {context}|sizes {sizes}|no grad"
     if _COSTS_IN_PROCESS is None:
         _COSTS_IN_PROCESS = weakref.WeakKeyDictionary()
     mine = _COSTS_IN_PROCESS.setdefault(m, {})
@@ -193,6 +195,7 @@ def forward_latency_ms(model, max_tokens: int, context: int = 256, repeats: int 
     return out
 
 
+@torch.inference_mode()
 def _interleaved_latency_ms(m, sizes, context: int, repeats: int) -> list[float]:
     """Median ms per size, the sizes taken in turn each round, so that a slow spell of the machine
     (a shared VM, a busy laptop) spreads over all sizes instead of landing on one."""
