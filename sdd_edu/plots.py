@@ -386,8 +386,7 @@ def tree_plan_figure(plan: dict, measured: Optional[list[dict]] = None, title: s
     chosen = next((r for r in table if r["nodes"] == best["nodes"]), table[0])
     parents = chosen.get("parents", [])
     where = tree_layout(parents)
-    root_row = (sum(where[i][1] for i, p in enumerate(parents) if p == -1) /
-                max(1, sum(1 for p in parents if p == -1))) if parents else 0.0
+    root_row = _root_row(where, parents)
     xs, ys = [], []
     for i, p in enumerate(parents):
         x0, y0 = (0, root_row) if p == -1 else where[p]

@@ -137,7 +137,7 @@ def predictions(ladder, runs, summary) -> list[dict]:
     for label, (method, variant) in runs.items():
         if method not in SHAPE_KEYS or variant.get("adaptive", True) or not any(k in variant for k in SHAPE_KEYS[method]):
             continue
-        plan = plan_tree(ladder, method)
+        plan = plan_tree(ladder, method, save=False)  # predicting files no plan: that would change the defaults
         shape = plan["shape"] if "auto" in variant.values() else {k: variant[k] for k in SHAPE_KEYS[method]}
         guess = predict(plan, shape)
         for s in summary:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import statistics
 import time
@@ -40,6 +41,7 @@ def device_description(device: torch.device) -> str:
     return f"CPU {cpu}, {torch.get_num_threads()} threads"
 
 
+@functools.lru_cache(maxsize=1)
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as fh:
