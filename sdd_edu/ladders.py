@@ -171,6 +171,8 @@ def load_ladder(name: str = DEFAULT_LADDER, device=None, dtype=None) -> LoadedLa
         draft = load_cached(lad.draft, device, dtype) if lad.draft else None
         if draft is not None:
             check_compatible(target, draft)
+        from .measure.roofline import saved_linear_paths
+        saved_linear_paths(target.device, target.model.dtype)  # the matrix products measured fastest here, if measured
         if lad.ngram == "trigram-draft":
             ngram = draft_trigram(target)
         elif lad.ngram == "trigram":

@@ -147,30 +147,37 @@ class KVCache:
 
 
 class Linear(nn.Linear):
-    """nn.Linear with a faster one-row path on the CPU.
+    """nn.Linear with a row-block path for a few rows on the CPU.
 
     Decoding one token multiplies one row by every weight matrix, a matrix-vector
     product whose speed is set by memory bandwidth.  On some CPUs the BLAS runs
     that product at a fraction of the bandwidth (measured here: about 10 GB/s
-    against 28 GB/s); cutting the weight into row blocks and feeding the vector as
-    a (in, 1) column to a batched matmul streams the weights at full speed.  Results
+    against 28 GB/s); cutting the weight into row blocks and feeding the rows as
+    columns to a batched matmul streams the weights at full speed.  Results
     agree with nn.Linear to float rounding.
+
+    Which path is faster depends on the CPU, the dtype and the number of rows, and not
+    monotonically (one 2-core CPU: row blocks won up to 3 rows of fp32 and lost from 4; another:
+    they won up to 24 rows of fp32 and lost at every row count in bf16).  ``ROW_BLOCK_ROWS`` says,
+    per (device type, dtype), which row counts take the row-block path;
+    ``measure.roofline.choose_linear_paths`` times both paths in the model's own forward and sets
+    it for this machine.  Before anything is measured: 1 to 16 rows of fp32 on a CPU.
     """
 
     ROW_BLOCKS = 4
-    MAX_ROWS = 16  # past a few rows the product is compute-bound and the BLAS matrix-matrix path does as well
+    ROW_BLOCK_ROWS: dict = {("cpu", torch.float32): frozenset(range(1, 17))}
 
     def forward(self, x):
         return linear(x, self.weight, self.bias)
 
 
 def linear(x, weight, bias=None):
-    """F.linear, with the row-block path for a few rows of fp32 on the CPU (see ``Linear``)."""
+    """F.linear, or the row-block path where ``Linear.ROW_BLOCK_ROWS`` says it is faster (see ``Linear``)."""
     out_features, in_features = weight.shape
     rows = x.numel() // in_features
     c = Linear.ROW_BLOCKS
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and rows <= Linear.MAX_ROWS
-            and out_features % c == 0 and not torch.is_grad_enabled()):
+    if (rows in Linear.ROW_BLOCK_ROWS.get((x.device.type, x.dtype), ()) and out_features % c == 0
+            and not torch.is_grad_enabled()):
         w = weight.view(c, out_features // c, in_features)  # (c, out/c, in)
         # x's rows as columns, the same for every block: one strided view of a row-major x (what
         # reshape, t and expand would give, in one operator).  The column layout matters: strides

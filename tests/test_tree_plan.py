@@ -1,6 +1,7 @@
 """Trees chosen on the device: the plan measured on a tiny ladder, generate(budget="auto"), bench's predictions."""
 
 import pytest
+import torch
 
 from sdd_edu import SddError, generate
 from sdd_edu.decoding import baseline_decode
@@ -55,6 +56,27 @@ def test_predictions_follow_the_model_for_any_shape(plans):
         assert got["tokens_per_second"] == pytest.approx(got["tokens_per_forward"] / got["seconds_per_step"])
 
 
+def test_a_staged_plan_prices_its_draft_from_the_probe_steps(plans):
+    plan = plans["staged"]
+    measured = plan["staged_draft"]  # from the probe's own steps, each run's first (the prompt read) left out
+    assert measured["steps"] > 0 and measured["first_seconds"] > 0
+    assert 0 <= measured["rounds"] <= tree_plan.PROBE["depth"]
+    # the step's draft cost: the first forward, then as many rounds as the probe ran, no more than the depth
+    toy = {**plan, "overhead_seconds": 0.001, "draft_ms": [0.0, 1.0, 2.0, 3.0], "beam": 2,
+           "staged_draft": {"first_seconds": 0.004, "rounds": 1.5, "steps": 9}}
+    cost = tree_plan._costs(toy)
+    assert cost["draft_curve"] is None
+    assert cost["overhead"](1) == pytest.approx(0.001 + 0.004 + 1 * 0.002)
+    assert cost["overhead"](3) == pytest.approx(0.001 + 0.004 + 1.5 * 0.002)
+    # the prediction charges a tree the rounds its depth allows
+    from sdd_edu.decoding.autotree import shape_of
+    for shape in ({"width": 1, "depth": 3, "budget": 3}, {"width": 3, "depth": 1, "budget": 3}):
+        parents, _ = optimal_tree(toy["rank_acceptance"], shape["budget"], shape["depth"], shape["width"])
+        target = tree_plan._curve(toy["target_ms"])[1 + len(parents)]
+        rounds = min(1.5, shape_of(parents)[1])
+        assert tree_plan.predict(toy, shape)["seconds_per_step"] == pytest.approx(target + 0.005 + rounds * 0.002)
+
+
 def test_a_plan_is_measured_once_per_process(ladder, plans):
     assert tree_plan.plan_tree(ladder, "tree", prompts=PROMPTS) is plans["tree"]
     assert tree_plan.cached_shape(ladder, "tree") == {}  # a test model's plan is never filed as a default
@@ -89,11 +111,15 @@ def test_bench_variants_name_shapes_and_auto():
 @pytest.fixture(scope="module")
 def text_ladder(tmp_path_factory):
     """A tiny ladder of checkpoints with a tokenizer: the plan probes it on HumanEval prompts and files it on
-    disk (in a cache of its own), as for a real ladder."""
+    disk (in a cache of its own), as for a real ladder, after choosing the matrix products (in a path table of
+    its own: a tiny model's choice must not steer the other tests' forwards)."""
+    from sdd_edu.model import Linear
+
     tdir = save_tiny_checkpoint(tmp_path_factory.mktemp("t"), "llama", seed=0, max_len=1024)
     ddir = save_tiny_checkpoint(tmp_path_factory.mktemp("d"), "llama", seed=1, max_len=1024, n_layer=1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SDD_EDU_CACHE", str(tmp_path_factory.mktemp("cache")))
+        mp.setattr(Linear, "ROW_BLOCK_ROWS", dict(Linear.ROW_BLOCK_ROWS))
         yield make_ladder(load_model(str(tdir), device="cpu", dtype="fp32"),
                           load_model(str(ddir), device="cpu", dtype="fp32"), PromptLookup(), name="tiny-text")
 
@@ -115,3 +141,7 @@ def test_bench_puts_predictions_beside_measurements(text_ladder):
     assert tree_plan.cached_shape(text_ladder, "tree") == plan["shape"]
     assert res["settings"]["tree"] | plan["shape"] == res["settings"]["tree"]
     assert list((tree_plan._path("x").parent).glob("*.json"))
+    # the products were chosen first, up to the largest tree's rows, and filed for this CPU
+    from sdd_edu.measure.roofline import row_block_label, saved_linear_paths
+    assert saved_linear_paths("cpu", torch.float32, max_rows=plan["max_nodes"] + 1) is not None
+    assert plan["products"] == row_block_label("cpu", torch.float32)

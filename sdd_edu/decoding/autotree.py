@@ -354,7 +354,8 @@ def best_tree(rank_acceptance: Sequence[float], target_curve, draft_curve=None, 
     ``width``, ``depth``, ``nodes`` (``shape_of``: the drafters' width/depth/budget), ``expected_accepted``,
     ``tokens_per_forward``, ``seconds_per_step`` (with its ``target_seconds``, ``draft_seconds``,
     ``overhead_seconds``), ``tokens_per_second``, ``speedup`` over a baseline step, and ``table``: the
-    row of every n, for plotting.
+    row of every n, for plotting.  ``overhead`` may be a function of the tree's depth (a staged draft
+    runs more rounds for a deeper tree).
     """
     p = check_rank_acceptance(rank_acceptance)
     depth_limit, width = _limits(max_nodes, max_depth, max_width)
@@ -366,7 +367,8 @@ def best_tree(rank_acceptance: Sequence[float], target_curve, draft_curve=None, 
         best = None
         for d in range(0 if n == 0 else 1, min(n, depth_limit) + 1):
             parents = solution.tree(n, d)
-            cost = step_seconds(parents, target, draft, overhead, pending, beam)
+            fixed = overhead(shape_of(parents)[1]) if callable(overhead) else overhead
+            cost = step_seconds(parents, target, draft, fixed, pending, beam)
             seconds = cost.pop("seconds")
             accepted = solution.value[d][n]
             w, depth, nodes = shape_of(parents)

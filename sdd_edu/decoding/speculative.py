@@ -73,7 +73,7 @@ def speculative_decode(target: LoadedModel, drafter: Drafter, prompt_ids: list[i
     while len(out) < max_new_tokens:
         # 1. draft (size 0: no tree, so this step is a baseline step)
         step_start = time.perf_counter()
-        forwards_before = drafter.forwards
+        forwards_before, draft_seconds_before = drafter.forwards, drafter.seconds
         size = schedule.size()
         shadow = size == 0 and schedule.shadow_due()  # draft one node but keep it out of the target's forward
         drafter.set_size(1 if shadow else size)
@@ -98,7 +98,8 @@ def speculative_decode(target: LoadedModel, drafter: Drafter, prompt_ids: list[i
         new_origins = [tree.origins[i] for i in verdict.accepted] + ["target"]
         step = {"size": size, "shadow": shadow, "proposed": len(tree), "accepted": len(verdict.accepted),
                 "tested": verdict.tested, "emitted": len(new), "depth": tree.max_depth,
-                "draft_forwards": drafter.forwards - forwards_before}
+                "draft_forwards": drafter.forwards - forwards_before,
+                "draft_seconds": drafter.seconds - draft_seconds_before}
         if keep_trees:
             step["tree"] = tree.to_dict()
             step["accepted_nodes"] = verdict.accepted

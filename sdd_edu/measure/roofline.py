@@ -157,7 +157,8 @@ def forward_latency_ms(model, max_tokens: int, context: int = 256, repeats: int 
     context = min(context, m.config.max_seq_len - max(sizes))
     # "no grad": the forwards are timed as decoding runs them (records from before, timed with autograd on
     # and so on the slower product path, are not reused)
-    key = f"{device_description(m.device)}|{str(m.dtype)}|context {context}|sizes {sizes}|no grad"
+    key = (f"{device_description(m.device)}|{str(m.dtype)}|context {context}|sizes {sizes}|no grad"
+           f"|{row_block_label(m.device, m.dtype)}")  # a curve belongs to the product paths it was timed with
     if _COSTS_IN_PROCESS is None:
         _COSTS_IN_PROCESS = weakref.WeakKeyDictionary()
     mine = _COSTS_IN_PROCESS.setdefault(m, {})
@@ -175,7 +176,7 @@ def forward_latency_ms(model, max_tokens: int, context: int = 256, repeats: int 
             except (OSError, ValueError):
                 record = None
         if record is None:
-            ms = _interleaved_latency_ms(m, sizes, max(context, 1), repeats)
+            ms = _interleaved_latency_ms(m, sizes, max(context, 1), repeats)[0]
             record = {"model": getattr(model, "name", ""), "device": key.split("|")[0], "dtype": str(m.dtype),
                       "context": context, "measured": time.strftime("%Y-%m-%d %H:%M"),
                       "points": [[n, t / ms[0], t] for n, t in zip(sizes, _non_decreasing(ms))]}
@@ -196,13 +197,15 @@ def forward_latency_ms(model, max_tokens: int, context: int = 256, repeats: int 
 
 
 @torch.inference_mode()
-def _interleaved_latency_ms(m, sizes, context: int, repeats: int) -> list[float]:
+def _interleaved_latency_ms(m, sizes, context: int, repeats: int, variants=(None,)) -> list[list[float]]:
     """Median ms per size, the sizes taken in turn each round, so that a slow spell of the machine
-    (a shared VM, a busy laptop) spreads over all sizes instead of landing on one."""
+    (a shared VM, a busy laptop) spreads over all sizes instead of landing on one.  ``variants``: callables
+    that switch what the forward runs (a product path), each timed right after its switch; one list of
+    medians per variant (None: the forward as it is)."""
     cache = m.new_cache(context + max(sizes))
     m(torch.randint(0, m.config.vocab_size, (1, context), device=m.device), cache)
     inputs = {n: torch.randint(0, m.config.vocab_size, (1, n), device=m.device) for n in sizes}
-    times: dict[int, list[float]] = {n: [] for n in sizes}
+    times: dict[tuple[int, int], list[float]] = {(i, n): [] for i in range(len(variants)) for n in sizes}
 
     def step(n):
         m(inputs[n], cache)
@@ -210,10 +213,13 @@ def _interleaved_latency_ms(m, sizes, context: int, repeats: int) -> list[float]
 
     for round_ in range(repeats + 1):
         for n in sizes:
-            t = time_call(lambda: step(n), m.device, repeats=1, warmup=0)[0]
-            if round_:  # the first round warms up
-                times[n].append(t)
-    return [1000 * median(times[n]) for n in sizes]
+            for i, switch in enumerate(variants):
+                if switch is not None:
+                    switch()
+                t = time_call(lambda: step(n), m.device, repeats=1, warmup=0)[0]
+                if round_:  # the first round warms up
+                    times[(i, n)].append(t)
+    return [[1000 * median(times[(i, n)]) for n in sizes] for i in range(len(variants))]
 
 
 def _non_decreasing(values: list[float]) -> list[float]:
@@ -225,3 +231,113 @@ def _non_decreasing(values: list[float]) -> list[float]:
             (m1, c1), (m2, c2) = blocks.pop(-2), blocks.pop()
             blocks.append([(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2])
     return [m for m, c in blocks for _ in range(c)]
+
+
+# ----------------------------------------------------------------------------- which matrix product, per row count
+
+LINEAR_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+
+def row_block_label(device, dtype) -> str:
+    """The row counts that take the row-block product on ``device`` in ``dtype``, in words ("row blocks 1-16")."""
+    from ..model import Linear
+
+    rows = sorted(Linear.ROW_BLOCK_ROWS.get((torch.device(device).type, dtype), ()))
+    spans: list[list[int]] = []
+    for n in rows:
+        if spans and spans[-1][1] == n - 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return "row blocks " + (",".join(f"{a}-{b}" if b > a else str(a) for a, b in spans) or "none")
+
+
+def _linear_paths_file(device, dtype):
+    import hashlib
+
+    from ..loading import cache_dir
+    from .timing import cpu_features, device_description
+
+    key = f"{device_description(torch.device(device))}|{cpu_features()}|{dtype}|product paths"
+    return key, cache_dir() / "linear-paths" / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".json")
+
+
+def install_linear_paths(record: dict) -> None:
+    """Make the engine use the row-block product at the record's row counts (``choose_linear_paths``)."""
+    from ..model import Linear
+
+    dtype = getattr(torch, record["dtype"].replace("torch.", ""))
+    Linear.ROW_BLOCK_ROWS[("cpu", dtype)] = frozenset(record["row_blocks"])
+
+
+def saved_linear_paths(device, dtype, max_rows: int = 1) -> "dict | None":
+    """The product paths measured before on this CPU and dtype, for at least ``max_rows`` rows (installed),
+    or None."""
+    import json
+
+    if torch.device(device).type != "cpu":
+        return None
+    key, path = _linear_paths_file(device, dtype)
+    try:
+        record = json.loads(path.read_text()) if path.exists() else None
+    except (OSError, ValueError):
+        return None
+    if record is None or record.get("key") != key or record["points"][-1][0] < max_rows:
+        return None
+    install_linear_paths(record)
+    return record
+
+
+def choose_linear_paths(model, max_rows: int = 32, context: int = 256, repeats: int = 5,
+                        refresh: bool = False, save: bool = True) -> dict:
+    """Time the model's forward over n new tokens with each matrix-product path (the row-block one of
+    ``model.Linear`` and ``F.linear``), the paths taken in turn each round, and make the engine use the
+    faster one at every row count up to ``max_rows`` on this CPU and dtype (measured at ``LINEAR_SIZES``
+    up to it: a count between two measured sizes follows the nearer one; past them, F.linear).  Kept on
+    disk per CPU (its name, threads and vector instructions) and dtype, so it is measured once;
+    ``refresh`` measures again.
+
+    Returns the record: ``points`` ([n, row-block ms, F.linear ms]), ``row_blocks`` (the row counts given to
+    the row-block path), ``label``.  On a GPU there is one path (F.linear) and nothing is measured."""
+    import json
+    import time
+
+    from ..model import Linear
+    from .timing import device_description
+
+    m = model.model if hasattr(model, "model") else model
+    if m.device.type != "cpu":
+        return {"device": device_description(m.device), "dtype": str(m.dtype), "points": [], "row_blocks": [],
+                "label": "F.linear at every row count (the row-block path is for CPUs)"}
+    key, path = _linear_paths_file(m.device, m.dtype)
+    record = None if refresh else saved_linear_paths(m.device, m.dtype, max_rows)
+    if record is None:
+        sizes = [n for n in LINEAR_SIZES if n < max_rows] + [max_rows]
+        context = max(1, min(context, m.config.max_seq_len - sizes[-1]))
+        table_key = ("cpu", m.dtype)
+        before = Linear.ROW_BLOCK_ROWS.get(table_key)
+        every = frozenset(range(1, sizes[-1] + 1))
+
+        def set_rows(rows):
+            return lambda: Linear.ROW_BLOCK_ROWS.__setitem__(table_key, rows)
+
+        try:
+            blocks_ms, blas_ms = _interleaved_latency_ms(m, sizes, context, repeats,
+                                                         (set_rows(every), set_rows(frozenset())))
+        finally:
+            if before is None:
+                Linear.ROW_BLOCK_ROWS.pop(table_key, None)
+            else:
+                Linear.ROW_BLOCK_ROWS[table_key] = before
+        faster = {n: b < f for n, b, f in zip(sizes, blocks_ms, blas_ms)}
+        nearest = {n: min(sizes, key=lambda s: (abs(s - n), -s)) for n in range(1, sizes[-1] + 1)}
+        record = {"key": key, "device": key.split("|")[0], "dtype": str(m.dtype), "model": getattr(model, "name", ""),
+                  "context": context, "measured": time.strftime("%Y-%m-%d %H:%M"),
+                  "points": [[n, b, f] for n, b, f in zip(sizes, blocks_ms, blas_ms)],
+                  "row_blocks": [n for n in nearest if faster[nearest[n]]]}
+        if save:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record, indent=1))
+    install_linear_paths(record)
+    record["label"] = row_block_label(m.device, m.dtype)
+    return record

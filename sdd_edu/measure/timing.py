@@ -42,6 +42,21 @@ def device_description(device: torch.device) -> str:
 
 
 @functools.lru_cache(maxsize=1)
+def cpu_features() -> str:
+    """The CPU's vector instructions that change which matrix product is fastest ("" if unknown): two CPUs
+    with the same name can differ here (a cloud "AMD EPYC" with or without AVX-512)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
+    except OSError:
+        pass
+    return platform.machine()
+
+
+@functools.lru_cache(maxsize=1)
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as fh:

@@ -97,7 +97,7 @@ def plan_tree(ladder, method: str, prompts=PROBE_PROMPTS, max_new_tokens: int = 
             return plan
         if plan is not None and max_nodes < plan["max_nodes"]:
             return replan(plan, max_nodes)  # a smaller limit: the same measurements, the programme again
-    plan = _measure(ladder, method, prompts, max_new_tokens, max_nodes)
+    plan = _measure(ladder, method, prompts, max_new_tokens, max_nodes, calibrate=bool(save and name is not None))
     plan["key"] = key
     _IN_PROCESS[key] = plan
     plan["saved"] = bool(save and name is not None)
@@ -108,15 +108,21 @@ def plan_tree(ladder, method: str, prompts=PROBE_PROMPTS, max_new_tokens: int = 
     return plan
 
 
-def _measure(ladder, method, prompts, max_new_tokens, max_nodes) -> dict:
+def _measure(ladder, method, prompts, max_new_tokens, max_nodes, calibrate: bool) -> dict:
     from ..decoding import defaults_for, generate
     from ..decoding.autotree import rank_acceptance_from_traces
-    from .roofline import forward_latency_ms
+    from .roofline import choose_linear_paths, forward_latency_ms, row_block_label
     from .timing import device_description
 
     target, draft = ladder.target, ladder.draft
     if max_nodes is None:
         max_nodes = 64 if target.device.type == "cuda" else 16
+    # a plan filed as this device's default first sets the faster matrix product at each row count up to
+    # the largest tree (root included; measured once per CPU and dtype), so that the probe and the forward
+    # costs below see the best this device can do.  Other plans use the products as they are.
+    if calibrate:
+        choose_linear_paths(target, max_rows=max_nodes + 1)
+    products = row_block_label(target.device, target.model.dtype)
     defaults = defaults_for(method, target.device, target.dtype)
     probe = {"gamma": PROBE["depth"]} if method == "speculative" else dict(PROBE)
     runs = [generate(ladder, p, method=method, max_new_tokens=max_new_tokens, stop_at_eos=False, adaptive=False,
@@ -131,11 +137,13 @@ def _measure(ladder, method, prompts, max_new_tokens, max_nodes) -> dict:
         guesses = sum(defaults["ngram_fanout"]) + (PROBE["depth"] if defaults.get("lookup") else 0)
     target_ms = forward_latency_ms(target, max_nodes + 1)
     draft_ms = forward_latency_ms(draft, max(beam, 1 + guesses)) if draft is not None else None
+    staged_draft = _staged_draft_cost(runs, draft_ms, beam) if method == "staged" else None
     plan = {"method": method, "device": device_description(target.device), "dtype": str(target.dtype),
             "ladder": repr(ladder), "measured": time.strftime("%Y-%m-%d %H:%M"), "prompts": list(map(str, prompts)),
             "probe": probe, "rank_acceptance": rank_acceptance, "target_ms": target_ms, "draft_ms": draft_ms,
             "overhead_seconds": max(overhead, 0.0), "beam": beam, "guesses": guesses,
-            "rounds": defaults.get("rounds"), "max_nodes": max_nodes}
+            "rounds": defaults.get("rounds"), "max_nodes": max_nodes, "products": products,
+            "staged_draft": staged_draft}
     return _choose(plan, max_nodes)
 
 
@@ -168,18 +176,42 @@ def _curve(ms: list[float]) -> dict:
     return {n: ms[n] / 1000 for n in range(1, len(ms))}
 
 
+def _staged_draft_cost(runs, draft_ms, beam) -> Optional[dict]:
+    """A staged draft's cost per step, read from the probe's steps (a run's first step, which also reads the
+    prompt, left out): ``first_seconds``, the median time of its first forward (the new context with the
+    n-gram's and the lookup's guesses, as many as there were), and ``rounds``, the mean number of further
+    forwards (of ``beam`` nodes) a step ran."""
+    from .timing import median
+
+    steps = [s for r in runs for s in r.trace[1:] if s.get("draft_forwards") and "draft_seconds" in s]
+    if not steps or not draft_ms:
+        return None
+    round_seconds = draft_ms[min(beam, len(draft_ms) - 1)] / 1000
+    rounds = [s["draft_forwards"] - 1 for s in steps]
+    firsts = [max(s["draft_seconds"] - k * round_seconds, 0.0) for s, k in zip(steps, rounds)]
+    return {"first_seconds": median(firsts), "rounds": sum(rounds) / len(rounds), "steps": len(steps)}
+
+
 def _costs(plan: dict) -> dict:
     """best_tree's cost arguments for the plan's method.
 
-    A tree drafter runs a draft forward per level (``autotree`` counts them); a staged drafter runs one
-    forward over its guesses and at most ``rounds`` more, whatever the tree's depth, so its draft time is
-    a constant of the step: it joins the overhead, and the tree is priced by the target alone."""
+    A tree drafter runs a draft forward per level (``autotree`` counts them).  A staged drafter runs one
+    forward over the new context and its guesses, then up to ``depth`` rounds of ``beam`` nodes, however
+    many nodes the tree has: its draft time is a cost of the step, priced from what the probe measured (the
+    first forward's median time, the rounds it ran, no more than the tree's depth allows) and given to
+    ``best_tree`` as an overhead that depends on the depth; the tree is priced by the target alone."""
     overhead = plan["overhead_seconds"]
     draft_curve = _curve(plan["draft_ms"]) if plan["draft_ms"] else None
     if plan["method"] == "staged" and draft_curve is not None:
-        first = draft_curve[min(1 + plan["guesses"], max(draft_curve))]
-        extra = (plan["rounds"] or 0) * draft_curve[min(plan["beam"], max(draft_curve))]
-        return {"draft_curve": None, "overhead": overhead + first + extra}
+        beam_seconds = draft_curve[min(plan["beam"], max(draft_curve))]
+        measured = plan.get("staged_draft")
+        if measured is None:  # a plan from before the probe timed its steps: the first forward from the curve
+            first = draft_curve[min(1 + plan["guesses"], max(draft_curve))]
+            return {"draft_curve": None, "overhead": overhead + first + (plan["rounds"] or 0) * beam_seconds}
+
+        def staged_step(depth: int) -> float:
+            return overhead + measured["first_seconds"] + min(measured["rounds"], depth) * beam_seconds
+        return {"draft_curve": None, "overhead": staged_step}
     return {"draft_curve": draft_curve, "overhead": overhead, "beam": plan["beam"]}
 
 
@@ -203,7 +235,7 @@ def _shape(method: str, best: dict) -> dict:
 def predict(plan: dict, shape: dict) -> dict:
     """Predicted tokens per forward, seconds per step and tok/s of a fixed ``shape`` (the method's settings) from
     the plan's measurements: the model's best tree within those limits (the drafters grow within them too)."""
-    from ..decoding.autotree import expected_accepted, optimal_tree, step_seconds
+    from ..decoding.autotree import expected_accepted, optimal_tree, shape_of, step_seconds
 
     if plan["method"] == "speculative":
         limits = {"max_nodes": shape["gamma"], "max_depth": shape["gamma"], "max_width": 1}
@@ -211,7 +243,8 @@ def predict(plan: dict, shape: dict) -> dict:
         limits = {"max_nodes": shape["budget"], "max_depth": shape["depth"], "max_width": shape["width"]}
     parents, _ = optimal_tree(plan["rank_acceptance"], **limits)
     costs = _costs(plan)
-    seconds = step_seconds(parents, _curve(plan["target_ms"]), costs["draft_curve"], costs["overhead"],
+    overhead = costs["overhead"](shape_of(parents)[1]) if callable(costs["overhead"]) else costs["overhead"]
+    seconds = step_seconds(parents, _curve(plan["target_ms"]), costs["draft_curve"], overhead,
                            beam=costs.get("beam"))["seconds"]
     tpf = 1.0 + expected_accepted(parents, plan["rank_acceptance"])
     return {"nodes": len(parents), "tokens_per_forward": tpf, "seconds_per_step": seconds,
@@ -229,7 +262,8 @@ def summary(plan: dict) -> str:
         head += "; no tree pays here: the smallest is set, and the adaptive schedule turns speculation off"
     return (f"{head}\n"
             f"  acceptance by rank [{acc}]; target forward {plan['target_ms'][1]:.1f} ms at 1 token, "
-            f"{plan['target_ms'][-1]:.1f} ms at {len(plan['target_ms']) - 1}; measured {plan['measured']}")
+            f"{plan['target_ms'][-1]:.1f} ms at {len(plan['target_ms']) - 1} ({plan.get('products', 'F.linear')}); "
+            f"measured {plan['measured']}")
 
 
 def measure_shapes(ladder, method: str, plan: dict, sizes=(1, 2, 4, 8, 16), prompts: int = 2,
