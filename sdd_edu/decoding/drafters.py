@@ -437,11 +437,14 @@ class ModelDrafter(Drafter):
         logits = self._logits(x, position_ids=pos, attention_mask=mask)  # (pending + G, V or head columns)
         self.forwards += 1
         self.base = self.cached + len(pending)  # committed part of the draft cache after this forward
-        self._guessed = logits[len(pending):]  # rows of the guessed nodes
+        # the distributions after the root and after every guessed node, moved to the host in one transfer
+        # (node by node, a GPU would wait once per node)
+        dists = _draft_dist(logits[len(pending) - 1:], sampling)  # (1 + G, V or head columns)
+        self._guessed = dists[1:]  # after each guessed node
         self._g_child = {(p, t): i for i, (p, t) in enumerate(zip(g_parents, g_tokens))}
         self._g_of = {ROOT: ROOT}  # tree node -> guessed node
         self._slot = {}  # tree node -> cache slot of its keys/values
-        root_dist = _draft_dist(logits[len(pending) - 1], sampling)
+        root_dist = dists[0]
         synchronize(model.device)
         self.seconds += time.perf_counter() - t0
         return self._grow(root_dist, context, sampling, generator, rounds=self._rounds(self.size))
@@ -461,7 +464,7 @@ class ModelDrafter(Drafter):
             return None
         self._g_of[node] = g
         self._slot[node] = self.base + g
-        return _draft_dist(self._guessed[g], sampling)
+        return self._guessed[g]
 
     def _forward(self, tree, nodes, sampling):
         """One draft forward over ``nodes``; each sees the committed cache, its ancestors' slots and itself."""
@@ -471,17 +474,19 @@ class ModelDrafter(Drafter):
         start = self.cache.length
         mask = torch.zeros(len(nodes), start + len(nodes), dtype=torch.bool)
         mask[:, :self.base] = True
+        rows, slots = [], []  # (row, slot) pairs to open: each node's ancestors' slots and its own
         for row, node in enumerate(nodes):
-            for anc in tree.path(node)[:-1]:
-                mask[row, self._slot[anc]] = True
-            mask[row, start + row] = True
+            for slot in [self._slot[anc] for anc in tree.path(node)[:-1]] + [start + row]:
+                rows.append(row)
+                slots.append(slot)
+        mask[rows, slots] = True  # one indexing operation, not one per pair
         pos = torch.tensor([self.base - 1 + tree.depth(n) for n in nodes])
         x = torch.tensor([[tree.tokens[n] for n in nodes]], device=model.device)
         logits = self._logits(x, position_ids=pos.to(model.device), attention_mask=mask.to(model.device))
         self.forwards += 1
         for row, node in enumerate(nodes):
             self._slot[node] = start + row
-        dists = [_draft_dist(logits[row], sampling) for row in range(len(nodes))]
+        dists = list(_draft_dist(logits[:len(nodes)], sampling))  # one transfer to the host for the beam
         synchronize(model.device)
         self.seconds += time.perf_counter() - t0
         return dists

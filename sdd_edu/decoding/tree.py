@@ -92,21 +92,23 @@ def tree_attention_mask(parents: list[int], cached: int, chain: int = 1, device=
     """
     n_tree = len(parents)
     n = chain + n_tree
+    # which tree nodes each node sees (its ancestors and itself) and its depth, in plain Python: one tensor
+    # built at the end costs less than tensor operations node by node
+    sees: list[list[bool]] = []
+    depth: list[int] = []
+    for i, p in enumerate(parents):
+        if p >= i:
+            raise ValueError("tree nodes must come after their parents")
+        row = sees[p].copy() if p != ROOT else [False] * n_tree  # a node sees everything its parent sees
+        row[i] = True
+        sees.append(row)
+        depth.append(depth[p] + 1 if p != ROOT else 1)
     mask = torch.zeros(n, cached + n, dtype=torch.bool)
     mask[:, :cached] = True
     mask[:chain, cached:cached + chain] = torch.tril(torch.ones(chain, chain, dtype=torch.bool))
     mask[chain:, cached:cached + chain] = True
-    depth = [0] * n_tree
-    for i, p in enumerate(parents):
-        if p >= i:
-            raise ValueError("tree nodes must come after their parents")
-        row = chain + i
-        mask[row, cached + row] = True
-        if p != ROOT:
-            mask[row] |= mask[chain + p]  # a node sees everything its parent sees
-            depth[i] = depth[p] + 1
-        else:
-            depth[i] = 1
+    if n_tree:
+        mask[chain:, cached + chain:] = torch.tensor(sees, dtype=torch.bool)  # (n_tree, n_tree)
     positions = torch.tensor([cached + j for j in range(chain)]
                              + [cached + chain - 1 + d for d in depth], dtype=torch.long)
     return mask.to(device), positions.to(device)
@@ -120,23 +122,35 @@ class Verdict:
 
 
 def verify(tree: TokenTree, logits: torch.Tensor, sampling: Sampling, generator: Optional[torch.Generator],
-           rule: str = "rrs") -> Verdict:
-    """Walk the tree with the target's logits (row 0: the root, row 1 + i: node i)."""
+           rule: str = "rrs", rows_at_once: Optional[bool] = None) -> Verdict:
+    """Walk the tree with the target's logits (row 0: the root, row 1 + i: node i).
+
+    Greedy, ``rows_at_once`` (default: on any device but a CPU) takes the target's choice after every
+    node in one operation and one transfer to the host: a GPU then waits once per step, not once per
+    level.  On a CPU nothing waits, and the rows the walk never reaches are not worth their argmax
+    (a 16-node tree: 1.0 ms at once against 0.6 ms row by row here)."""
     if rule not in RULES:
         raise ValueError(f"unknown verification rule {rule!r}; use one of {RULES}")
     node, accepted, tested = ROOT, [], 0
-    while True:
-        row = logits[0 if node == ROOT else node + 1]
-        kids = tree.children(node)
-        if sampling.greedy:
-            choice = int(row.argmax())
-            match = next((c for c in kids if tree.tokens[c] == choice), None)
-            tested += bool(kids)
+    if sampling.greedy:
+        if rows_at_once is None:
+            rows_at_once = logits.device.type != "cpu"
+        choices = logits.argmax(-1).tolist() if rows_at_once else None  # (1 + nodes,)
+        child: dict[tuple[int, int], int] = {}
+        for i, key in enumerate(zip(tree.parents, tree.tokens)):
+            child.setdefault(key, i)  # the first of equal siblings, as the walk tries them in order
+        while True:
+            row = 0 if node == ROOT else node + 1
+            choice = choices[row] if choices is not None else int(logits[row].argmax())
+            match = child.get((node, choice))
+            tested += node in tree.parents  # the level had children to test
             if match is None:
                 return Verdict(accepted, choice, tested)
             accepted.append(match)
             node = match
-            continue
+    while True:
+        row = logits[0 if node == ROOT else node + 1]
+        kids = tree.children(node)
         p = probabilities(row, sampling).cpu()
         if kids:
             tested += 1

@@ -203,7 +203,7 @@ def method_speeds(ladder, prompts: list[list[int]], new_tokens: int) -> dict:
     for label, method, fast in runs:
         if method == "staged" and ladder.draft is None:
             continue
-        speeds, per_forward, split = [], [], {"target": 0.0, "draft": 0.0, "other": 0.0}
+        speeds, per_forward, split, steps = [], [], {"target": 0.0, "draft": 0.0, "other": 0.0}, 0
         for ids in prompts:
             r = generate(ladder, ids, method=method, max_new_tokens=new_tokens, fast=fast)
             s = r.stats
@@ -212,9 +212,12 @@ def method_speeds(ladder, prompts: list[list[int]], new_tokens: int) -> dict:
             split["target"] += s.target_seconds
             split["draft"] += s.draft_seconds
             split["other"] += s.wall_seconds - s.target_seconds - s.draft_seconds  # n-gram, Python, syncs
+            steps += len(r.trace)
         total = sum(split.values()) or 1.0
         rows[label] = {"tokens_per_second": median(speeds), "tokens_per_target_forward": median(per_forward),
-                       "time_split": {k: v / total for k, v in split.items()}}
+                       "time_split": {k: v / total for k, v in split.items()},
+                       # the per-step work outside the forwards: what a step costs beyond them once they are fast
+                       "other_ms_per_step": 1000 * split["other"] / max(steps, 1)}
     base = rows["baseline"]["tokens_per_second"]
     for r in rows.values():
         r["speedup_vs_fast_baseline"] = r["tokens_per_second"] / base
