@@ -125,18 +125,30 @@ def text_ladder(tmp_path_factory):
 
 
 def test_bench_puts_predictions_beside_measurements(text_ladder):
+    plan = tree_plan.plan_tree(text_ladder, "tree", prompts=tree_plan.PROBE_PROMPTS[:2], max_new_tokens=16)
     res = run_bench(text_ladder, ["baseline", "tree:auto", "tree:1x2x2", "tree"], ["greedy"], prompts=1,
                     max_new_tokens=8, progress=False)
     predicted = {r["method"]: r for r in res["predicted"]}
     assert set(predicted) == {"tree:auto", "tree:1x2x2"}  # the adaptive default has no fixed shape to predict
-    plan = tree_plan.plan_tree(text_ladder, "tree")
+    assert tree_plan.plan_tree(text_ladder, "tree") is plan  # measured once, then reused
     assert predicted["tree:auto"]["shape"] == plan["shape"]
     assert predicted["tree:1x2x2"]["shape"] == {"width": 1, "depth": 2, "budget": 2}
     for label, row in predicted.items():
         measured = next(s for s in res["summary"] if s["method"] == label)
         assert row["measured_tokens_per_second"] == pytest.approx(measured["decode_tokens_per_second"])
         assert row["predicted_tokens_per_second"] == pytest.approx(tree_plan.predict(plan, row["shape"])["tokens_per_second"])
+        # beside it, the same model with the acceptance by rank of the benchmark's own prompts
+        here = row["rank_acceptance_here"]
+        assert 0 <= sum(here) <= 1 and all(x >= 0 for x in here) and here
+        assert row["predicted_here"] == pytest.approx(
+            tree_plan.predict({**plan, "rank_acceptance": here}, row["shape"])["tokens_per_second"])
+        assert row["error_here"] == pytest.approx(row["predicted_here"] / row["measured_tokens_per_second"] - 1)
     assert "predicted (tree plan of this device) against measured" in format_table(res)
+    assert "with p_k of these prompts" in format_table(res)
+    # both fixed tree runs' trees were counted: rank 1 was at risk at least once per drafted step
+    runs = [r for r in res["rows"] if r["method"] in ("tree:auto", "tree:1x2x2")]
+    assert predicted["tree:1x2x2"]["rank_acceptance_here"] == predicted["tree:auto"]["rank_acceptance_here"]
+    assert sum(r["drafted_steps"] for r in runs) > 0
     # filed on disk, the plan is now this ladder's default shape on this device (the constants were the fallback)
     assert tree_plan.cached_shape(text_ladder, "tree") == plan["shape"]
     assert res["settings"]["tree"] | plan["shape"] == res["settings"]["tree"]

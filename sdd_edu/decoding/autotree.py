@@ -461,6 +461,12 @@ def rank_acceptance_from_traces(results) -> list[float]:
     if steps == 0:
         raise SddError("the traces hold no drafted token tree to measure rank acceptance from; generate with "
                        "method 'speculative', 'tree' or 'staged' (trees are kept in the trace by default)")
+    return rank_acceptance_from_counts(accepted, at_risk)
+
+
+def rank_acceptance_from_counts(accepted: Sequence[int], at_risk: Sequence[int]) -> list[float]:
+    """The Kaplan-Meier ``[p_1, ..., p_K]`` of ``rank_acceptance_from_traces`` from counts already summed
+    (``rank_counts`` of several runs added rank by rank)."""
     p, survive = [], 1.0
     for hits, risk in zip(accepted, at_risk):
         if risk == 0:
@@ -473,4 +479,4 @@ def rank_acceptance_from_traces(results) -> list[float]:
 
 __all__ = ["check_rank_acceptance", "latency_points", "forward_seconds", "expected_accepted", "tokens_per_forward",
            "shape_of", "draft_forward_sizes", "step_seconds", "optimal_tree", "best_tree", "rank_counts",
-           "rank_acceptance_from_traces"]
+           "rank_acceptance_from_traces", "rank_acceptance_from_counts"]

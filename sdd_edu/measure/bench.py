@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Optional
 
 import torch
 
@@ -71,6 +72,9 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
         generate(ladder, encoded[0][2][:32], method=method, max_new_tokens=8, fast=fast,
                  **{**settings.get(method, {}), **variant})
     rows = []
+    # greedy rank acceptance on these very prompts, per method, from the fixed-shape runs' trees: beside the
+    # plan's prediction (its p_k measured on the probe's prompts), the prediction with the p_k seen here
+    rank_tally: dict[str, list[list[int]]] = {}
     total = len(items) * len(methods) * len(modes) * repeats
     bar = None
     if progress:
@@ -84,6 +88,8 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
                 res = generate(ladder, ids, method=method, max_new_tokens=max_new_tokens, seed=seed, fast=fast,
                                **MODES[mode], **{**settings.get(method, {}), **variant})
                 s, t = res.stats, trace_summary(res.trace)
+                if mode == "greedy" and variant.get("adaptive", True) is False:
+                    _tally_ranks(rank_tally.setdefault(method, [[], []]), res.trace)
                 rows.append({"mode": mode, "method": label, "task_id": task, "kind": kind, "repeat": rep,
                              "new_tokens": s.new_tokens,
                              "seconds": s.wall_seconds, "tokens_per_second": s.tokens_per_second,
@@ -125,14 +131,30 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
     return {"device": device_description(target.device), "dtype": str(target.dtype).replace("torch.", ""),
             "threads": torch.get_num_threads(), "fast": fast, "ladder": repr(ladder), "prompts": len(items), "repeats": repeats,
             "prompt_set": prompt_set_name, "max_new_tokens": max_new_tokens, "settings": effective, "rows": rows,
-            "summary": summary, "predicted": predictions(ladder, runs, summary)}
+            "summary": summary, "predicted": predictions(ladder, runs, summary, rank_tally)}
 
 
-def predictions(ladder, runs, summary) -> list[dict]:
+def _tally_ranks(tally: list[list[int]], trace) -> None:
+    from ..decoding.autotree import rank_counts
+
+    accepted, at_risk, _ = rank_counts(trace)
+    for total, counts in zip(tally, (accepted, at_risk)):
+        total.extend([0] * (len(counts) - len(total)))
+        for j, c in enumerate(counts):
+            total[j] += c
+
+
+def predictions(ladder, runs, summary, rank_tally: Optional[dict] = None) -> list[dict]:
     """Predicted against measured decoding speed (tok/s without the prefill) for every method run at a fixed
-    shape (``METHOD:WxDxB``, ``METHOD:gN``, ``METHOD:auto``), from the device's tree plan (``tree_plan``)."""
+    shape (``METHOD:WxDxB``, ``METHOD:gN``, ``METHOD:auto``), from the device's tree plan (``tree_plan``).
+
+    With ``rank_tally`` (the rank counts of the fixed-shape greedy runs, per method), each row also has
+    ``predicted_here``: the same prediction with the acceptance by rank of the benchmark's own prompts, which
+    separates the model's error from the difference between the probe's prompts and these."""
+    from ..decoding.autotree import rank_acceptance_from_counts
     from .tree_plan import SHAPE_KEYS, plan_tree, predict
 
+    here = {m: rank_acceptance_from_counts(*counts) for m, counts in (rank_tally or {}).items() if any(counts[1])}
     out = []
     for label, (method, variant) in runs.items():
         if method not in SHAPE_KEYS or variant.get("adaptive", True) or not any(k in variant for k in SHAPE_KEYS[method]):
@@ -149,6 +171,12 @@ def predictions(ladder, runs, summary) -> list[dict]:
                             "measured_tokens_per_second": s["decode_tokens_per_second"],
                             "error": guess["tokens_per_second"] / s["decode_tokens_per_second"] - 1
                             if s["decode_tokens_per_second"] else None})
+                if s["mode"] == "greedy" and method in here:
+                    local = predict({**plan, "rank_acceptance": here[method]}, shape)
+                    out[-1].update(rank_acceptance_here=here[method], predicted_here=local["tokens_per_second"],
+                                   predicted_tokens_per_forward_here=local["tokens_per_forward"],
+                                   error_here=local["tokens_per_second"] / s["decode_tokens_per_second"] - 1
+                                   if s["decode_tokens_per_second"] else None)
     return out
 
 
@@ -229,13 +257,22 @@ def format_table(result: dict) -> str:
     if result.get("predicted"):
         lines.append("predicted (tree plan of this device) against measured, decoding only (prefill left out):")
         lines.append(f"  {'mode':<8}{'method':<18}{'shape':<34}{'tok/fwd pred / meas':>20}{'tok/s pred / meas':>19}"
-                     f"{'error':>7}")
+                     f"{'error':>7}{'with p_k of these prompts':>27}")
         for r in result["predicted"]:
             shape = ", ".join(f"{k}={v}" for k, v in r["shape"].items())
             err = f"{r['error']:+.0%}" if r["error"] is not None else "-"
+            here = "-"
+            if r.get("error_here") is not None:
+                here = f"{r['predicted_here']:.1f} tok/s {r['error_here']:+.0%}"
             lines.append(f"  {r['mode']:<8}{r['method']:<18}{shape:<34}"
                          f"{r['predicted_tokens_per_forward']:>10.2f} / {r['measured_tokens_per_forward']:<7.2f}"
-                         f"{r['predicted_tokens_per_second']:>9.1f} / {r['measured_tokens_per_second']:<7.1f}{err:>7}")
+                         f"{r['predicted_tokens_per_second']:>9.1f} / {r['measured_tokens_per_second']:<7.1f}{err:>7}"
+                         f"{here:>27}")
+        p_here = {r["method"].split(":")[0]: r["rank_acceptance_here"] for r in result["predicted"]
+                  if r.get("rank_acceptance_here")}
+        for method, p in p_here.items():
+            lines.append(f"  {method}: acceptance by rank on these prompts [" + ", ".join(f"{x:.2f}" for x in p)
+                         + "] (the plan's probe: see `tree_plan.summary`)")
     greedy_same = [s for s in result["summary"] if s["same_output_as_baseline"] is not None]
     if greedy_same:
         same = {}
