@@ -3,12 +3,16 @@
 ``sdd_edu.decoding.autotree`` predicts a tree's speed from two measurements and finds the fastest
 tree; this module takes them on the reader's device and keeps the result:
 
-1. **acceptance by rank**: a few short greedy generations with a wide fixed tree (every rank up to
-   ``PROBE["width"]`` gets tested at every level), read by ``rank_acceptance_from_traces``;
+1. **acceptance by rank**: greedy generations (five HumanEval prompts, 64 tokens) with a wide fixed
+   tree (every rank up to ``PROBE["width"]`` gets tested at every level), read by
+   ``rank_acceptance_from_traces``;
 2. **forward costs**: the target's and the draft's forward time against tokens per forward
    (``roofline.forward_latency_ms``: interleaved medians, kept on disk per model, device and dtype);
 3. **the rest of a step**: the probe runs' time outside the forwards, per step (trees, the walk,
-   bookkeeping).
+   bookkeeping), and for a staged draft the time of its forwards per step, read from the probe's steps.
+
+Before all this, a plan that will be filed as the device's default chooses the matrix product per row
+count (``roofline.choose_linear_paths``), so that every measurement sees the best this device can do.
 
 ``plan_tree`` joins them (``autotree.best_tree``) and returns the shape for the method's settings
 (``width``/``depth``/``budget``, or ``gamma`` for a chain) with the measurements it came from.  A plan
