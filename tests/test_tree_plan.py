@@ -66,6 +66,7 @@ def test_a_staged_plan_prices_its_draft_from_the_probe_steps(plans):
            "staged_draft": {"first_seconds": 0.004, "rounds": 1.5, "steps": 9}}
     cost = tree_plan._costs(toy)
     assert cost["draft_curve"] is None
+    assert cost["overhead"](0) == pytest.approx(0.001)  # no tree, no draft forward
     assert cost["overhead"](1) == pytest.approx(0.001 + 0.004 + 1 * 0.002)
     assert cost["overhead"](3) == pytest.approx(0.001 + 0.004 + 1.5 * 0.002)
     # the prediction charges a tree the rounds its depth allows

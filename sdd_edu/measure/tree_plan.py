@@ -218,6 +218,8 @@ def _costs(plan: dict) -> dict:
             return {"draft_curve": None, "overhead": overhead + first + (plan["rounds"] or 0) * beam_seconds}
 
         def staged_step(depth: int) -> float:
+            if depth == 0:  # no tree: a baseline step, which runs no draft forward at all
+                return overhead
             return overhead + measured["first_seconds"] + min(measured["rounds"], depth) * beam_seconds
         return {"draft_curve": None, "overhead": staged_step}
     return {"draft_curve": draft_curve, "overhead": overhead, "beam": plan["beam"]}
