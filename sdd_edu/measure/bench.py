@@ -72,9 +72,9 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
         generate(ladder, encoded[0][2][:32], method=method, max_new_tokens=8, fast=fast,
                  **{**settings.get(method, {}), **variant})
     rows = []
-    # greedy rank acceptance on these very prompts, per method, from the fixed-shape runs' trees: beside the
-    # plan's prediction (its p_k measured on the probe's prompts), the prediction with the p_k seen here
-    rank_tally: dict[str, list[list[int]]] = {}
+    # the fixed-shape greedy runs' steps (with their trees), per method: their acceptance by rank gives,
+    # beside the plan's prediction (its p_k measured on the probe's prompts), the prediction with the p_k here
+    fixed_steps: dict[str, list[dict]] = {}
     total = len(items) * len(methods) * len(modes) * repeats
     bar = None
     if progress:
@@ -89,7 +89,7 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
                                **MODES[mode], **{**settings.get(method, {}), **variant})
                 s, t = res.stats, trace_summary(res.trace)
                 if mode == "greedy" and variant.get("adaptive", True) is False:
-                    _tally_ranks(rank_tally.setdefault(method, [[], []]), res.trace)
+                    fixed_steps.setdefault(method, []).extend(res.trace)
                 rows.append({"mode": mode, "method": label, "task_id": task, "kind": kind, "repeat": rep,
                              "new_tokens": s.new_tokens,
                              "seconds": s.wall_seconds, "tokens_per_second": s.tokens_per_second,
@@ -131,30 +131,24 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
     return {"device": device_description(target.device), "dtype": str(target.dtype).replace("torch.", ""),
             "threads": torch.get_num_threads(), "fast": fast, "ladder": repr(ladder), "prompts": len(items), "repeats": repeats,
             "prompt_set": prompt_set_name, "max_new_tokens": max_new_tokens, "settings": effective, "rows": rows,
-            "summary": summary, "predicted": predictions(ladder, runs, summary, rank_tally)}
+            "summary": summary, "predicted": predictions(ladder, runs, summary, fixed_steps)}
 
 
-def _tally_ranks(tally: list[list[int]], trace) -> None:
-    from ..decoding.autotree import rank_counts
-
-    accepted, at_risk, _ = rank_counts(trace)
-    for total, counts in zip(tally, (accepted, at_risk)):
-        total.extend([0] * (len(counts) - len(total)))
-        for j, c in enumerate(counts):
-            total[j] += c
-
-
-def predictions(ladder, runs, summary, rank_tally: Optional[dict] = None) -> list[dict]:
+def predictions(ladder, runs, summary, fixed_steps: Optional[dict] = None) -> list[dict]:
     """Predicted against measured decoding speed (tok/s without the prefill) for every method run at a fixed
     shape (``METHOD:WxDxB``, ``METHOD:gN``, ``METHOD:auto``), from the device's tree plan (``tree_plan``).
 
-    With ``rank_tally`` (the rank counts of the fixed-shape greedy runs, per method), each row also has
+    With ``fixed_steps`` (the trace steps of the fixed-shape greedy runs, per method), each row also has
     ``predicted_here``: the same prediction with the acceptance by rank of the benchmark's own prompts, which
     separates the model's error from the difference between the probe's prompts and these."""
-    from ..decoding.autotree import rank_acceptance_from_counts
+    from ..decoding.autotree import rank_acceptance_from_counts, rank_counts
     from .tree_plan import SHAPE_KEYS, plan_tree, predict
 
-    here = {m: rank_acceptance_from_counts(*counts) for m, counts in (rank_tally or {}).items() if any(counts[1])}
+    here = {}
+    for m, steps in (fixed_steps or {}).items():
+        accepted, at_risk, drafted = rank_counts(steps)
+        if drafted:
+            here[m] = rank_acceptance_from_counts(accepted, at_risk)
     out = []
     for label, (method, variant) in runs.items():
         if method not in SHAPE_KEYS or variant.get("adaptive", True) or not any(k in variant for k in SHAPE_KEYS[method]):
