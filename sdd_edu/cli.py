@@ -268,15 +268,18 @@ def cmd_engine_bench(args) -> None:
 def cmd_gpu_check(args) -> None:
     from .measure.gpu_check import format_gpu_check, gpu_check
 
+    def save(res: dict) -> None:  # after every check, so that a run stopped early keeps what it measured
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=1, default=str)
+
     res = gpu_check(args.device, args.dtype, quick=args.quick, embedded=False if args.no_embedded else None,
                     new_tokens=args.max_new_tokens, prompts=args.prompts,
-                    progress=lambda msg: print(msg, file=sys.stderr))
+                    progress=lambda msg: print(msg, file=sys.stderr), checkpoint=save)
+    save(res)
     print(format_gpu_check(res))
-    with open(args.json, "w") as fh:
-        json.dump(res, fh, indent=1, default=str)
     print(f"saved {args.json}")
     if not res["ok"]:
-        raise SddError("gpu-check: the fast path disagrees with the eager one (see the table above)")
+        raise SddError("gpu-check: a check failed (see the table above)")
 
 
 def cmd_bench(args) -> None:

@@ -180,3 +180,27 @@ def test_gpu_check_runs_on_a_cpu_in_quick_mode(tmp_path, capsys):
     for row in res["shapes"].values():
         assert row["logits_gap_fp32"] < 1e-4 and row["profile"]["eager"]["count"] > 0
         assert set(row["latency_ms"]["fast"]) == {"1", "4"}
+
+
+def test_gpu_check_reports_a_failing_check_and_keeps_the_others(tmp_path, capsys, monkeypatch):
+    import json
+
+    from sdd_edu.cli import main
+    from sdd_edu.measure import gpu_check
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("capture failed on this device")
+
+    monkeypatch.setattr(gpu_check, "greedy_identity", broken)
+    saved = []
+    real_dump = json.dump
+    monkeypatch.setattr(json, "dump", lambda obj, fh, **kw: (saved.append(set(obj["shapes"])), real_dump(obj, fh, **kw)))
+    path = tmp_path / "check.json"
+    assert main(["gpu-check", "--quick", "--device", "cpu", "--json", str(path)]) != 0
+    out = capsys.readouterr()
+    assert "CHECKS FAILED" in out.out and "FAILED greedy tokens, random ladder: RuntimeError: capture failed" in out.out
+    assert "Traceback" not in out.out + out.err
+    res = json.loads(path.read_text())
+    assert not res["ok"] and list(res["errors"]) == ["greedy tokens, random ladder"]
+    assert len(res["shapes"]) == 3 and res["speed"]["methods"]  # the checks after the failing one ran
+    assert saved[0] == {"tiny llama"} and len(saved) >= 5  # the file was written after each check

@@ -225,8 +225,12 @@ def method_speeds(ladder, prompts: list[list[int]], new_tokens: int) -> dict:
 
 
 def gpu_check(device=None, dtype=None, quick: bool = False, embedded: Optional[bool] = None,
-              new_tokens: Optional[int] = None, prompts: int = 3, progress=print) -> dict:
-    """Run the checks above; the result as a dict (see ``format_gpu_check``)."""
+              new_tokens: Optional[int] = None, prompts: int = 3, progress=print, checkpoint=None) -> dict:
+    """Run the checks above; the result as a dict (see ``format_gpu_check``).
+
+    A check that raises is recorded under ``errors`` (its exception's type and message) and the run goes
+    on with the next, so one failure on a new device still leaves every other figure; ``checkpoint`` is
+    called with the result so far after each check (the CLI saves the JSON file there)."""
     from ..ladders import make_ladder
     from ..ngram import PromptLookup
 
@@ -236,11 +240,23 @@ def gpu_check(device=None, dtype=None, quick: bool = False, embedded: Optional[b
     new_tokens = new_tokens or (12 if quick else 128)
     shapes = check_shapes(quick)
     tokens = QUICK_TOKENS if quick else CURVE_TOKENS
+    context = 16 if quick else 256
     res = {"device": device_description(device), "dtype": str(dtype).replace("torch.", ""), "quick": quick,
-           "torch": torch.__version__, "shapes": {}, "greedy": {}, "speed": {}}
-    for i, (name, config) in enumerate(shapes.items()):
+           "torch": torch.__version__, "shapes": {}, "greedy": {}, "speed": {}, "errors": {}}
+
+    def check(name: str, fn) -> None:
         progress(f"gpu-check: {name}")
-        row = {}
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 -- recorded, reported, and the run fails at the end
+            res["errors"][name] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            progress(f"gpu-check: {name} FAILED: {res['errors'][name]}")
+        res["seconds"] = time.perf_counter() - t_start
+        if checkpoint is not None:
+            checkpoint(res)
+
+    def shape_row(name: str, i: int, config: ModelConfig) -> None:
+        row = res["shapes"].setdefault(name, {})
         fp32 = random_model(config, device, torch.float32, seed=i)
         row["logits_gap_fp32"] = logits_gap(fp32)
         model = fp32 if dtype == torch.float32 else random_model(config, device, dtype, seed=i)
@@ -248,12 +264,14 @@ def gpu_check(device=None, dtype=None, quick: bool = False, embedded: Optional[b
             row["logits_gap"] = logits_gap(model)
         del fp32
         first: dict = {}
-        row["latency_ms"] = {"eager": latency(model, False, tokens, context=16 if quick else 256),
-                             "fast": latency(model, True, tokens, context=16 if quick else 256, first=first)}
+        row["latency_ms"] = {"eager": latency(model, False, tokens, context=context)}
+        row["latency_ms"]["fast"] = latency(model, True, tokens, context=context, first=first)
         row["first_fast_call_ms"] = first  # the capture of each bucket's graph, on CUDA
         row["profile"] = {"eager": forward_profile(model, False, context=16 if quick else 64),
                           "fast": forward_profile(model, True, context=16 if quick else 64)}
-        res["shapes"][name] = row
+
+    for i, (name, config) in enumerate(shapes.items()):
+        check(name, lambda: shape_row(name, i, config))
     # greedy identity on a random ladder (target and draft shapes), in float32
     names = list(shapes)
     target = random_model(shapes[names[0]], device, torch.float32, seed=10, name="random target")
@@ -262,29 +280,34 @@ def gpu_check(device=None, dtype=None, quick: bool = False, embedded: Optional[b
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, shapes[names[0]].vocab_size, (24,), generator=g).tolist()
     ids = ids + ids[:12]  # a repeat, so that prompt lookup proposes something
-    progress("gpu-check: greedy tokens, random ladder")
-    res["greedy"]["random ladder (fp32)"] = greedy_identity(random_ladder, ids, new_tokens)
+    check("greedy tokens, random ladder",
+          lambda: res["greedy"].__setitem__("random ladder (fp32)", greedy_identity(random_ladder, ids, new_tokens)))
     if embedded is None:
         embedded = not quick and _embedded_installed()
     if embedded:
         from ..data import humaneval_prompt
         from ..ladders import load_ladder
 
-        progress("gpu-check: embedded ladder")
-        exact = load_ladder("embedded", device=device, dtype="fp32")
-        prompt = exact.target.encode(humaneval_prompt(0))
-        res["greedy"]["embedded ladder (fp32)"] = greedy_identity(exact, prompt, new_tokens)
-        ladder = load_ladder("embedded", device=device, dtype=dtype)
-        encoded = [ladder.target.encode(humaneval_prompt(i)) for i in range(prompts)]
-        res["speed"] = {"ladder": "embedded", "prompts": prompts, "new_tokens": new_tokens,
-                        "methods": method_speeds(ladder, encoded, new_tokens)}
+        def embedded_greedy():
+            exact = load_ladder("embedded", device=device, dtype="fp32")
+            prompt = exact.target.encode(humaneval_prompt(0))
+            res["greedy"]["embedded ladder (fp32)"] = greedy_identity(exact, prompt, new_tokens)
+
+        def embedded_speed():
+            ladder = load_ladder("embedded", device=device, dtype=dtype)
+            encoded = [ladder.target.encode(humaneval_prompt(i)) for i in range(prompts)]
+            res["speed"] = {"ladder": "embedded", "prompts": prompts, "new_tokens": new_tokens,
+                            "methods": method_speeds(ladder, encoded, new_tokens)}
+
+        check("greedy tokens, embedded ladder", embedded_greedy)
+        check("tok/s, embedded ladder", embedded_speed)
     else:
-        res["speed"] = {"ladder": "random (acceptance near 0: the machinery's speed only)", "prompts": 1,
-                        "new_tokens": new_tokens,
-                        "methods": method_speeds(random_ladder, [ids], new_tokens)}
+        check("tok/s, random ladder", lambda: res.__setitem__("speed", {
+            "ladder": "random (acceptance near 0: the machinery's speed only)", "prompts": 1,
+            "new_tokens": new_tokens, "methods": method_speeds(random_ladder, [ids], new_tokens)}))
     res["seconds"] = time.perf_counter() - t_start
-    res["ok"] = all(all(v.values()) for v in res["greedy"].values()) and all(
-        r["logits_gap_fp32"] < 1e-3 for r in res["shapes"].values())
+    res["ok"] = not res["errors"] and all(all(v.values()) for v in res["greedy"].values()) and all(
+        r.get("logits_gap_fp32", float("inf")) < 1e-3 for r in res["shapes"].values())
     return res
 
 
@@ -300,35 +323,42 @@ def _embedded_installed() -> bool:
 
 
 def format_gpu_check(res: dict) -> str:
+    """The printed table; a partial result (a check that failed, or a run stopped early) prints what it has."""
+    verdict = {True: "all checks passed", False: "CHECKS FAILED", None: "unfinished"}[res.get("ok")]
     lines = [f"gpu-check on {res['device']}, {res['dtype']}, torch {res['torch']}"
-             f"{' (quick)' if res['quick'] else ''}: {'all checks passed' if res['ok'] else 'CHECKS FAILED'}"
-             f" in {res['seconds']:.0f} s", ""]
+             f"{' (quick)' if res['quick'] else ''}: {verdict} in {res.get('seconds', 0):.0f} s", ""]
     for name, row in res["shapes"].items():
-        gap = f"logits |eager - fast| / max|logit|: fp32 {row['logits_gap_fp32']:.1e}"
+        gap = f"logits |eager - fast| / max|logit|: fp32 {row.get('logits_gap_fp32', float('nan')):.1e}"
         if "logits_gap" in row:
             gap += f", {res['dtype']} {row['logits_gap']:.1e}"
         lines.append(f"{name}: {gap}")
-        eager, fast = row["latency_ms"]["eager"], row["latency_ms"]["fast"]
-        lines.append("  new tokens      " + "".join(f"{n:>8}" for n in eager))
-        lines.append("  eager ms        " + "".join(f"{eager[n]:8.2f}" for n in eager))
-        lines.append("  fast ms         " + "".join(f"{fast[n]:8.2f}" for n in fast))
-        first = row.get("first_fast_call_ms", {})
-        if first:
-            lines.append("  fast, 1st call  " + "".join(f"{first[n]:8.2f}" for n in first)
-                         + "   (captures the bucket's graph on CUDA)")
-        pe, pf = row["profile"]["eager"], row["profile"]["fast"]
-        lines.append(f"  one-token forward: {pe['count']} {pe['what']}, {pe['wall_ms']:.2f} ms eager; "
-                     f"{pf['wall_ms']:.2f} ms fast" + (f" (kernel time {pe['kernel_ms']:.2f} ms)"
-                                                      if pe["kernel_ms"] == pe["kernel_ms"] else ""))
+        curves = row.get("latency_ms", {})
+        if curves:
+            sizes = next(iter(curves.values()))
+            lines.append("  new tokens      " + "".join(f"{n:>8}" for n in sizes))
+            for label, curve in (("eager ms", curves.get("eager")), ("fast ms", curves.get("fast")),
+                                 ("fast, 1st call", row.get("first_fast_call_ms"))):
+                if curve:
+                    lines.append(f"  {label:<16}" + "".join(f"{curve[n]:8.2f}" for n in curve)
+                                 + ("   (captures the bucket's graph on CUDA)" if label == "fast, 1st call" else ""))
+        prof = row.get("profile")
+        if prof:
+            pe, pf = prof["eager"], prof["fast"]
+            kernel = f", kernel time {pe['kernel_ms']:.2f} ms" if pe["kernel_ms"] == pe["kernel_ms"] else ""
+            lines.append(f"  one-token forward, profiled: eager {pe['count']} {pe['what']}{kernel}, "
+                         f"{pe['wall_ms']:.2f} ms; fast {pf['count']}, {pf['wall_ms']:.2f} ms")
     lines.append("")
     for name, same in res["greedy"].items():
         lines.append(f"greedy tokens identical to eager baseline, {name}: "
                      + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items()))
     sp = res["speed"]
-    lines += ["", f"tok/s, {sp['ladder']}, {sp['prompts']} prompt(s), {sp['new_tokens']} new tokens, medians:"]
-    for label, r in sp["methods"].items():
-        t = r["time_split"]
-        lines.append(f"  {label:<18} {r['tokens_per_second']:8.1f} tok/s  {r['speedup_vs_fast_baseline']:5.2f}x"
-                     f"  {r['tokens_per_target_forward']:5.2f} tok/fwd   time: target {t['target']:4.0%}, "
-                     f"draft {t['draft']:4.0%}, other {t['other']:4.0%}")
+    if sp:
+        lines += ["", f"tok/s, {sp['ladder']}, {sp['prompts']} prompt(s), {sp['new_tokens']} new tokens, medians:"]
+        for label, r in sp["methods"].items():
+            t = r["time_split"]
+            lines.append(f"  {label:<18} {r['tokens_per_second']:8.1f} tok/s  {r['speedup_vs_fast_baseline']:5.2f}x"
+                         f"  {r['tokens_per_target_forward']:5.2f} tok/fwd   time: target {t['target']:4.0%}, "
+                         f"draft {t['draft']:4.0%}, other {t['other']:4.0%} ({r['other_ms_per_step']:.2f} ms/step)")
+    for name, err in res.get("errors", {}).items():
+        lines.append(f"FAILED {name}: {err}")
     return "\n".join(lines)
