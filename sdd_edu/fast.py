@@ -7,13 +7,14 @@ one.  It needs a forward whose shapes and memory addresses never change and that
 the GPU from the host.  The engine's forward (``Transformer.body``) is that forward when it is
 given, instead of host integers:
 
-* the N new tokens padded up to a bucket (1, 2, 4, ..., 64 tokens): one graph per bucket;
+* the N new tokens padded up to a bucket (1, 2, 4, ..., 128 tokens): one graph per bucket (128, so
+  that a tree of 64 nodes after its one new token still fits);
 * the cache slots to write as a tensor of indices on the device (``KVCache.write`` then uses
   ``index_copy_``), the padded tokens going to scratch slots past the end of the cache;
 * an attention mask over every slot of the cache, built on the device, and positions likewise.
 
 Range checks are done on host integers before the forward.  ``StaticKVCache`` holds the input
-buffers and the graphs; ``Transformer.forward`` hands any forward over it of at most 64 tokens to
+buffers and the graphs; ``Transformer.forward`` hands any forward over it of at most 128 tokens to
 ``StaticKVCache.forward`` (longer ones, such as a prefill, take the eager path over the same cache).
 
 Capture is explicit (``torch.cuda.CUDAGraph``), not ``torch.compile(mode="reduce-overhead")``: it
@@ -29,7 +30,7 @@ import torch
 
 from .model import KVCache
 
-BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 CAPACITY_STEP = 256  # fast caches come in multiples of this many slots, so that generations can share them
 
 

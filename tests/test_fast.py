@@ -40,6 +40,20 @@ def test_the_static_forward_equals_the_eager_one(family, cached):
     torch.testing.assert_close(fast, eager, rtol=1e-5, atol=1e-5)
 
 
+def test_a_tree_of_64_nodes_after_its_new_token_stays_on_the_fast_path(monkeypatch):
+    """65 tokens: the bucket of 128 (with buckets up to 64 it fell back to the eager forward)."""
+    m = random_lm(5).model
+    buckets = []
+    run = StaticKVCache._run
+    monkeypatch.setattr(StaticKVCache, "_run", lambda self, model, b: (buckets.append(b), run(self, model, b))[1])
+    parents = [-1] * 4 + [i // 4 for i in range(60)]  # 4 children of the root, then 4 under each of the first 15
+    mask, pos = tree_attention_mask(parents, cached=9, chain=1)
+    ids = torch.randint(0, 61, (1, 65), generator=torch.Generator().manual_seed(0))
+    eager, fast = _forward_pair(m, 9, ids, pos, mask)
+    torch.testing.assert_close(fast, eager, rtol=1e-5, atol=1e-5)
+    assert buckets == [16, 128]  # the 9-token prompt, then the tree
+
+
 def test_a_reduced_head_with_run_time_columns_is_the_same_on_the_fast_path():
     m = random_lm(6, head_size=20).model
     extra = torch.tensor([33, 40, 59])
@@ -71,7 +85,7 @@ def test_padded_tokens_never_touch_the_sequence_slots():
     assert torch.equal(cache.k[:, :, :, :3], before[:, :, :, :3])  # the prompt's slots are untouched
     assert torch.equal(cache.k[:, :, :, 7:30], before[:, :, :, 7:30])  # so are the slots past the tokens
     assert isinstance(cache, StaticKVCache) and cache.max_len == 30 and cache.k.shape[3] == 30 + BUCKETS[-1]
-    assert [bucket_for(n) for n in (1, 2, 3, 5, 64)] == [1, 2, 4, 8, 64]
+    assert [bucket_for(n) for n in (1, 2, 3, 5, 64, 65)] == [1, 2, 4, 8, 64, 128]
 
 
 def test_fast_caches_are_kept_for_the_next_generation_one_per_role():
