@@ -48,7 +48,9 @@ PROMPT_OFF_WAIT = 8  # the first wait when the prompt turned speculation off (no
 
 def expected_tokens(acceptance: float, size: int) -> float:
     """1 + a + a^2 + ... + a^size: tokens per target forward for a chain of ``size`` with i.i.d. acceptance a."""
-    return sum(acceptance ** i for i in range(size + 1))
+    if acceptance >= 1.0:
+        return size + 1.0
+    return (1.0 - acceptance ** (size + 1)) / (1.0 - acceptance)  # the geometric sum, in one expression
 
 
 class DraftSchedule:
@@ -86,15 +88,20 @@ class DraftSchedule:
         """Recent per-level acceptance, with the prior counted as one tested level."""
         return (self.accepted + self.prior) / (self.tested + 1.0)
 
-    def gain(self, size: int, acceptance: Optional[float] = None) -> float:
+    def gain(self, size: int, acceptance: Optional[float] = None, seen: Optional[dict] = None) -> float:
         """Expected tokens per unit of time at ``size`` (1.0 for a baseline step)."""
         a = self.acceptance if acceptance is None else acceptance
-        return expected_tokens(a, size) / self.cost(size)
+        return expected_tokens(a, size) / self.cost(size, seen)
 
-    def cost(self, size: int) -> float:
+    def measured_costs(self) -> dict[int, float]:
+        """The median step time of every size with at least two timed steps."""
+        return {s: statistics.median(t) for s, t in self.times.items() if len(t) >= 2}
+
+    def cost(self, size: int, seen: Optional[dict] = None) -> float:
         """Expected time of a step of ``size``: its own measured median once it has two steps, else
-        the prior cost scaled as the nearest measured size compares with its prior."""
-        seen = {s: statistics.median(t) for s, t in self.times.items() if len(t) >= 2}
+        the prior cost scaled as the nearest measured size compares with its prior.  ``seen``:
+        ``measured_costs()``, when the caller prices many sizes at once."""
+        seen = self.measured_costs() if seen is None else seen
         if size in seen:
             return seen[size]
         if not seen:
@@ -107,12 +114,13 @@ class DraftSchedule:
 
         Speculation that is on stays on until the configured size is clearly worse than a baseline
         step (``OFF_MARGIN``): acceptance comes in bursts, and a dip costs less than the way back."""
-        configured = self.gain(self.configured)
-        if configured < self.gain(0) * (self.OFF_MARGIN if self.last_size else 1.0):
+        seen = self.measured_costs()  # once per step: a GPU step of a big tree is a few milliseconds
+        configured = self.gain(self.configured, seen=seen)
+        if configured < self.gain(0, seen=seen) * (self.OFF_MARGIN if self.last_size else 1.0):
             return 0
-        grown = [s for s in range(self.configured + 1, self.max_size + 1)
-                 if self.gain(s) > self.GROWTH_MARGIN * configured]
-        return max(grown, key=self.gain, default=self.configured)
+        gains = {s: self.gain(s, seen=seen) for s in range(self.configured + 1, self.max_size + 1)}
+        grown = [s for s, g in gains.items() if g > self.GROWTH_MARGIN * configured]
+        return max(grown, key=gains.get, default=self.configured)
 
     def size(self) -> int:
         if not self.adaptive:
