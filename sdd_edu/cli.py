@@ -26,6 +26,9 @@ def _add_device_args(p, fast: bool = True):
     if fast:
         p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                        help="fixed-shape forwards, replayed from CUDA graphs (default: on for CUDA only)")
+        p.add_argument("--compile", action="store_true",
+                       help="fast path: fuse the forward's kernels with torch.compile before capturing it "
+                            "(tens of seconds of compilation per model on first use)")
 
 
 def _add_method_args(p):
@@ -155,6 +158,10 @@ def _setup(args):
 
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
+    if getattr(args, "compile", False):
+        from . import fast
+
+        fast.COMPILE = True
 
 
 def cmd_info(args) -> None:

@@ -463,7 +463,8 @@ class Transformer(nn.Module):
         w = self.tok_emb.weight
         if torch.is_grad_enabled() and w.requires_grad:
             return w.index_select(0, self.head_ids)
-        key = (w.data_ptr(), w._version, w.dtype)  # frozen weights: gather the rows once
+        # frozen weights: gather the rows once (weights made in inference mode keep no version: never change)
+        key = (w.data_ptr(), 0 if w.is_inference() else w._version, w.dtype)
         if self._head_cache is None or self._head_cache[0] != key:
             self._head_cache = (key, w.index_select(0, self.head_ids).contiguous())
         return self._head_cache[1]

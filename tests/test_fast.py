@@ -62,6 +62,12 @@ def test_a_reduced_head_with_run_time_columns_is_the_same_on_the_fast_path():
     torch.testing.assert_close(fast, eager, rtol=1e-5, atol=1e-5)
 
 
+def test_a_model_made_in_inference_mode_runs_its_reduced_head():
+    with torch.inference_mode():  # its weights are inference tensors, which keep no version counter
+        m = random_lm(6, head_size=20).model
+        assert m(torch.tensor([[3, 8]])).shape == (1, 2, 61)
+
+
 def test_keep_and_truncate_work_on_the_fast_cache():
     m = random_lm(7).model
     outs = []
@@ -218,3 +224,22 @@ def test_gpu_check_reports_a_failing_check_and_keeps_the_others(tmp_path, capsys
     assert not res["ok"] and list(res["errors"]) == ["greedy tokens, random ladder"]
     assert len(res["shapes"]) == 3 and res["speed"]["methods"]  # the checks after the failing one ran
     assert saved[0] == {"tiny llama"} and len(saved) >= 5  # the file was written after each check
+
+
+def test_the_compiled_fast_path_gives_the_same_tokens(monkeypatch):
+    """``fast.COMPILE``: the forward goes through ``torch.compile`` before capture.  The tests compile with
+    the "eager" backend (the same tracing and plumbing, no code generation: seconds, not minutes)."""
+    from sdd_edu import fast
+    from sdd_edu.ladders import make_ladder
+    from sdd_edu.ngram import PromptLookup
+
+    target, draft = random_lm(21), random_lm(22, n_layer=1)
+    ladder = make_ladder(target, draft, PromptLookup())
+    ids = [5, 9, 2, 7, 5, 9, 2, 7, 5, 9]
+    reference = generate(ladder, ids, method="baseline", max_new_tokens=12, fast=False).token_ids
+    monkeypatch.setattr(fast, "COMPILE_BACKEND", "eager")
+    monkeypatch.setattr(fast, "COMPILE", True)
+    for method in ("baseline", "staged"):
+        assert generate(ladder, ids, method=method, max_new_tokens=12, fast=True).token_ids == reference, method
+    assert "_compiled_body" in target.model.__dict__ and "_compiled_body" in draft.model.__dict__
+    assert all(cache.compiled for cache in target.model._static_caches.values())
