@@ -532,12 +532,18 @@ class PromptLookup:
         n, pos = self._longest(arr)
         if n == 0:
             return 0, [], []
-        nxt = arr[pos + n]
-        tokens, inverse, counts = np.unique(nxt, return_inverse=True, return_counts=True)
-        last = np.full(len(tokens), -1, dtype=np.int64)
-        np.maximum.at(last, inverse, pos)
-        rank = np.lexsort((-last, -counts))[:k]
-        return n, tokens[rank].tolist(), (counts[rank] / len(pos)).tolist()
+        # count each following token and keep its latest position, in plain Python: matches are few, and a
+        # handful of numpy calls (unique, maximum.at, lexsort) cost several times this loop
+        seen: dict[int, list[int]] = {}  # token -> [count, latest start]; pos is in increasing order
+        for p, t in zip(pos.tolist(), arr[pos + n].tolist()):
+            entry = seen.get(t)
+            if entry is None:
+                seen[t] = [1, p]
+            else:
+                entry[0] += 1
+                entry[1] = p
+        ranked = sorted(seen, key=lambda t: (-seen[t][0], -seen[t][1]))[:k]  # frequency, then recency
+        return n, ranked, [seen[t][0] / len(pos) for t in ranked]
 
     def __repr__(self) -> str:
         return f"PromptLookup(max_ngram={self.max_ngram}, min_ngram={self.min_ngram})"

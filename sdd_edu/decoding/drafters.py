@@ -376,16 +376,18 @@ class ModelDrafter(Drafter):
     def _mix(self, tree, node, context, dist):
         if self.lookup is None:
             return dist
-        ctx = context + [tree.tokens[i] for i in tree.path(node)] if node != ROOT else context
+        # the context as an array once per step (``get_candidates``), the node's path appended
+        ctx = self._context_array if node == ROOT else np.concatenate(
+            [self._context_array, np.asarray([tree.tokens[i] for i in tree.path(node)], dtype=np.int64)])
         _, tokens, probs = self.lookup.match(ctx, max(self.width, 4))
         if not tokens:
             return dist
         w = self.lookup_weight
-        copied = torch.zeros_like(dist)
         index = [self.column[t] for t in tokens] if self.head_ids is not None else tokens
-        copied[index] = torch.tensor(probs, dtype=dist.dtype) / sum(probs)
-        mixed = (1 - w) * dist + w * copied
-        self._copied[node] = {t: (w * float(copied[i]), float(mixed[i])) for t, i in zip(tokens, index)}
+        copied = w * (torch.tensor(probs, dtype=dist.dtype) / sum(probs))  # the lookup's share, on its tokens
+        mixed = (1 - w) * dist
+        mixed[index] += copied  # the tokens are distinct: (1 - w) q + w c, entry by entry
+        self._copied[node] = dict(zip(tokens, zip(copied.tolist(), mixed[index].tolist())))
         return mixed
 
     # -- stage two: the n-gram (and the lookup) guess what the draft will propose
@@ -429,6 +431,7 @@ class ModelDrafter(Drafter):
             return TokenTree()
         model = self.draft.model
         pending = context[self.cached:]
+        self._context_array = np.asarray(context, dtype=np.int64)
         g_tokens, g_parents = self.guess(context)
         synchronize(model.device)
         t0 = time.perf_counter()
@@ -513,8 +516,9 @@ class ModelDrafter(Drafter):
         if self.lookup is None:
             return
         t0 = time.perf_counter()
+        array = np.asarray(context, dtype=np.int64)  # once, not once per token
         for i in range(self.seen, len(context)):
-            _, tokens, _ = self.lookup.match(context[:i], 1)
+            _, tokens, _ = self.lookup.match(array[:i], 1)
             if tokens:
                 hit = tokens[0] == context[i]
                 self.lookup_hits = self.LOOKUP_DECAY * self.lookup_hits + hit
