@@ -72,3 +72,33 @@ def test_forward_costs_are_timed_as_decoding_runs_them():
     ms = forward_latency_ms(lm, 3, context=8, repeats=2)
     assert len(ms) == 4 and ms[0] == 0.0 and all(x > 0 for x in ms[1:])
     assert grad_seen and not any(grad_seen)
+
+
+def test_forward_costs_are_timed_on_the_path_decoding_takes(monkeypatch):
+    """On CUDA decoding runs the fast path (several times faster there than the eager forward), so its costs
+    are timed on it, filed apart; ``generate(fast=...)`` passes its choice on to the schedule's costs."""
+    from sdd_edu.fast import StaticKVCache
+    from sdd_edu.ladders import make_ladder
+    from sdd_edu.measure import roofline
+    from tests.test_speculative import random_lm
+
+    lm = random_lm(32, n_layer=1)
+    caches = []
+    real_new_cache = type(lm.model).new_cache
+    monkeypatch.setattr(type(lm.model), "new_cache",
+                        lambda self, *a, **k: caches.append(real_new_cache(self, *a, **k)) or caches[-1])
+    roofline.forward_latency_ms(lm, 3, context=8, repeats=1, fast=True)
+    assert isinstance(caches[-1], StaticKVCache)
+    roofline.forward_latency_ms(lm, 3, context=8, repeats=1)  # on a CPU: the eager forward, measured apart
+    assert not isinstance(caches[-1], StaticKVCache)
+    assert len(roofline._COSTS_IN_PROCESS[lm.model]) == 2
+    assert roofline.latency_curve(lm, tokens=(1, 2), context=8, repeats=1, fast=True)[1]["tokens"] == 2
+    assert isinstance(caches[-1], StaticKVCache)
+
+    from sdd_edu import generate
+
+    asked = []
+    monkeypatch.setattr(roofline, "forward_latency_ms", lambda model, n, fast=None: asked.append(fast) or [1.0] * (n + 1))
+    ladder = make_ladder(lm, random_lm(33, n_layer=1), None)
+    generate(ladder, [1, 2, 3], method="tree", max_new_tokens=2, fast=True)
+    assert asked == [True, True]  # the target's costs and the draft's

@@ -90,8 +90,10 @@ def make_drafter(ladder, method: str, **settings):
                         rounds=s["rounds"], ngram=ladder.ngram, ngram_fanout=tuple(s["ngram_fanout"]), lookup=lookup)
 
 
-def make_schedule(target: LoadedModel, drafter, adaptive: bool = True, node_cost="measured", **_):
-    """The speculation schedule for ``drafter``: its configured size every step, or adaptive (up to twice it)."""
+def make_schedule(target: LoadedModel, drafter, adaptive: bool = True, node_cost="measured",
+                  fast: Optional[bool] = None, **_):
+    """The speculation schedule for ``drafter``: its configured size every step, or adaptive (up to twice it).
+    ``fast``: whether the forwards run on the fast path (their measured costs are those of that path)."""
     from .schedule import DraftSchedule, linear_step_cost, measured_step_cost
 
     if not adaptive:
@@ -99,7 +101,7 @@ def make_schedule(target: LoadedModel, drafter, adaptive: bool = True, node_cost
     max_size = 2 * drafter.budget
     drafter.max_size = max_size  # the forwards_for() estimates below may look at sizes up to it
     if node_cost == "measured":  # measured before, then learnt from this generation's own steps
-        return DraftSchedule(drafter.budget, max_size, measured_step_cost(target, drafter, max_size),
+        return DraftSchedule(drafter.budget, max_size, measured_step_cost(target, drafter, max_size, fast),
                              learn_times=True)
     return DraftSchedule(drafter.budget, max_size, linear_step_cost(node_cost))  # repeatable: no timing
 
@@ -154,7 +156,8 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
         raise SddError(f"unknown sampling rule {rule!r}; use one of {RULES}")
     settings = _tree_shape(loaded, method, settings, prompt_ids)
     drafter = make_drafter(loaded, method, **settings)
-    schedule = make_schedule(target, drafter, **{**defaults_for(method, target.device, target.dtype), **settings})
+    schedule = make_schedule(target, drafter, **{**defaults_for(method, target.device, target.dtype), **settings},
+                             fast=fast)
     return speculative_decode(target, drafter, prompt_ids, max_new_tokens, sampling, method, rule, stream,
                               stop_at_eos, schedule=schedule, fast=fast)
 

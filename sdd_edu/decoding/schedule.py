@@ -181,13 +181,14 @@ class DraftSchedule:
         self.idle = 0
 
 
-def measured_step_cost(target, drafter, max_size: int) -> Callable[[int], float]:
-    """``step_cost`` from this device's measured forward latencies of the target and the draft."""
+def measured_step_cost(target, drafter, max_size: int, fast: Optional[bool] = None) -> Callable[[int], float]:
+    """``step_cost`` from this device's measured forward latencies of the target and the draft, timed on
+    the path decoding takes (``fast``; None: the fast path on CUDA only, as ``generate`` does)."""
     from ..measure.roofline import forward_latency_ms
 
-    target_ms = forward_latency_ms(target, 1 + max_size)
+    target_ms = forward_latency_ms(target, 1 + max_size, fast=fast)
     draft = getattr(drafter, "draft", None)
-    draft_ms = forward_latency_ms(draft, 1 + max_size) if draft is not None else None
+    draft_ms = forward_latency_ms(draft, 1 + max_size, fast=fast) if draft is not None else None
 
     def cost(size: int) -> float:
         ms = target_ms[1 + size]

@@ -12,6 +12,8 @@ All results are plain records (dicts, lists of dicts) ready for a table or a plo
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..decoding.common import synchronize
@@ -90,15 +92,19 @@ def roofline_time(counts: dict, ceilings: dict) -> float:
 
 @torch.inference_mode()
 def latency_curve(model, tokens=(1, 2, 4, 8, 16, 32, 64), context: int = 256, repeats: int = 5,
-                  progress: bool = False) -> list[dict]:
-    """Measured median time of one forward over N new tokens after ``context`` cached tokens (N in ``tokens``)."""
+                  progress: bool = False, fast: Optional[bool] = None) -> list[dict]:
+    """Measured median time of one forward over N new tokens after ``context`` cached tokens (N in ``tokens``).
+
+    ``fast``: time the fast path's forward (``sdd_edu/fast.py``), as decoding runs it; by default on
+    CUDA, as in ``generate`` (there the eager forward is several times slower, and not what runs)."""
     m = model.model if hasattr(model, "model") else model
+    fast = _decoding_path(m, fast)
     rows = []
     items = tokens
     if progress:
         from tqdm.auto import tqdm
         items = tqdm(tokens, desc="latency", unit="size")
-    cache = m.new_cache(context + max(tokens))
+    cache = m.new_cache(context + max(tokens), fast=fast, role="timing")
     m(torch.randint(0, m.config.vocab_size, (1, context), device=m.device), cache)
     for n in items:
         x = torch.randint(0, m.config.vocab_size, (1, n), device=m.device)
@@ -134,14 +140,21 @@ COST_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 _COSTS_IN_PROCESS: "weakref.WeakKeyDictionary" = None  # module -> {key: costs}
 
 
-def forward_latency_ms(model, max_tokens: int, context: int = 256, repeats: int = 9) -> list[float]:
+def _decoding_path(m, fast: Optional[bool]) -> bool:
+    """Whether decoding on ``m``'s device runs the fast path (``generate``'s default: on CUDA only)."""
+    return m.device.type == "cuda" if fast is None else bool(fast)
+
+
+def forward_latency_ms(model, max_tokens: int, context: int = 256, repeats: int = 9,
+                       fast: Optional[bool] = None) -> list[float]:
     """Milliseconds of a forward over n new tokens, for n = 0..max_tokens (index n; 0 costs nothing).
 
     Measured at a few sizes (taken in turn, medians of ``repeats``) and interpolated between them;
     made non-decreasing (a bigger forward never really costs less: a dip is noise).  The speculation schedule prices
     nodes with it.  Kept for the life of the process, and on disk for models that have a name to file
     them under (the embedded ladder, checkpoints), so that the same machine makes the same choices
-    again: the record keeps the measured points, the device and the date.
+    again: the record keeps the measured points, the device and the date.  ``fast``: as in
+    ``latency_curve`` (the fast path is timed, and filed, apart from the eager forward).
     """
     import json
     import time
@@ -152,13 +165,15 @@ def forward_latency_ms(model, max_tokens: int, context: int = 256, repeats: int 
 
     global _COSTS_IN_PROCESS
     m = model.model if hasattr(model, "model") else model
+    fast = _decoding_path(m, fast)
     sizes = [n for n in COST_SIZES if n < max_tokens] + [max_tokens]
     sizes = sorted(set(n for n in sizes if n >= 1) | {1})
     context = min(context, m.config.max_seq_len - max(sizes))
     # "no grad": the forwards are timed as decoding runs them (records from before, timed with autograd on
     # and so on the slower product path, are not reused)
     key = (f"{device_description(m.device)}|{str(m.dtype)}|context {context}|sizes {sizes}|no grad"
-           f"|{row_block_label(m.device, m.dtype)}")  # a curve belongs to the product paths it was timed with
+           f"|{row_block_label(m.device, m.dtype)}"  # a curve belongs to the product paths it was timed with
+           + ("|fast path" if fast else ""))
     if _COSTS_IN_PROCESS is None:
         _COSTS_IN_PROCESS = weakref.WeakKeyDictionary()
     mine = _COSTS_IN_PROCESS.setdefault(m, {})
@@ -176,7 +191,7 @@ def forward_latency_ms(model, max_tokens: int, context: int = 256, repeats: int 
             except (OSError, ValueError):
                 record = None
         if record is None:
-            ms = _interleaved_latency_ms(m, sizes, max(context, 1), repeats)[0]
+            ms = _interleaved_latency_ms(m, sizes, max(context, 1), repeats, fast=fast)[0]
             record = {"model": getattr(model, "name", ""), "device": key.split("|")[0], "dtype": str(m.dtype),
                       "context": context, "measured": time.strftime("%Y-%m-%d %H:%M"),
                       "points": [[n, t / ms[0], t] for n, t in zip(sizes, _non_decreasing(ms))]}
@@ -197,12 +212,13 @@ def forward_latency_ms(model, max_tokens: int, context: int = 256, repeats: int 
 
 
 @torch.inference_mode()
-def _interleaved_latency_ms(m, sizes, context: int, repeats: int, variants=(None,)) -> list[list[float]]:
+def _interleaved_latency_ms(m, sizes, context: int, repeats: int, variants=(None,),
+                           fast: bool = False) -> list[list[float]]:
     """Median ms per size, the sizes taken in turn each round, so that a slow spell of the machine
     (a shared VM, a busy laptop) spreads over all sizes instead of landing on one.  ``variants``: callables
     that switch what the forward runs (a product path), each timed right after its switch; one list of
-    medians per variant (None: the forward as it is)."""
-    cache = m.new_cache(context + max(sizes))
+    medians per variant (None: the forward as it is).  ``fast``: over the fast path's cache."""
+    cache = m.new_cache(context + max(sizes), fast=fast, role="timing")
     m(torch.randint(0, m.config.vocab_size, (1, context), device=m.device), cache)
     inputs = {n: torch.randint(0, m.config.vocab_size, (1, n), device=m.device) for n in sizes}
     times: dict[tuple[int, int], list[float]] = {(i, n): [] for i in range(len(variants)) for n in sizes}
