@@ -525,6 +525,8 @@ class PromptLookup:
         _, tokens, probs = self.match(context, k)
         return tokens, probs
 
+    FEW_MATCHES = 256  # up to this many matches ``match`` counts them in Python (measured: faster up to ~300)
+
     def match(self, context: Sequence[int], k: int) -> tuple[int, list[int], list[float]]:
         """``top_k`` with the length of the matched suffix first (0: no match); longer matches copy better."""
         k = _check_positive("k", k)
@@ -532,8 +534,13 @@ class PromptLookup:
         n, pos = self._longest(arr)
         if n == 0:
             return 0, [], []
-        # count each following token and keep its latest position, in plain Python: matches are few, and a
-        # handful of numpy calls (unique, maximum.at, lexsort) cost several times this loop
+        if len(pos) > self.FEW_MATCHES:  # many matches (a short n-gram): count them in numpy
+            tokens, inverse, counts = np.unique(arr[pos + n], return_inverse=True, return_counts=True)
+            last = np.full(len(tokens), -1, dtype=np.int64)
+            np.maximum.at(last, inverse, pos)
+            rank = np.lexsort((-last, -counts))[:k]  # frequency, then recency
+            return n, tokens[rank].tolist(), (counts[rank] / len(pos)).tolist()
+        # a few: in plain Python, where each numpy call above would cost more than the whole loop
         seen: dict[int, list[int]] = {}  # token -> [count, latest start]; pos is in increasing order
         for p, t in zip(pos.tolist(), arr[pos + n].tolist()):
             entry = seen.get(t)

@@ -352,3 +352,17 @@ def test_prompt_lookup_bad_input():
         PromptLookup().propose([1, 2, 1], 0)
     with pytest.raises(ValueError, match="k must be at least 1"):
         PromptLookup().top_k([1, 2, 1], 0)
+
+
+def test_lookup_counts_its_matches_alike_in_python_and_in_numpy(monkeypatch):
+    """``match`` counts a few matches in plain Python and many in numpy: the two rank alike (frequency, then
+    recency), on random contexts with small vocabularies (many matches, many ties)."""
+    rng = np.random.default_rng(0)
+    cases = [(PromptLookup(max_ngram=int(rng.integers(1, 5)), min_ngram=1),
+              rng.integers(0, int(rng.integers(2, 12)), int(rng.integers(1, 300))), int(rng.integers(1, 6)))
+             for _ in range(300)]
+    monkeypatch.setattr(PromptLookup, "FEW_MATCHES", 10**9)
+    in_python = [lookup.match(context, k) for lookup, context, k in cases]
+    monkeypatch.setattr(PromptLookup, "FEW_MATCHES", 0)
+    in_numpy = [lookup.match(context, k) for lookup, context, k in cases]
+    assert in_python == in_numpy and sum(1 for n, _, _ in in_numpy if n) > 250

@@ -328,7 +328,7 @@ class ModelDrafter(Drafter):
         """Add ``tokens`` that the head lacks to its run-time extension (with a lookup to propose them)."""
         if self.head_ids is None or self.lookup is None:
             return
-        new = sorted({int(t) for t in tokens} - self.column.keys())
+        new = sorted(t for t in {int(t) for t in tokens} if t not in self.column)  # (set - keys() copies every key)
         if not new:
             return
         for t in new:
@@ -383,11 +383,11 @@ class ModelDrafter(Drafter):
         if not tokens:
             return dist
         w = self.lookup_weight
-        index = [self.column[t] for t in tokens] if self.head_ids is not None else tokens
+        # (an index tensor: indexing by a Python list costs more than all the arithmetic here)
+        index = torch.tensor([self.column[t] for t in tokens] if self.head_ids is not None else tokens)
         copied = w * (torch.tensor(probs, dtype=dist.dtype) / sum(probs))  # the lookup's share, on its tokens
-        mixed = (1 - w) * dist
-        mixed[index] += copied  # the tokens are distinct: (1 - w) q + w c, entry by entry
-        self._copied[node] = dict(zip(tokens, zip(copied.tolist(), mixed[index].tolist())))
+        mixed = ((1 - w) * dist).index_add_(0, index, copied)  # the tokens are distinct: (1 - w) q + w c
+        self._copied[node] = dict(zip(tokens, zip(copied.tolist(), mixed.index_select(0, index).tolist())))
         return mixed
 
     # -- stage two: the n-gram (and the lookup) guess what the draft will propose
