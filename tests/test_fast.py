@@ -243,3 +243,19 @@ def test_the_compiled_fast_path_gives_the_same_tokens(monkeypatch):
         assert generate(ladder, ids, method=method, max_new_tokens=12, fast=True).token_ids == reference, method
     assert "_compiled_body" in target.model.__dict__ and "_compiled_body" in draft.model.__dict__
     assert all(cache.compiled for cache in target.model._static_caches.values())
+
+
+def test_on_the_fast_path_an_adaptive_tree_grows_only_as_far_as_the_largest_graph():
+    """The schedule may grow a tree to twice its size; on the fast path no further than the largest bucket
+    holds (a filed 64-node plan grew to 128 nodes, 129 tokens, and ran eagerly on the H100)."""
+    from sdd_edu.decoding import make_drafter, make_schedule
+    from sdd_edu.fast import BUCKETS
+    from sdd_edu.ladders import make_ladder
+
+    target = random_lm(23)
+    ladder = make_ladder(target, random_lm(24, n_layer=1), None)
+    drafter = make_drafter(ladder, "tree", width=4, depth=8, budget=100, beam=4)
+    assert make_schedule(target, drafter, node_cost=0.1, fast=True).max_size == BUCKETS[-1] - 1
+    assert make_schedule(target, drafter, node_cost=0.1, fast=False).max_size == 200
+    drafter = make_drafter(ladder, "tree", width=4, depth=8, budget=200, beam=4)
+    assert make_schedule(target, drafter, node_cost=0.1, fast=True).max_size == 200  # never below the budget

@@ -99,6 +99,10 @@ def make_schedule(target: LoadedModel, drafter, adaptive: bool = True, node_cost
     if not adaptive:
         return DraftSchedule(drafter.budget, drafter.budget, adaptive=False)
     max_size = 2 * drafter.budget
+    if fast:  # a bigger tree than the largest graph (its new token + nodes) would run the slow eager forward
+        from ..fast import BUCKETS
+
+        max_size = max(drafter.budget, min(max_size, BUCKETS[-1] - 1))
     drafter.max_size = max_size  # the forwards_for() estimates below may look at sizes up to it
     if node_cost == "measured":  # measured before, then learnt from this generation's own steps
         return DraftSchedule(drafter.budget, max_size, measured_step_cost(target, drafter, max_size, fast),
