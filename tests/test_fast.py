@@ -214,7 +214,8 @@ def test_gpu_check_reports_a_failing_check_and_keeps_the_others(tmp_path, capsys
     monkeypatch.setattr(gpu_check, "greedy_identity", broken)
     saved = []
     real_dump = json.dump
-    monkeypatch.setattr(json, "dump", lambda obj, fh, **kw: (saved.append(set(obj["shapes"])), real_dump(obj, fh, **kw)))
+    monkeypatch.setattr(json, "dump",
+                        lambda obj, fh, **kw: (saved.append(set(obj["shapes"])), real_dump(obj, fh, **kw)))
     path = tmp_path / "check.json"
     assert main(["gpu-check", "--quick", "--device", "cpu", "--json", str(path)]) != 0
     out = capsys.readouterr()

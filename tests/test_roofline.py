@@ -98,7 +98,8 @@ def test_forward_costs_are_timed_on_the_path_decoding_takes(monkeypatch):
     from sdd_edu import generate
 
     asked = []
-    monkeypatch.setattr(roofline, "forward_latency_ms", lambda model, n, fast=None: asked.append(fast) or [1.0] * (n + 1))
+    monkeypatch.setattr(roofline, "forward_latency_ms",
+                        lambda model, n, fast=None: asked.append(fast) or [1.0] * (n + 1))
     ladder = make_ladder(lm, random_lm(33, n_layer=1), None)
     generate(ladder, [1, 2, 3], method="tree", max_new_tokens=2, fast=True)
     assert asked == [True, True]  # the target's costs and the draft's
