@@ -369,10 +369,22 @@ class KatzTrigram:
         history (times alpha_ab), and all remaining tokens (unigram probability
         times alpha_ab * alpha_b).  Scaling keeps each part's order, so the overall
         top k lies among the top k of each part; those are found lazily and merged.
-        Ties are broken towards the smaller token id.
+        Ties are broken towards the smaller token id.  Answers are kept per (history, k): the model
+        never changes, and a decoder asks again for the histories it guessed through a step before.
         """
         k = min(_check_positive("k", k), self.vocab_size)
         a, b = self._history(context)
+        memo = self.__dict__.setdefault("_top_memo", {})
+        if (a, b, k) not in memo:
+            if len(memo) >= self.TOP_MEMO_SIZE:
+                memo.clear()
+            memo[(a, b, k)] = self._top_k(a, b, k)
+        toks, probs = memo[(a, b, k)]
+        return toks.copy(), probs.copy()
+
+    TOP_MEMO_SIZE = 65536  # answers kept (each a few dozen bytes)
+
+    def _top_k(self, a: int, b: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         g2, g3 = self._groups(a, b)
         V = self.vocab_size
         bi, tri, uni = self._bi, self._tri, self.unigram

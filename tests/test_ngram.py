@@ -213,6 +213,25 @@ def test_top_k_matches_full_distribution(random_model, k):
         assert model.prob(ctx, int(tokens[0])) == probs[0]
 
 
+def test_top_k_answers_again_from_its_memo_unchanged(random_model, monkeypatch):
+    """Asked again for a history, top_k answers from its memo: the same arrays, which the caller may change
+    without changing the next answer; a full memo starts over."""
+    model, streams = random_model
+    contexts = random_contexts(np.random.default_rng(7), model.vocab_size, streams)
+    fresh = [model._top_k(*model._history(ctx), 5) for ctx in contexts]
+    for tokens, probs in [model.top_k(ctx, 5) for ctx in contexts]:
+        tokens[:] = -1  # the caller's arrays
+        probs[:] = 2.0
+    for small_memo in (False, True):  # from the memo, then through a memo that keeps starting over
+        if small_memo:
+            monkeypatch.setattr(KatzTrigram, "TOP_MEMO_SIZE", 3)
+            model._top_memo.clear()
+        for (tokens, probs), (want_tokens, want_probs) in zip([model.top_k(ctx, 5) for ctx in contexts], fresh):
+            np.testing.assert_array_equal(tokens, want_tokens)
+            np.testing.assert_array_equal(probs, want_probs)
+    assert len(model._top_memo) <= 3
+
+
 def test_top_k_larger_than_vocab_returns_everything(hand_model):
     tokens, probs = hand_model.top_k([1, 1], 10)
     assert sorted(tokens.tolist()) == [0, 1, 2, 3]
