@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=_positive_int, default=3, help="HumanEval prompts for tok/s")
     p.add_argument("--max-new-tokens", type=_positive_int, default=None, help="default 128 (12 with --quick)")
     p.add_argument("--json", metavar="PATH", default="gpu-check.json")
+    p.add_argument("--compile", dest="compiled_rows", action="store_true",
+                   help="also time the fast path compiled with torch.compile (a minute or more of compilation)")
     _add_device_args(p, fast=False)
 
     p = sub.add_parser("engine-bench", help="our baseline vs transformers' generate on the same model")
@@ -281,7 +283,7 @@ def cmd_gpu_check(args) -> None:
 
     res = gpu_check(args.device, args.dtype, quick=args.quick, embedded=False if args.no_embedded else None,
                     new_tokens=args.max_new_tokens, prompts=args.prompts,
-                    progress=lambda msg: print(msg, file=sys.stderr), checkpoint=save)
+                    progress=lambda msg: print(msg, file=sys.stderr), checkpoint=save, compiled=args.compiled_rows)
     save(res)
     print(format_gpu_check(res))
     print(f"saved {args.json}")

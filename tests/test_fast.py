@@ -260,3 +260,22 @@ def test_on_the_fast_path_an_adaptive_tree_grows_only_as_far_as_the_largest_grap
     assert make_schedule(target, drafter, node_cost=0.1, fast=False).max_size == 200
     drafter = make_drafter(ladder, "tree", width=4, depth=8, budget=200, beam=4)
     assert make_schedule(target, drafter, node_cost=0.1, fast=True).max_size == 200  # never below the budget
+
+
+def test_gpu_check_times_the_compiled_fast_path_when_asked(tmp_path, capsys, monkeypatch):
+    import json
+
+    from sdd_edu import fast
+    from sdd_edu.cli import main
+
+    monkeypatch.setattr(fast, "COMPILE_BACKEND", "eager")  # the plumbing, without code generation
+    path = tmp_path / "check.json"
+    assert main(["gpu-check", "--quick", "--device", "cpu", "--compile", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "compiled ms" in out and "compiled, 1st" in out and "baseline (compiled)" in out
+    res = json.loads(path.read_text())
+    for row in res["shapes"].values():
+        assert set(row["latency_ms"]["compiled"]) == {"1", "4"} and row["logits_gap_compiled"] < 1e-4
+        assert row["profile"]["compiled"]["count"] > 0
+    assert {"baseline (compiled)", "staged (compiled)"} <= set(res["speed"]["methods"])
+    assert fast.COMPILE is False  # restored

@@ -11,6 +11,9 @@ In one run (a few minutes on one GPU; seconds on a CPU with ``quick``):
 3. **Latency curve**, eager vs fast, per shape: one forward over 1, 2, 4, ... 64 new tokens.
 4. **Kernels per forward** (CUDA; on a CPU the operators) counted by the profiler.
 5. **Tokens per second** per method, eager baseline vs fast, on the embedded ladder when installed.
+6. With ``compiled`` (``--compile``): 3 to 5 again with the fast forward compiled by ``torch.compile``
+   (``sdd_edu.fast.COMPILE``), its first calls (the compilation) timed, and its logits against the eager
+   ones in the run's dtype.
 
 Everything goes into one JSON file and a printed table.
 """
@@ -97,6 +100,18 @@ def logits_gap(model: LoadedModel, cached_lengths=(0, 5, 37)) -> float:
             scale = outs[0][finite].abs().max().item()
             worst = max(worst, (outs[0][finite] - outs[1][finite]).abs().max().item() / max(scale, 1e-6))
     return worst
+
+
+@contextlib.contextmanager
+def compiled_forwards(on: bool = True):
+    """Within it, fast forwards are compiled with torch.compile first (``fast.COMPILE``), or not."""
+    from .. import fast
+
+    saved, fast.COMPILE = fast.COMPILE, on
+    try:
+        yield
+    finally:
+        fast.COMPILE = saved
 
 
 @contextlib.contextmanager
@@ -192,20 +207,28 @@ def greedy_identity(ladder, prompt_ids: list[int], new_tokens: int) -> dict:
     return same
 
 
-def method_speeds(ladder, prompts: list[list[int]], new_tokens: int) -> dict:
-    """Median tok/s per method over the prompts: baseline eager and fast, the others fast, acceptance beside."""
+def method_speeds(ladder, prompts: list[list[int]], new_tokens: int, compiled: bool = False) -> dict:
+    """Median tok/s per method over the prompts: baseline eager and fast, the others fast, acceptance beside.
+    ``compiled``: also the baseline and staged decoding with the forwards compiled (``fast.COMPILE``)."""
     from ..decoding import METHODS, generate
 
-    runs = [("baseline (eager)", "baseline", False)] + [(m, m, True) for m in METHODS]
-    generate(ladder, prompts[0], method="staged" if ladder.draft is not None else "tree", max_new_tokens=8,
-             fast=True)  # warm-up: captures, measured costs
+    runs = [("baseline (eager)", "baseline", False, False)] + [(m, m, True, False) for m in METHODS]
+    if compiled:
+        runs += [("baseline (compiled)", "baseline", True, True), ("staged (compiled)", "staged", True, True)]
     rows: dict[str, dict] = {}
-    for label, method, fast in runs:
+    warmed = set()
+    for label, method, fast, compile_on in runs:
         if method == "staged" and ladder.draft is None:
             continue
+        if compile_on not in warmed:  # captures (and compiles), measured costs
+            warmed.add(compile_on)
+            with compiled_forwards(compile_on):
+                generate(ladder, prompts[0], method="staged" if ladder.draft is not None else "tree",
+                         max_new_tokens=8, fast=True)
         speeds, per_forward, split, steps = [], [], {"target": 0.0, "draft": 0.0, "other": 0.0}, 0
         for ids in prompts:
-            r = generate(ladder, ids, method=method, max_new_tokens=new_tokens, fast=fast)
+            with compiled_forwards(compile_on):
+                r = generate(ladder, ids, method=method, max_new_tokens=new_tokens, fast=fast)
             s = r.stats
             speeds.append(s.tokens_per_second)
             per_forward.append(s.tokens_per_target_forward)
@@ -225,12 +248,14 @@ def method_speeds(ladder, prompts: list[list[int]], new_tokens: int) -> dict:
 
 
 def gpu_check(device=None, dtype=None, quick: bool = False, embedded: Optional[bool] = None,
-              new_tokens: Optional[int] = None, prompts: int = 3, progress=print, checkpoint=None) -> dict:
+              new_tokens: Optional[int] = None, prompts: int = 3, progress=print, checkpoint=None,
+              compiled: bool = False) -> dict:
     """Run the checks above; the result as a dict (see ``format_gpu_check``).
 
     A check that raises is recorded under ``errors`` (its exception's type and message) and the run goes
     on with the next, so one failure on a new device still leaves every other figure; ``checkpoint`` is
-    called with the result so far after each check (the CLI saves the JSON file there)."""
+    called with the result so far after each check (the CLI saves the JSON file there).  ``compiled``:
+    also the fast path compiled with torch.compile (latency, its first calls, kernels, logits, tok/s)."""
     from ..ladders import make_ladder
     from ..ngram import PromptLookup
 
@@ -269,6 +294,13 @@ def gpu_check(device=None, dtype=None, quick: bool = False, embedded: Optional[b
         row["first_fast_call_ms"] = first  # the capture of each bucket's graph, on CUDA
         row["profile"] = {"eager": forward_profile(model, False, context=16 if quick else 64),
                           "fast": forward_profile(model, True, context=16 if quick else 64)}
+        if compiled:
+            with compiled_forwards():
+                first = {}
+                row["latency_ms"]["compiled"] = latency(model, True, tokens, context=context, first=first)
+                row["first_compiled_call_ms"] = first  # compilation (first two sizes) and capture
+                row["profile"]["compiled"] = forward_profile(model, True, context=16 if quick else 64)
+                row["logits_gap_compiled"] = logits_gap(model)  # in the run's dtype: fused kernels round apart
 
     for i, (name, config) in enumerate(shapes.items()):
         check(name, lambda: shape_row(name, i, config))
@@ -297,14 +329,14 @@ def gpu_check(device=None, dtype=None, quick: bool = False, embedded: Optional[b
             ladder = load_ladder("embedded", device=device, dtype=dtype)
             encoded = [ladder.target.encode(humaneval_prompt(i)) for i in range(prompts)]
             res["speed"] = {"ladder": "embedded", "prompts": prompts, "new_tokens": new_tokens,
-                            "methods": method_speeds(ladder, encoded, new_tokens)}
+                            "methods": method_speeds(ladder, encoded, new_tokens, compiled)}
 
         check("greedy tokens, embedded ladder", embedded_greedy)
         check("tok/s, embedded ladder", embedded_speed)
     else:
         check("tok/s, random ladder", lambda: res.__setitem__("speed", {
             "ladder": "random (acceptance near 0: the machinery's speed only)", "prompts": 1,
-            "new_tokens": new_tokens, "methods": method_speeds(random_ladder, [ids], new_tokens)}))
+            "new_tokens": new_tokens, "methods": method_speeds(random_ladder, [ids], new_tokens, compiled)}))
     res["seconds"] = time.perf_counter() - t_start
     res["ok"] = not res["errors"] and all(all(v.values()) for v in res["greedy"].values()) and all(
         r.get("logits_gap_fp32", float("inf")) < 1e-3 for r in res["shapes"].values())
@@ -322,6 +354,11 @@ def _embedded_installed() -> bool:
         return False
 
 
+def _profile_part(label: str, p: dict) -> str:
+    kernel = f", kernel time {p['kernel_ms']:.2f} ms" if p["kernel_ms"] == p["kernel_ms"] else ""  # nan on a CPU
+    return f"{label} {p['count']}{kernel}, {p['wall_ms']:.2f} ms"
+
+
 def format_gpu_check(res: dict) -> str:
     """The printed table; a partial result (a check that failed, or a run stopped early) prints what it has."""
     verdict = {True: "all checks passed", False: "CHECKS FAILED", None: "unfinished"}[res.get("ok")]
@@ -331,22 +368,25 @@ def format_gpu_check(res: dict) -> str:
         gap = f"logits |eager - fast| / max|logit|: fp32 {row.get('logits_gap_fp32', float('nan')):.1e}"
         if "logits_gap" in row:
             gap += f", {res['dtype']} {row['logits_gap']:.1e}"
+        if "logits_gap_compiled" in row:
+            gap += f"; compiled, {res['dtype']} {row['logits_gap_compiled']:.1e}"
         lines.append(f"{name}: {gap}")
         curves = row.get("latency_ms", {})
         if curves:
             sizes = next(iter(curves.values()))
             lines.append("  new tokens      " + "".join(f"{n:>8}" for n in sizes))
+            notes = {"fast, 1st call": "   (captures the bucket's graph on CUDA)",
+                     "compiled, 1st": "   (compiles, at the first two sizes, and captures)"}
             for label, curve in (("eager ms", curves.get("eager")), ("fast ms", curves.get("fast")),
-                                 ("fast, 1st call", row.get("first_fast_call_ms"))):
+                                 ("fast, 1st call", row.get("first_fast_call_ms")),
+                                 ("compiled ms", curves.get("compiled")),
+                                 ("compiled, 1st", row.get("first_compiled_call_ms"))):
                 if curve:
-                    lines.append(f"  {label:<16}" + "".join(f"{curve[n]:8.2f}" for n in curve)
-                                 + ("   (captures the bucket's graph on CUDA)" if label == "fast, 1st call" else ""))
+                    lines.append(f"  {label:<16}" + "".join(f"{curve[n]:8.2f}" for n in curve) + notes.get(label, ""))
         prof = row.get("profile")
         if prof:
-            pe, pf = prof["eager"], prof["fast"]
-            kernel = f", kernel time {pe['kernel_ms']:.2f} ms" if pe["kernel_ms"] == pe["kernel_ms"] else ""
-            lines.append(f"  one-token forward, profiled: eager {pe['count']} {pe['what']}{kernel}, "
-                         f"{pe['wall_ms']:.2f} ms; fast {pf['count']}, {pf['wall_ms']:.2f} ms")
+            lines.append(f"  one-token forward, profiled ({prof['eager']['what']}): "
+                         + "; ".join(_profile_part(k, prof[k]) for k in ("eager", "fast", "compiled") if k in prof))
     lines.append("")
     for name, same in res["greedy"].items():
         lines.append(f"greedy tokens identical to eager baseline, {name}: "
