@@ -48,6 +48,11 @@ COMPILE_BACKEND = "inductor"  # the tests use "eager": the same plumbing, no cod
 CAPACITY_STEP = 256  # fast caches come in multiples of this many slots, so that generations can share them
 
 
+def on_by_default(device) -> bool:
+    """Whether decoding takes the fast path when not told: on CUDA, where graphs pay; not on a CPU or MPS."""
+    return torch.device(device).type == "cuda"
+
+
 def bucket_for(n: int) -> int:
     """The smallest bucket that holds n tokens."""
     return next(b for b in BUCKETS if b >= n)

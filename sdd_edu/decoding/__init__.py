@@ -138,7 +138,9 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
     else:
         target, loaded = ladder.target, ladder
     if fast is None:
-        fast = target.device.type == "cuda"
+        from ..fast import on_by_default
+
+        fast = on_by_default(target.device)
     if not isinstance(fast, bool):
         raise SddError(f"fast must be True, False or None (on for CUDA), got {fast!r}")
     if isinstance(prompt, str):

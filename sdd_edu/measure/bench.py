@@ -62,7 +62,9 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
     ``fast``: the fast path for every method (``generate``'s flag; None: on for CUDA).
     """
     if fast is None:
-        fast = ladder.target.device.type == "cuda"
+        from ..fast import on_by_default
+
+        fast = on_by_default(ladder.target.device)
     settings = settings or {}
     items = prompt_set(prompt_set_name, prompts, start)
     target = ladder.target

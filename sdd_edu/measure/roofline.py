@@ -142,7 +142,9 @@ _COSTS_IN_PROCESS: "weakref.WeakKeyDictionary" = None  # module -> {key: costs}
 
 def _decoding_path(m, fast: Optional[bool]) -> bool:
     """Whether decoding on ``m``'s device runs the fast path (``generate``'s default: on CUDA only)."""
-    return m.device.type == "cuda" if fast is None else bool(fast)
+    from ..fast import on_by_default
+
+    return on_by_default(m.device) if fast is None else bool(fast)
 
 
 def forward_latency_ms(model, max_tokens: int, context: int = 256, repeats: int = 9,
