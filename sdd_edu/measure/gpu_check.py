@@ -163,31 +163,17 @@ def forward_profile(model: LoadedModel, fast: bool, tokens: int = 1, context: in
             "wall_ms": wall}
 
 
-@torch.inference_mode()
 def latency(model: LoadedModel, fast: bool, tokens=CURVE_TOKENS, context: int = 256, repeats: int = 5,
             first: Optional[dict] = None) -> dict:
-    """Median ms of one forward over n new tokens after ``context`` cached ones; ``first`` gets the first
-    call's ms per n (on the fast path it captures the bucket's graph: the one-time cost a reader pays)."""
+    """Median ms of one forward over n new tokens after ``context`` cached ones (``roofline.latency_curve``),
+    as {n: ms}; ``first`` gets the first call's ms per n (on the fast path it captures the bucket's graph)."""
     from ..fast import release
+    from .roofline import latency_curve
 
-    m = model.model
     if fast:
-        release(m)  # so that the first calls below capture
-    cache = m.new_cache(context + max(tokens), fast=fast)
-    m(torch.zeros(1, context, dtype=torch.long, device=m.device), cache)
-    out = {}
-    for n in tokens:
-        x = torch.zeros(1, n, dtype=torch.long, device=m.device)
-
-        def step():
-            m(x, cache)
-            cache.truncate(context)
-
-        once = time_call(step, m.device, repeats=1, warmup=0)[0]
-        if first is not None:
-            first[n] = 1000 * once
-        out[n] = 1000 * median(time_call(step, m.device, repeats=repeats, warmup=1))
-    return out
+        release(model.model)  # so that the first calls capture
+    rows = latency_curve(model, tokens, context, repeats, fast=fast, first=first)
+    return {r["tokens"]: r["ms"] for r in rows}
 
 
 def greedy_identity(ladder, prompt_ids: list[int], new_tokens: int) -> dict:

@@ -92,11 +92,13 @@ def roofline_time(counts: dict, ceilings: dict) -> float:
 
 @torch.inference_mode()
 def latency_curve(model, tokens=(1, 2, 4, 8, 16, 32, 64), context: int = 256, repeats: int = 5,
-                  progress: bool = False, fast: Optional[bool] = None) -> list[dict]:
+                  progress: bool = False, fast: Optional[bool] = None, first: Optional[dict] = None) -> list[dict]:
     """Measured median time of one forward over N new tokens after ``context`` cached tokens (N in ``tokens``).
 
     ``fast``: time the fast path's forward (``sdd_edu/fast.py``), as decoding runs it; by default on
-    CUDA, as in ``generate`` (there the eager forward is several times slower, and not what runs)."""
+    CUDA, as in ``generate`` (there the eager forward is several times slower, and not what runs).
+    ``first``: gets the ms of each size's first call, before the warm-up (on the fast path, with no graph
+    recorded yet, the capture of its bucket: the one-time cost a reader pays)."""
     m = model.model if hasattr(model, "model") else model
     fast = _decoding_path(m, fast)
     rows = []
@@ -113,6 +115,8 @@ def latency_curve(model, tokens=(1, 2, 4, 8, 16, 32, 64), context: int = 256, re
             m(x, cache)
             cache.truncate(context)
 
+        if first is not None:
+            first[n] = 1000 * time_call(step, m.device, repeats=1, warmup=0)[0]
         seconds = median(time_call(step, m.device, repeats=repeats, warmup=1))
         rows.append({"tokens": n, "context": context, "seconds": seconds, "ms": 1000 * seconds,
                      "ms_per_token": 1000 * seconds / n})
