@@ -298,8 +298,14 @@ def gpu_check(device=None, dtype=None, quick: bool = False, embedded: Optional[b
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, shapes[names[0]].vocab_size, (24,), generator=g).tolist()
     ids = ids + ids[:12]  # a repeat, so that prompt lookup proposes something
-    check("greedy tokens, random ladder",
-          lambda: res["greedy"].__setitem__("random ladder (fp32)", greedy_identity(random_ladder, ids, new_tokens)))
+    def random_greedy():
+        res["greedy"]["random ladder (fp32)"] = greedy_identity(random_ladder, ids, new_tokens)
+
+    def random_speed():
+        res["speed"] = {"ladder": "random (acceptance near 0: the machinery's speed only)", "prompts": 1,
+                        "new_tokens": new_tokens, "methods": method_speeds(random_ladder, [ids], new_tokens, compiled)}
+
+    check("greedy tokens, random ladder", random_greedy)
     if embedded is None:
         embedded = not quick and _embedded_installed()
     if embedded:
@@ -320,9 +326,7 @@ def gpu_check(device=None, dtype=None, quick: bool = False, embedded: Optional[b
         check("greedy tokens, embedded ladder", embedded_greedy)
         check("tok/s, embedded ladder", embedded_speed)
     else:
-        check("tok/s, random ladder", lambda: res.__setitem__("speed", {
-            "ladder": "random (acceptance near 0: the machinery's speed only)", "prompts": 1,
-            "new_tokens": new_tokens, "methods": method_speeds(random_ladder, [ids], new_tokens, compiled)}))
+        check("tok/s, random ladder", random_speed)
     res["seconds"] = time.perf_counter() - t_start
     res["ok"] = not res["errors"] and all(all(v.values()) for v in res["greedy"].values()) and all(
         r.get("logits_gap_fp32", float("inf")) < 1e-3 for r in res["shapes"].values())
