@@ -251,7 +251,8 @@ def gpu_check(device=None, dtype=None, quick: bool = False, embedded: Optional[b
     new_tokens = new_tokens or (12 if quick else 128)
     shapes = check_shapes(quick)
     tokens = QUICK_TOKENS if quick else CURVE_TOKENS
-    context = 16 if quick else 256
+    context = 16 if quick else 256  # cached tokens before the timed forwards
+    profile_context = 16 if quick else 64
     res = {"device": device_description(device), "dtype": str(dtype).replace("torch.", ""), "quick": quick,
            "torch": torch.__version__, "shapes": {}, "greedy": {}, "speed": {}, "errors": {}}
 
@@ -278,14 +279,14 @@ def gpu_check(device=None, dtype=None, quick: bool = False, embedded: Optional[b
         row["latency_ms"] = {"eager": latency(model, False, tokens, context=context)}
         row["latency_ms"]["fast"] = latency(model, True, tokens, context=context, first=first)
         row["first_fast_call_ms"] = first  # the capture of each bucket's graph, on CUDA
-        row["profile"] = {"eager": forward_profile(model, False, context=16 if quick else 64),
-                          "fast": forward_profile(model, True, context=16 if quick else 64)}
+        row["profile"] = {"eager": forward_profile(model, False, context=profile_context),
+                          "fast": forward_profile(model, True, context=profile_context)}
         if compiled:
             with compiled_forwards():
                 first = {}
                 row["latency_ms"]["compiled"] = latency(model, True, tokens, context=context, first=first)
                 row["first_compiled_call_ms"] = first  # compilation (first two sizes) and capture
-                row["profile"]["compiled"] = forward_profile(model, True, context=16 if quick else 64)
+                row["profile"]["compiled"] = forward_profile(model, True, context=profile_context)
                 row["logits_gap_compiled"] = logits_gap(model)  # in the run's dtype: fused kernels round apart
 
     for i, (name, config) in enumerate(shapes.items()):
@@ -298,6 +299,7 @@ def gpu_check(device=None, dtype=None, quick: bool = False, embedded: Optional[b
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, shapes[names[0]].vocab_size, (24,), generator=g).tolist()
     ids = ids + ids[:12]  # a repeat, so that prompt lookup proposes something
+
     def random_greedy():
         res["greedy"]["random ladder (fp32)"] = greedy_identity(random_ladder, ids, new_tokens)
 
