@@ -541,17 +541,22 @@ class PromptLookup:
 
     def match(self, context: Sequence[int], k: int) -> tuple[int, list[int], list[float]]:
         """``top_k`` with the length of the matched suffix first (0: no match); longer matches copy better."""
+        n, tokens, counts, total = self.match_counts(context, k)
+        return n, tokens, [c / total for c in counts]
+
+    def match_counts(self, context: Sequence[int], k: int) -> tuple[int, list[int], list[int], int]:
+        """``match`` with each token's number of matches instead of its frequency, and the matches' total."""
         k = _check_positive("k", k)
         arr = self._as_array(context)
         n, pos = self._longest(arr)
         if n == 0:
-            return 0, [], []
+            return 0, [], [], 0
         if len(pos) > self.FEW_MATCHES:  # many matches (a short n-gram): count them in numpy
             tokens, inverse, counts = np.unique(arr[pos + n], return_inverse=True, return_counts=True)
             last = np.full(len(tokens), -1, dtype=np.int64)
             np.maximum.at(last, inverse, pos)
             rank = np.lexsort((-last, -counts))[:k]  # frequency, then recency
-            return n, tokens[rank].tolist(), (counts[rank] / len(pos)).tolist()
+            return n, tokens[rank].tolist(), counts[rank].tolist(), len(pos)
         # a few: in plain Python, where each numpy call above would cost more than the whole loop
         seen: dict[int, list[int]] = {}  # token -> [count, latest start]; pos is in increasing order
         for p, t in zip(pos.tolist(), arr[pos + n].tolist()):
@@ -562,7 +567,7 @@ class PromptLookup:
                 entry[0] += 1
                 entry[1] = p
         ranked = sorted(seen, key=lambda t: (-seen[t][0], -seen[t][1]))[:k]  # frequency, then recency
-        return n, ranked, [seen[t][0] / len(pos) for t in ranked]
+        return n, ranked, [seen[t][0] for t in ranked], len(pos)
 
     def __repr__(self) -> str:
         return f"PromptLookup(max_ngram={self.max_ngram}, min_ngram={self.min_ngram})"

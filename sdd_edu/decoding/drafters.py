@@ -41,7 +41,6 @@ the speculation schedule (``schedule.DraftSchedule``); size 0 proposes nothing a
 
 from __future__ import annotations
 
-import heapq
 import time
 from typing import Optional, Sequence
 
@@ -170,54 +169,78 @@ class Drafter:
 
     def _grow(self, root_dist: torch.Tensor, context: list[int], sampling: Sampling, generator,
               rounds: int = 0) -> TokenTree:
-        tree = TokenTree()
-        heap: list = []  # (-score, tie, parent, j): the j-th child of parent, not yet in the tree
-        plans: dict[int, tuple[list[int], list[float], list[float]]] = {}  # tokens, scores, probs
-        score = {ROOT: 1.0}
-        depth = {ROOT: 0}
-        waiting: dict[int, float] = {}  # nodes that could be expanded after another draft forward
-        tie = [0]
+        """The tree: the ``budget`` best candidates by cumulative score, grown best-first.
 
+        A *candidate* is a child that a node's distribution proposes (its top ``width``, or ``width``
+        draws), scored by the product of the scores along its path.  Every candidate scores at most
+        what its parent does, and a later sibling at most what an earlier one does, so the best
+        ``budget`` candidates always form a tree whose siblings are the first draws.
+
+        The root's distribution is known; a candidate's own distribution (which proposes its children)
+        is known for free when an earlier forward computed it (the staged drafter's n-gram guesses:
+        ``_known_dist``), and costs a draft forward otherwise.  Free ones are used as soon as their node
+        is among the best; then each of ``rounds`` draft forwards takes the ``beam`` best candidates
+        still without one (one forward per level of a tree a few nodes wide, as EAGLE-2 grows its
+        trees).  Ties in score go to the shallower candidate, then to the one found first.
+        ``sdd_edu.decoding.device.trees`` grows the same tree with tensor operations.
+        """
         budget, max_depth = self.limits()
+        pool = TokenTree()  # every candidate found so far, in the order found (parents before children)
+        score: list[float] = []
+        depth: list[int] = []
+        planned: set[int] = set()  # nodes whose children are in the pool
 
-        def plan(node: int, dist: torch.Tensor):
-            dist = self._mix(tree, node, context, dist)
+        def plan(node: int, dist: torch.Tensor) -> None:
+            """Add ``node``'s children to the pool (ROOT: the root's)."""
+            dist = self._mix(pool, node, context, dist)
             tokens, scores, probs = choose_children(dist, self.width, sampling, generator)
             if self.support is not None:
                 tokens = self.support[tokens].tolist()
-            plans[node] = (tokens, scores, probs)
             if not sampling.greedy:
-                tree.child_dists[node] = self._full(dist)
-            if tokens:
-                tie[0] += 1
-                heapq.heappush(heap, (-score[node] * scores[0], tie[0], node, 0))
+                pool.child_dists[node] = self._full(dist)
+            above, level = (1.0, 0) if node == ROOT else (score[node], depth[node])
+            for token, s, prob in zip(tokens, scores, probs):
+                pool.add(token, node, self._origin(pool, node, token), prob)
+                score.append(above * s)
+                depth.append(level + 1)
+            planned.add(node)
+
+        def best() -> list[int]:
+            """The ``budget`` best candidates, best first (a parent before its children)."""
+            return sorted(range(len(pool)), key=lambda c: (-score[c], depth[c], c))[:budget]
+
+        def unplanned_best() -> list[int]:
+            return [c for c in best() if c not in planned and depth[c] < max_depth]
+
+        def plan_free() -> None:
+            """Plan every best candidate whose distribution costs nothing, until none is left."""
+            while True:
+                free = [(c, d) for c in unplanned_best()
+                        if (d := self._known_dist(pool, c, context, sampling)) is not None]
+                if not free:
+                    return
+                for c, dist in free:
+                    plan(c, dist)
 
         plan(ROOT, root_dist)
-        while len(tree) < budget:
-            # a node that waits for a draft forward only competes while forwards are left
-            best_waiting = max(waiting.values(), default=-1.0) if rounds > 0 else -1.0
-            if heap and -heap[0][0] >= best_waiting:
-                neg, _, parent, j = heapq.heappop(heap)
-                tokens, scores, probs = plans[parent]
-                child = tree.add(tokens[j], parent, self._origin(tree, parent, tokens[j]), probs[j])
-                score[child], depth[child] = -neg, depth[parent] + 1
-                if j + 1 < len(tokens):
-                    tie[0] += 1
-                    heapq.heappush(heap, (-score[parent] * scores[j + 1], tie[0], parent, j + 1))
-                if depth[child] < max_depth:
-                    dist = self._known_dist(tree, child, context, sampling)
-                    if dist is not None:
-                        plan(child, dist)
-                    else:
-                        waiting[child] = score[child]
-            elif waiting and rounds > 0:
-                rounds -= 1
-                chosen = sorted(waiting, key=lambda n: (-waiting[n], n))[:self.beam]
-                for node, dist in zip(chosen, self._forward(tree, chosen, sampling)):
-                    del waiting[node]
-                    plan(node, dist)
-            else:
+        plan_free()
+        for _ in range(rounds):
+            waiting = unplanned_best()[:self.beam]
+            if not waiting:
                 break
+            for node, dist in zip(waiting, self._forward(pool, waiting, sampling)):
+                plan(node, dist)
+            plan_free()
+        return self._subtree(pool, best())
+
+    def _subtree(self, pool: TokenTree, nodes: list[int]) -> TokenTree:
+        """The tree of ``nodes`` of the pool (parents first), renumbered; ``pool_nodes`` maps it back."""
+        index = {ROOT: ROOT}
+        tree = TokenTree()
+        for c in nodes:
+            index[c] = tree.add(pool.tokens[c], index[pool.parents[c]], pool.origins[c], pool.draft_probs[c])
+        tree.child_dists = {index[n]: d for n, d in pool.child_dists.items() if n in index}
+        self.pool_nodes = nodes
         return tree
 
 
@@ -296,17 +319,18 @@ class ModelDrafter(Drafter):
 
     def _extra_slots(self) -> int:
         guesses = (sum(self.fanout) if self.ngram is not None else 0) + (self.max_size if self.lookup else 0)
-        return guesses + self.max_size + 2
+        return guesses + max(self.max_size, self._rounds(self.max_size) * self.beam) + 2
 
     @property
     def context_limit(self) -> int:
         return self.draft.config.max_seq_len - self._extra_slots()
 
     def _rounds(self, size: int) -> int:
-        return size if self.width == 1 else self.rounds  # a chain needs one round per node
+        """Draft forwards after the first: one per node for a chain; never more than the levels below the first."""
+        return max(0, min(size if self.width == 1 else self.rounds, self.limits(size)[1] - 1))
 
     def forwards_for(self, size: int) -> int:
-        return 0 if size == 0 else min(1 + self._rounds(size), self.limits(size)[1])
+        return 0 if size == 0 else 1 + self._rounds(size)
 
     def begin(self, prompt_ids, max_len):
         super().begin(prompt_ids, max_len)
@@ -379,13 +403,14 @@ class ModelDrafter(Drafter):
         # the context as an array once per step (``get_candidates``), the node's path appended
         ctx = self._context_array if node == ROOT else np.concatenate(
             [self._context_array, np.asarray([tree.tokens[i] for i in tree.path(node)], dtype=np.int64)])
-        _, tokens, probs = self.lookup.match(ctx, max(self.width, 4))
+        _, tokens, counts, _ = self.lookup.match_counts(ctx, max(self.width, 4))
         if not tokens:
             return dist
         w = self.lookup_weight
         # (an index tensor: indexing by a Python list costs more than all the arithmetic here)
         index = torch.tensor([self.column[t] for t in tokens] if self.head_ids is not None else tokens)
-        copied = w * (torch.tensor(probs, dtype=dist.dtype) / sum(probs))  # the lookup's share, on its tokens
+        counts = torch.tensor(counts, dtype=dist.dtype)
+        copied = w * (counts / counts.sum())  # the lookup's share, on its tokens, in proportion to their matches
         mixed = ((1 - w) * dist).index_add_(0, index, copied)  # the tokens are distinct: (1 - w) q + w c
         self._copied[node] = dict(zip(tokens, zip(copied.tolist(), mixed.index_select(0, index).tolist())))
         return mixed
@@ -503,6 +528,7 @@ class ModelDrafter(Drafter):
         # keep the draft keys/values of the accepted path as far as the draft computed them
         kept = []
         for node in accepted:
+            node = self.pool_nodes[node]  # the tree's node as the growth found it
             if node not in self._slot:
                 break
             kept.append(self._slot[node] - self.base)
