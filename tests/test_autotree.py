@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from sdd_edu.decoding.autotree import (best_tree, draft_forward_sizes, expected_accepted, forward_seconds,
-                                       optimal_tree, rank_acceptance_from_traces, rank_counts, shape_of,
-                                       step_seconds, tokens_per_forward)
+from sdd_edu.decoding.autotree import (_Trees, best_tree, draft_forward_sizes, expected_accepted, forward_seconds,
+                                       optimal_tree, price_shape, price_tree, rank_acceptance_from_traces,
+                                       rank_counts, shape_of, step_seconds, tokens_per_forward)
 from sdd_edu.errors import SddError
 from sdd_edu.measure.acceptance import expected_tokens_per_forward
 
@@ -202,6 +202,70 @@ def test_a_flat_latency_curve_pays_for_a_big_tree_and_a_steep_one_does_not():
     assert flat["depth"] > 1 and (flat["width"], flat["depth"], flat["nodes"]) == shape_of(flat["parents"])
     shallow = best_tree(p, {1: 0.02, 128: 0.0205}, draft, max_nodes=24, max_depth=2, max_width=3)
     assert shallow["depth"] <= 2 and shallow["width"] <= 3 and shallow["speedup"] < flat["speedup"]
+
+
+# ----------------------------------------------------------------------------- one price per shape
+
+NEAR_TIE = [0.5, 4e-12, 4e-12, 1e-12]  # gains within the programme's tie margin (_EPS)
+
+
+def test_a_dp_table_gives_the_same_trees_whatever_its_size():
+    """best_tree reads every shape's tree from tables as large as its largest limits, optimal_tree (so
+    price_shape, so tree_plan.predict) from tables of just the shape's size: the trees must be the same."""
+    rng = random.Random(4)
+    for p in [random_acceptance(rng) for _ in range(4)] + [NEAR_TIE, [0.4, 0.4, 0.0, 0.1]]:
+        big, grown = _Trees(p, 9, 9), _Trees(p)  # grown: tables computed again as larger limits come
+        for n, d, w in itertools.product(range(10), (1, 2, 3, 5, None), (1, 2, 3, None)):
+            assert big.tree(n, d, w) == grown.tree(n, d, w) == optimal_tree(p, n, d, w), (p, n, d, w)
+
+
+def test_the_tree_for_a_budget_need_not_be_the_tree_for_its_shape():
+    """Why best_tree prices shapes, not the programme's trees: near a tie the tree it finds for 7 nodes in 3
+    levels is not the one it finds for that tree's own limits, and the two draft in different forwards."""
+    by_budget, value = optimal_tree(NEAR_TIE, 7, 3)
+    by_shape, same = optimal_tree(NEAR_TIE, 7, 3, 3)
+    assert shape_of(by_budget) == (3, 3, 7) and by_shape != by_budget and same == pytest.approx(value, abs=1e-10)
+    assert draft_forward_sizes(by_budget, beam=1) != draft_forward_sizes(by_shape, beam=1)
+    # the row of 7 nodes had listed the shape (3, 3, 7) at 144 tok/s, the price of the first tree; its shape's
+    # tree makes 125 tok/s, so that row is now another shape
+    target, draft = {1: 0.01, 16: 0.01}, {1: 0.001}
+    assert price_tree(by_budget, NEAR_TIE, target, draft, beam=1)["tokens_per_second"] == pytest.approx(144.2307692)
+    assert price_shape(NEAR_TIE, target, draft, width=3, depth=3, budget=7, beam=1)["tokens_per_second"] == \
+        pytest.approx(125.0)
+    row = best_tree(NEAR_TIE, target, draft, max_nodes=7, beam=1)["table"][7]
+    assert (row["width"], row["depth"], row["nodes"]) != (3, 3, 7)
+
+
+@pytest.mark.parametrize("beam", [1, 2, None])
+def test_every_row_of_best_tree_is_the_price_of_its_shape(beam):
+    """price_shape of a row's (width, depth, nodes) is that row, float for float: the plan's prediction and
+    tree_plan.predict are one computation.  Costs that depend on the tree's levels (draft forwards of
+    unequal cost, a beam, an overhead that grows with the depth) are where the shapes' trees matter."""
+    rng = random.Random(5)
+    target, draft = {1: 0.010, 2: 0.0104, 4: 0.011, 16: 0.013}, {1: 0.001, 2: 0.0013, 4: 0.002}
+    for p in [random_acceptance(rng) for _ in range(4)] + [NEAR_TIE, [0.7, 0.0, 2e-12, 5e-13], [0.3, 0.3, 0.3]]:
+        for overhead in (0.0005, lambda depth: 0.0005 + 0.0007 * min(depth, 2.5)):
+            got = best_tree(p, target, draft, max_nodes=8, overhead=overhead, beam=beam)
+            for row in got["table"]:
+                assert (row["width"], row["depth"], row["nodes"]) == shape_of(row["parents"])
+                price = (price_tree([], p, target, draft, overhead, beam=beam) if row["nodes"] == 0 else
+                         price_shape(p, target, draft, width=row["width"], depth=row["depth"], budget=row["nodes"],
+                                     overhead=overhead, beam=beam))
+                assert {k: row[k] for k in price} == price, (p, beam, row["n"])
+            assert got["tokens_per_second"] == max(row["tokens_per_second"] for row in got["table"])
+
+
+def test_price_tree_is_the_cost_model():
+    tree = [-1, -1, 0, 0, 1, 2]
+    target, draft = {1: 10.0, 8: 17.0}, {1: 1.0, 3: 2.0}
+    got = price_tree(tree, [0.5, 0.3], target, draft, overhead=lambda depth: 0.1 * depth)
+    assert got["overhead_seconds"] == pytest.approx(0.3)  # a function of the tree's depth (3 levels)
+    assert got["seconds_per_step"] == step_seconds(tree, target, draft, 0.1 * 3)["seconds"]
+    assert got["tokens_per_forward"] == tokens_per_forward(tree, [0.5, 0.3])
+    assert (got["width"], got["depth"], got["nodes"]) == (2, 3, 6)
+    assert got["tokens_per_second"] == got["tokens_per_forward"] / got["seconds_per_step"]
+    baseline = price_tree([], [0.5], target, draft, overhead=lambda depth: 0.1 * (depth + 1))
+    assert baseline["seconds_per_step"] == pytest.approx(10.1) and baseline["draft_seconds"] == 0.0
 
 
 # ----------------------------------------------------------------------------- p_k measured from traces

@@ -58,11 +58,19 @@ Budgets are "at most n" (Sequoia's are "exactly n"); ties go to the smaller tree
 with p > 0, at most the width), a fraction of a second for n = 64.
 
 ``best_tree`` then prices the DP's tree for every node budget n = 0..max_nodes and every depth limit,
-and keeps the fastest.  The step time depends on the tree through its size and its levels; when it
-depends on them only through (size, depth) and never falls as they grow (draft forwards of equal
-cost, as for a small draft on a GPU, or no draft model at all; no ``beam`` cap), this is the fastest
-tree of all: the fastest tree T has some size m and depth e, the DP's tree for (m, e) is worth at
-least as much and is no bigger and no deeper, so no slower.  Otherwise it is the best of the DP's
+and keeps the fastest.  What it prices is a *shape*, the drafters' limits (width, depth, budget) of the
+DP's tree, and a shape's price is computed in one place, ``price_shape``: the DP's tree within those
+limits (``optimal_tree``), priced by ``price_tree``.  That tree is the DP's own tree in all but near
+ties (``_EPS`` makes the tie-break depend on the order the splits are tried, so the tree for a budget of
+n may differ from the tree for the shape it has); when it is not, the shape is taken down to the shape
+of the tree ``optimal_tree`` gives for it, until the two agree.  So ``price_shape`` of any row's
+(width, depth, nodes), as ``tree_plan.predict`` computes it, is that row's price, exactly.
+
+The step time depends on the tree through its size and its levels; when it depends on them only
+through (size, depth) and never falls as they grow (draft forwards of equal cost, as for a small
+draft on a GPU, or no draft model at all; no ``beam`` cap), this is the fastest tree of all: the
+fastest tree T has some size m and depth e, the DP's tree for (m, e) is worth at least as much and
+is no bigger and no deeper, and so is the tree of its shape, so no slower.  Otherwise it is the best of the DP's
 trees, the approximation Sequoia makes too (it charges a draft forward per level).  Latency curves
 are made non-decreasing first (a bigger forward never really costs less: a dip is noise), as
 ``forward_latency_ms`` does.
@@ -173,7 +181,11 @@ def forward_seconds(curve, tokens: int) -> float:
     Linear between measured sizes; beyond the last, the last segment's slope continues (one point:
     flat); below the first, the first point's time.
     """
-    points = latency_points(curve)
+    return _read(latency_points(curve), tokens)
+
+
+def _read(points: list[tuple[int, float]], tokens: int) -> float:
+    """``forward_seconds`` on a curve already made ``latency_points``."""
     if tokens <= points[0][0]:
         return points[0][1]
     for (n0, s0), (n1, s1) in zip(points, points[1:]):
@@ -263,10 +275,12 @@ def step_seconds(parents: Sequence[int], target_curve, draft_curve=None, overhea
     if isinstance(overhead, bool) or not isinstance(overhead, Real) or not 0.0 <= overhead < math.inf:
         raise SddError(f"overhead must be a non-negative number of seconds per step, got {overhead!r}")
     parents = _check_parents(parents)
-    target = forward_seconds(target_curve, 1 + len(parents))
+    target = _read(latency_points(target_curve), 1 + len(parents))
     draft = 0.0
     if draft_curve is not None:
-        draft = math.fsum(forward_seconds(draft_curve, k) for k in draft_forward_sizes(parents, pending, beam))
+        sizes = draft_forward_sizes(parents, pending, beam)
+        points = latency_points(draft_curve) if sizes else []
+        draft = math.fsum(_read(points, k) for k in sizes)
     return {"target_seconds": target, "draft_seconds": draft, "overhead_seconds": float(overhead),
             "seconds": target + draft + overhead}
 
@@ -280,7 +294,7 @@ class _Solution:
         while p and p[-1] == 0.0:  # ranks past the last useful one never pay
             p = p[:-1]
         N, K = max_nodes, len(p)
-        self.K = K
+        self.K, self.nodes, self.depth = K, max_nodes, max_depth
         self.value = [[0.0] * (N + 1)]  # value[d][n] = F(n, d); no levels, no value
         self.pick: list[list[list[int]]] = [[]]  # pick[d][i][n]: nodes given to rank i + 1 (0: stop)
         for d in range(1, max_depth + 1):
@@ -334,14 +348,93 @@ def _limits(max_nodes, max_depth, max_width) -> tuple[int, int]:
     return depth, max_width if max_width is not None else max_nodes
 
 
+class _Trees:
+    """The DP's tree for any limits, as ``optimal_tree`` gives it: one ``_Solution`` per number of useful
+    ranks, kept, and computed again (larger) only when larger limits are asked for.
+
+    A cell of the DP's tables depends on its budget, depth and ranks alone, not on how many budgets and
+    depths the tables hold (each is computed from smaller cells, in the same order), so a tree read from a
+    larger solution is the tree a solution of just its size gives: ``best_tree`` reads every shape's tree
+    from one ``_Trees``, ``price_shape`` from its own, and they read the same tree.
+    """
+
+    def __init__(self, rank_acceptance, max_nodes: int = 0, max_depth: int = 0):
+        self.p = check_rank_acceptance(rank_acceptance)
+        self.solutions: dict[int, _Solution] = {}
+        self.size = (max_nodes, max_depth)  # the smallest tables to compute: the limits that will be asked for
+
+    def tree(self, max_nodes: int, max_depth: Optional[int] = None,
+             max_width: Optional[int] = None) -> tuple[list[int], float]:
+        depth, width = _limits(max_nodes, max_depth, max_width)
+        p = self.p[:width]
+        while p and p[-1] == 0.0:  # as _Solution does: these ranks never pay, so they share its tables
+            p = p[:-1]
+        solution = self.solutions.get(len(p))
+        if solution is None or solution.nodes < max_nodes or solution.depth < depth:
+            grown = (solution.nodes, solution.depth) if solution is not None else self.size
+            solution = _Solution(p, max(max_nodes, grown[0]), max(depth, grown[1]))
+            self.solutions[len(p)] = solution
+        return solution.tree(max_nodes, depth), solution.value[depth][max_nodes]
+
+
 def optimal_tree(rank_acceptance: Sequence[float], max_nodes: int, max_depth: Optional[int] = None,
                  max_width: Optional[int] = None) -> tuple[list[int], float]:
     """(parents, expected accepted) of the tree with at most ``max_nodes`` nodes, ``max_depth`` levels and
     ``max_width`` children per node that accepts the most tokens under positional acceptance."""
+    return _Trees(rank_acceptance).tree(max_nodes, max_depth, max_width)
+
+
+# ----------------------------------------------------------------------------- a shape's price
+
+def price_tree(parents: Sequence[int], rank_acceptance: Sequence[float], target_curve, draft_curve=None,
+               overhead=0.0, pending: int = 1, beam: Optional[int] = None) -> dict:
+    """The predicted speed of a step that drafts and verifies the tree ``parents``: the one pricing that
+    ``best_tree`` and ``price_shape`` (so ``tree_plan.predict``) share.
+
+    ``parents``, its ``width``, ``depth`` and ``nodes`` (``shape_of``), ``expected_accepted`` and
+    ``tokens_per_forward`` (``expected_accepted``), ``target_seconds``, ``draft_seconds``,
+    ``overhead_seconds`` and their sum ``seconds_per_step`` (``step_seconds``), and ``tokens_per_second``.
+    ``overhead`` may be a function of the tree's depth (a staged draft runs more rounds for a deeper tree);
+    an empty tree is a baseline step: one target forward over one token, no draft forward.
+    """
     p = check_rank_acceptance(rank_acceptance)
-    depth, width = _limits(max_nodes, max_depth, max_width)
-    solution = _Solution(p[:width], max_nodes, depth)
-    return solution.tree(max_nodes, depth), solution.value[depth][max_nodes]
+    parents = _check_parents(parents)
+    width, depth, nodes = shape_of(parents)
+    cost = step_seconds(parents, target_curve, draft_curve, overhead(depth) if callable(overhead) else overhead,
+                        pending, beam)
+    seconds = cost.pop("seconds")
+    accepted = expected_accepted(parents, p)
+    return {"parents": parents, "nodes": nodes, "width": width, "depth": depth, "expected_accepted": accepted,
+            "tokens_per_forward": 1.0 + accepted, **cost, "seconds_per_step": seconds,
+            "tokens_per_second": (1.0 + accepted) / seconds if seconds > 0 else math.inf}
+
+
+def _price_shape(trees: _Trees, width: Optional[int], depth: Optional[int], budget: int, costs: dict) -> dict:
+    parents, _ = trees.tree(budget, depth, width)
+    return price_tree(parents, trees.p, **costs)
+
+
+def price_shape(rank_acceptance: Sequence[float], target_curve, draft_curve=None, *, width: Optional[int],
+                depth: Optional[int], budget: int, overhead=0.0, pending: int = 1, beam: Optional[int] = None) -> dict:
+    """The predicted speed of the drafters' limits ``width``/``depth``/``budget`` (a chain: width 1, depth and
+    budget gamma): the DP's tree within them (``optimal_tree``), priced by ``price_tree``.  ``best_tree``
+    prices its rows this way, so ``price_shape`` of a row's (width, depth, nodes) is that row."""
+    return _price_shape(_Trees(rank_acceptance), width, depth, budget,
+                        {"target_curve": target_curve, "draft_curve": draft_curve, "overhead": overhead,
+                         "pending": pending, "beam": beam})
+
+
+def _settled_shape(trees: _Trees, parents: list[int]) -> Optional[tuple[int, int, int]]:
+    """The shape (width, depth, budget) whose tree is the tree of that shape (None for no tree): ``parents``'s
+    own shape, unless the DP gives another tree within it (a near tie), whose shape is then tried, and so on.
+    Each step keeps the value and never grows a limit, so it ends."""
+    shape = shape_of(parents)
+    while shape[2] > 0:
+        again = shape_of(trees.tree(shape[2], shape[1], shape[0])[0])
+        if again == shape:
+            return shape
+        shape = again
+    return None
 
 
 def best_tree(rank_acceptance: Sequence[float], target_curve, draft_curve=None, max_nodes: int = 32,
@@ -350,32 +443,33 @@ def best_tree(rank_acceptance: Sequence[float], target_curve, draft_curve=None, 
     """The tree with the most predicted tokens per second on the device the curves were measured on.
 
     For every node budget n = 0..``max_nodes`` (0: a baseline step) and every depth limit, the DP's
-    tree is priced by ``step_seconds``; each n keeps its fastest.  Returns the fastest row: ``parents``,
-    ``width``, ``depth``, ``nodes`` (``shape_of``: the drafters' width/depth/budget), ``expected_accepted``,
-    ``tokens_per_forward``, ``seconds_per_step`` (with its ``target_seconds``, ``draft_seconds``,
-    ``overhead_seconds``), ``tokens_per_second``, ``speedup`` over a baseline step, and ``table``: the
-    row of every n, for plotting.  ``overhead`` may be a function of the tree's depth (a staged draft
-    runs more rounds for a deeper tree).
+    tree gives a shape (the drafters' width/depth/budget), priced by ``price_shape``; each n keeps its
+    fastest.  Returns the fastest row: ``parents``, ``width``, ``depth``, ``nodes`` (the shape: ``shape_of``
+    of ``parents``), ``expected_accepted``, ``tokens_per_forward``, ``seconds_per_step`` (with its
+    ``target_seconds``, ``draft_seconds``, ``overhead_seconds``), ``tokens_per_second``, ``speedup`` over a
+    baseline step, and ``table``: the row of every n, for plotting.  ``overhead`` may be a function of the
+    tree's depth (a staged draft runs more rounds for a deeper tree).
     """
-    p = check_rank_acceptance(rank_acceptance)
     depth_limit, width = _limits(max_nodes, max_depth, max_width)
-    target = latency_points(target_curve)
-    draft = latency_points(draft_curve) if draft_curve is not None else None
-    solution = _Solution(p[:width], max_nodes, depth_limit)
+    trees = _Trees(rank_acceptance, max_nodes, depth_limit)
+    costs = {"target_curve": latency_points(target_curve),
+             "draft_curve": latency_points(draft_curve) if draft_curve is not None else None,
+             "overhead": overhead, "pending": pending, "beam": beam}
+    priced: dict = {}  # shape -> its price (None: no tree, a baseline step)
+
+    def price(shape: Optional[tuple[int, int, int]]) -> dict:
+        if shape not in priced:
+            priced[shape] = (price_tree([], trees.p, **costs) if shape is None
+                             else _price_shape(trees, *shape, costs))
+        return priced[shape]
+
     table = []
     for n in range(max_nodes + 1):
         best = None
         for d in range(0 if n == 0 else 1, min(n, depth_limit) + 1):
-            parents = solution.tree(n, d)
-            fixed = overhead(shape_of(parents)[1]) if callable(overhead) else overhead
-            cost = step_seconds(parents, target, draft, fixed, pending, beam)
-            seconds = cost.pop("seconds")
-            accepted = solution.value[d][n]
-            w, depth, nodes = shape_of(parents)
-            row = {"n": n, "depth_limit": d, "parents": parents, "nodes": nodes, "width": w, "depth": depth,
-                   "expected_accepted": accepted, "tokens_per_forward": 1.0 + accepted, **cost,
-                   "seconds_per_step": seconds,
-                   "tokens_per_second": (1.0 + accepted) / seconds if seconds > 0 else math.inf}
+            shape = _settled_shape(trees, trees.tree(n, d, width)[0]) if n > 0 else None
+            row = price(shape)
+            row = {"n": n, "depth_limit": d, **row, "parents": list(row["parents"])}
             if best is None or row["tokens_per_second"] > best["tokens_per_second"] * (1 + _EPS):
                 best = row
         table.append(best)
@@ -478,5 +572,5 @@ def rank_acceptance_from_counts(accepted: Sequence[int], at_risk: Sequence[int])
 
 
 __all__ = ["check_rank_acceptance", "latency_points", "forward_seconds", "expected_accepted", "tokens_per_forward",
-           "shape_of", "draft_forward_sizes", "step_seconds", "optimal_tree", "best_tree", "rank_counts",
-           "rank_acceptance_from_traces", "rank_acceptance_from_counts"]
+           "shape_of", "draft_forward_sizes", "step_seconds", "optimal_tree", "price_tree", "price_shape", "best_tree",
+           "rank_counts", "rank_acceptance_from_traces", "rank_acceptance_from_counts"]

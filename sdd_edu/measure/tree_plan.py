@@ -15,7 +15,10 @@ Before all this, a plan that will be filed as the device's default chooses the m
 count (``roofline.choose_linear_paths``), so that every measurement sees the best this device can do.
 
 ``plan_tree`` joins them (``autotree.best_tree``) and returns the shape for the method's settings
-(``width``/``depth``/``budget``, or ``gamma`` for a chain) with the measurements it came from.  A plan
+(``width``/``depth``/``budget``, or ``gamma`` for a chain) with the measurements it came from and its
+prediction, ``predict`` of that shape (one pricing, ``autotree.price_shape``, for the shapes the
+programme compares and for any shape ``predict`` is asked about; when no tree pays, the shape is the
+smallest tree, predicted at its own price, and ``predicted["tree_pays"]`` is False).  A plan
 is kept for the life of the process and, for named models (the embedded ladder, checkpoints, hub
 models), on disk under ``cache_dir()/tree-plans`` keyed by device, dtype, ladder and method; a cached
 plan also supplies the method's default shape on that device (``cached_shape``), so the hand-set
@@ -72,6 +75,9 @@ def cached_plan(ladder, method: str) -> Optional[dict]:
         except (OSError, ValueError):
             return None
         if plan.get("key") == key:
+            if "tree_pays" not in plan.get("predicted", {}):  # filed before predictions were prices of shapes
+                plan = _choose({k: v for k, v in plan.items() if k not in ("shape", "predicted", "table")},
+                               plan["max_nodes"])
             _IN_PROCESS[key] = plan
             return plan
     return None
@@ -164,15 +170,22 @@ def replan(plan: dict, max_nodes: int) -> dict:
 
 
 def _choose(plan: dict, max_nodes: int) -> dict:
+    """The programme run on the plan's measurements: its ``shape``, ``predicted`` (``predict`` of that shape, so
+    the two agree by construction) and ``table`` (the best shape of every size, each row priced as ``predict``
+    prices its (width, depth, nodes))."""
     method, target_ms = plan["method"], plan["target_ms"]
     plan["max_nodes"] = max_nodes
     best = _best(plan, max_nodes)
     plan["shape"] = _shape(method, best)
     # a baseline step: one target forward over one token (its own bookkeeping is small)
     baseline = 1000 / target_ms[1]
-    plan["predicted"] = {**{k: best[k] for k in ("nodes", "width", "depth", "tokens_per_forward", "seconds_per_step",
+    # when no tree pays (the best row is a baseline step), the shape is still a tree, the smallest: its price
+    # is predicted, below a baseline step, and ``tree_pays`` says that the adaptive schedule should not draft
+    mine = predict(plan, plan["shape"])
+    plan["predicted"] = {**{k: mine[k] for k in ("nodes", "width", "depth", "tokens_per_forward", "seconds_per_step",
                                                  "tokens_per_second")},
-                         "baseline_tokens_per_second": baseline, "speedup": best["tokens_per_second"] / baseline}
+                         "baseline_tokens_per_second": baseline, "speedup": mine["tokens_per_second"] / baseline,
+                         "tree_pays": best["nodes"] > 0}
     plan["table"] = [{**{k: row[k] for k in ("n", "nodes", "depth_limit", "width", "depth", "tokens_per_forward",
                                              "seconds_per_step", "tokens_per_second")},
                       "speedup": row["tokens_per_second"] / baseline, "parents": row["parents"]}
@@ -201,7 +214,7 @@ def _staged_draft_cost(runs, draft_ms, beam) -> Optional[dict]:
 
 
 def _costs(plan: dict) -> dict:
-    """best_tree's cost arguments for the plan's method.
+    """The cost arguments of ``best_tree`` and ``price_shape`` (so of ``predict``) for the plan's method.
 
     A tree drafter runs a draft forward per level (``autotree`` counts them).  A staged drafter runs one
     forward over the new context and its guesses, then up to ``depth`` rounds of ``beam`` nodes, however
@@ -242,23 +255,25 @@ def _shape(method: str, best: dict) -> dict:
     return {"width": best["width"], "depth": best["depth"], "budget": best["nodes"]}
 
 
+def _shape_limits(method: str, shape: dict) -> dict:
+    """The drafters' limits of a method's shape: a chain of gamma tokens is width 1, depth and budget gamma."""
+    if method == "speculative":
+        return {"width": 1, "depth": shape["gamma"], "budget": shape["gamma"]}
+    return {k: shape[k] for k in ("width", "depth", "budget")}
+
+
 def predict(plan: dict, shape: dict) -> dict:
     """Predicted tokens per forward, seconds per step and tok/s of a fixed ``shape`` (the method's settings) from
-    the plan's measurements: the model's best tree within those limits (the drafters grow within them too)."""
-    from ..decoding.autotree import expected_accepted, optimal_tree, shape_of, step_seconds
+    the plan's measurements: the model's best tree within those limits (the drafters grow within them too),
+    priced by ``autotree.price_shape``, as the plan's programme prices every shape it considers; so the plan's
+    own shape is predicted as ``plan["predicted"]`` and each table row's (width, depth, nodes) as that row.
+    Nothing is measured: the result depends on the plan's numbers alone."""
+    from ..decoding.autotree import price_shape
 
-    if plan["method"] == "speculative":
-        limits = {"max_nodes": shape["gamma"], "max_depth": shape["gamma"], "max_width": 1}
-    else:
-        limits = {"max_nodes": shape["budget"], "max_depth": shape["depth"], "max_width": shape["width"]}
-    parents, _ = optimal_tree(plan["rank_acceptance"], **limits)
-    costs = _costs(plan)
-    overhead = costs["overhead"](shape_of(parents)[1]) if callable(costs["overhead"]) else costs["overhead"]
-    seconds = step_seconds(parents, _curve(plan["target_ms"]), costs["draft_curve"], overhead,
-                           beam=costs.get("beam"))["seconds"]
-    tpf = 1.0 + expected_accepted(parents, plan["rank_acceptance"])
-    return {"nodes": len(parents), "tokens_per_forward": tpf, "seconds_per_step": seconds,
-            "tokens_per_second": tpf / seconds}
+    price = price_shape(plan["rank_acceptance"], _curve(plan["target_ms"]), **_costs(plan),
+                        **_shape_limits(plan["method"], shape))
+    return {k: price[k] for k in ("nodes", "width", "depth", "tokens_per_forward", "target_seconds", "draft_seconds",
+                                  "overhead_seconds", "seconds_per_step", "tokens_per_second")}
 
 
 def summary(plan: dict) -> str:
@@ -268,7 +283,7 @@ def summary(plan: dict) -> str:
     head = (f"{plan['method']} on {plan['device']} ({plan['dtype']}): {plan['shape']} -> predicted "
             f"{p['tokens_per_forward']:.2f} tokens per target forward, {p['tokens_per_second']:.1f} tok/s "
             f"({p['speedup']:.2f}x a baseline step)")
-    if p["nodes"] == 0:
+    if not p.get("tree_pays", p["nodes"] > 0):
         head += "; no tree pays here: the smallest is set, and the adaptive schedule turns speculation off"
     return (f"{head}\n"
             f"  acceptance by rank [{acc}]; target forward {plan['target_ms'][1]:.1f} ms at 1 token, "
