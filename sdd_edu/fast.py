@@ -146,6 +146,21 @@ class StaticKVCache(KVCache):
         h = h[:, N - 1:N] if last_only else h[:, :N]
         return model.head_logits(h, reduced, extra_head_ids)
 
+    def forward_rows(self, model, ids, pos, slots, mask, reduced=False, extra_head_ids=None) -> torch.Tensor:
+        """A forward over N rows whose inputs are already on the device: token ids, positions and cache
+        slots (N,), and the mask (N, slots of the cache, scratch included).  Nothing is read back; the
+        caller keeps the cache's length (the device step writes where it decided to).  Logits (N, ...)."""
+        N = ids.shape[0]
+        b = bucket_for(N)
+        self.ids[0, :N].copy_(ids)
+        self.pos[0, :N].copy_(pos)
+        self.slots[:N].copy_(slots)
+        self.slots[N:b].copy_(self.slot_index[self.max_len:self.max_len + b - N])  # scratch slots
+        self.mask[:N].copy_(mask)
+        self.mask[N:b].copy_(self.slot_index[None, :] == self.slots[N:b, None])  # a padded row sees itself
+        h = self._run(model, b)  # (1, b, d)
+        return model.head_logits(h[0, :N], reduced, extra_head_ids)
+
     def _body(self, model, b: int) -> torch.Tensor:
         body = compiled_body(model) if self.compiled else model.body
         return body(self.ids[:, :b], self.pos[:, :b], self, self.slots[:b], self.mask[:b])

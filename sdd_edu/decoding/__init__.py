@@ -126,6 +126,7 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
     default on for CUDA, off elsewhere (on a CPU it computes the same, with nothing to gain).
     """
     from ..ladders import load_ladder
+    from .drafters import ModelDrafter
     from .speculative import speculative_decode
 
     if method not in METHODS:
@@ -153,7 +154,11 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
     if method == "baseline":
         if settings:
             raise SddError(f"method 'baseline' takes no settings {sorted(settings)}")
-        return baseline_decode(target, prompt_ids, max_new_tokens, sampling, stream, stop_at_eos, fast=fast)
+        if fast:  # the token stays on the device between reads (``device/loop.py``)
+            from .device.loop import baseline_decode as device_baseline
+
+            return device_baseline(target, prompt_ids, max_new_tokens, sampling, stream, stop_at_eos)
+        return baseline_decode(target, prompt_ids, max_new_tokens, sampling, stream, stop_at_eos)
     if loaded is None:
         raise SddError(f"method {method!r} needs a ladder (target + draft + n-gram), not a single model; "
                        "see sdd_edu.ladders.make_ladder")
@@ -164,6 +169,11 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
     drafter = make_drafter(loaded, method, **settings)
     schedule = make_schedule(target, drafter, **{**defaults_for(method, target.device, target.dtype), **settings},
                              fast=fast)
+    if fast and isinstance(drafter, ModelDrafter):  # the whole step on the device, one read per step
+        from .device.loop import speculative_decode as device_speculative
+
+        return device_speculative(target, drafter, prompt_ids, max_new_tokens, sampling, method, rule, stream,
+                                  stop_at_eos, schedule=schedule)
     return speculative_decode(target, drafter, prompt_ids, max_new_tokens, sampling, method, rule, stream,
                               stop_at_eos, schedule=schedule, fast=fast)
 

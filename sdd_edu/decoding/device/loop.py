@@ -1,0 +1,372 @@
+"""The decoding loops of the device path: one read from the device per step (or per few tokens).
+
+``speculative_decode`` in ``sdd_edu/decoding/speculative.py`` is the readable loop; this one runs the
+same steps with the tree, the walk and the commit on the device (``drafter.py``, ``verify.py``), and
+reads back once per step what the host needs: how many tokens were accepted and which (for the
+result, streaming, EOS and the schedule).  ``baseline_decode`` keeps each sampled token on the device
+and feeds it to the next forward; the host reads the tokens every ``READ_EVERY`` steps (each step
+with a stream callback, which wants every token at once).
+
+Both run on the fast path's fixed-shape caches (``sdd_edu/fast.py``): on a GPU every forward is
+replayed from a CUDA graph, on a CPU the same code runs eagerly.  Timing never waits on the device
+inside a step: on CUDA each phase is bracketed by events, read when the generation ends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ...fast import static_cache
+from ...loading import LoadedModel
+from ...sampling import Sampling, probabilities
+from ..baseline import new_stats
+from ..common import ORIGINS, GenerationResult, StreamCallback, check_lengths, synchronize
+from ..drafters import ModelDrafter
+from ..schedule import DraftSchedule
+from .capture import host_read
+from .drafter import DeviceDrafter, DraftedStep
+from .trees import Uniforms, ancestors, pick
+from .verify import _gumbel_sample, greedy_walk, keep_path, sampled_walk
+
+READ_EVERY = 8  # baseline: tokens generated between reads (without a stream callback)
+BUCKET_SLACK = 2  # draft cache slots beyond the context and a step's window
+
+
+class PhaseClock:
+    """Seconds spent in named phases, per step, without waiting for the device inside a step.
+
+    On CUDA each phase is a pair of events, resolved once at the end (``finish``); elsewhere the host's
+    clock (a CPU computes what it launches; MPS is synchronised around each phase)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.step = 0
+        self.pending: list[tuple[int, str, object, object]] = []
+        self.per_step: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+
+    @contextmanager
+    def __call__(self, name: str):
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self.pending.append((self.step, name, start, end))
+            return
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        yield
+        synchronize(self.device)
+        self.per_step[self.step][name] += time.perf_counter() - t0
+
+    def finish(self) -> None:
+        synchronize(self.device)
+        for step, name, start, end in self.pending:
+            self.per_step[step][name] += start.elapsed_time(end) / 1000
+        self.pending = []
+
+    def total(self, name: str) -> float:
+        return sum(s.get(name, 0.0) for s in self.per_step.values())
+
+
+def _device_generator(sampling: Sampling, device) -> Optional[Uniforms]:
+    """The draws of a sampled generation, from a generator on the device (seeded like ``Sampling.generator``)."""
+    if sampling.greedy:
+        return None
+    g = torch.Generator(device=device)
+    if sampling.seed is not None:
+        g.manual_seed(int(sampling.seed))
+    else:
+        g.seed()
+    return Uniforms(g)
+
+
+def _next_token(logits: torch.Tensor, sampling: Sampling, generator) -> torch.Tensor:
+    """The target's token from one row of logits, on the device: argmax, or a draw (Gumbel-max)."""
+    if sampling.greedy:
+        return logits.argmax(-1)
+    return _gumbel_sample(probabilities(logits, sampling), generator)
+
+
+@torch.inference_mode()
+def baseline_decode(target: LoadedModel, prompt_ids: list[int], max_new_tokens: int = 128,
+                    sampling: Sampling = Sampling(), stream: StreamCallback = None,
+                    stop_at_eos: bool = True) -> GenerationResult:
+    """``decoding.baseline.baseline_decode`` with the tokens kept on the device between reads."""
+    model = target.model
+    check_lengths(prompt_ids, max_new_tokens, model.config.max_seq_len)
+    stats = new_stats("baseline", target, len(prompt_ids))
+    clock = PhaseClock(target.device)
+    generator = _device_generator(sampling, target.device)
+    eos = target.eos_token_id if stop_at_eos else None
+    dev = model.device
+
+    synchronize(target.device)
+    t_start = time.perf_counter()
+    cache = static_cache(model, len(prompt_ids) + max_new_tokens)
+    with clock("target"):
+        logits = model(torch.tensor([prompt_ids], device=dev), cache, last_only=True)[0, -1]
+    stats.prefill_seconds = time.perf_counter() - t_start
+    total = cache.kv.shape[3]
+    slot = torch.arange(total, device=dev)
+    tokens = torch.zeros(max_new_tokens, dtype=torch.long, device=dev)
+    out: list[int] = []
+    L = len(prompt_ids)
+    every = 1 if stream else READ_EVERY
+    stats.finish_reason = "length"
+    while len(out) < max_new_tokens:
+        chunk = min(every, max_new_tokens - len(out))
+        for i in range(chunk):
+            n = len(out) + i
+            tokens[n] = _next_token(logits, sampling, generator)
+            if n + 1 < max_new_tokens:  # the next forward reads the token where it lies
+                clock.step = n
+                with clock("target"):
+                    logits = cache.forward_rows(model, tokens[n:n + 1], slot[L:L + 1], slot[L:L + 1],
+                                                (slot <= L)[None])[0]
+                stats.target_forwards += 1
+                L += 1
+        new = host_read(tokens[len(out):len(out) + chunk])
+        if eos is not None and eos in new:
+            new = new[:new.index(eos) + 1]
+            stats.finish_reason = "eos"
+        out += new
+        if stream:
+            stream(new)
+        if stats.finish_reason == "eos":
+            break
+    cache.length = L
+    clock.finish()
+    synchronize(target.device)
+    stats.wall_seconds = time.perf_counter() - t_start
+    stats.new_tokens = len(out)
+    stats.target_seconds = clock.total("target")
+    trace = [{"proposed": 0, "accepted": 0, "emitted": 1} for _ in out]
+    return GenerationResult(target.decode(out), out, list(prompt_ids), ["target"] * len(out), stats, trace)
+
+
+class _TargetStep:
+    """The target's side of a step: the forward over the root and the tree, the walk, the commit."""
+
+    def __init__(self, target: LoadedModel, capacity: int, sampling: Sampling, rule: str, generator):
+        self.model = target.model
+        self.cache = static_cache(self.model, capacity)
+        self.sampling, self.rule, self.generator = sampling, rule, generator
+        self.slot = torch.arange(self.cache.kv.shape[3], device=self.model.device)
+
+    def forward(self, ctx: torch.Tensor, length: torch.Tensor, step: Optional[DraftedStep], depth: int):
+        """Logits (1 + B, V) of the root (the context's last token) and the tree's nodes."""
+        dev, slot = self.model.device, self.slot
+        root = pick(ctx, length - 1).view(1)
+        if step is None:
+            return self.cache.forward_rows(self.model, root, (length - 1).view(1), (length - 1).view(1),
+                                           (slot < length)[None])
+        tree = step.tree
+        B = len(tree)
+        anc = ancestors(tree.parents, depth)
+        window = torch.where(tree.valid[:, None], anc, torch.eye(B, dtype=torch.bool, device=dev))
+        nodes = DeviceDrafter._place(window, length, slot.shape[0]) | (tree.valid[:, None] & (slot[None, :] < length))
+        mask = torch.cat([(slot < length)[None], nodes])
+        ids = torch.cat([root, tree.tokens])
+        pos = torch.cat([(length - 1).view(1), length - 1 + tree.depth])
+        slots = length - 1 + torch.arange(1 + B, device=dev)
+        return self.cache.forward_rows(self.model, ids, pos, slots, mask)
+
+    def walk(self, logits: torch.Tensor, step: Optional[DraftedStep], drafter: DeviceDrafter, depth: int):
+        """(path (depth,), accepted count, next token, tested levels), all on the device."""
+        dev = logits.device
+        if step is None:
+            zero = torch.zeros((), dtype=torch.long, device=dev)
+            nxt = _next_token(logits[0], self.sampling, self.generator)
+            return torch.full((max(depth, 1),), -1, dtype=torch.long, device=dev), zero, nxt, zero
+        if self.sampling.greedy:
+            v = greedy_walk(step.tree, logits, depth)
+        else:
+            p = probabilities(logits, self.sampling)  # (1 + B, V)
+            V = p.shape[1]
+            # the draft's distributions in the whole vocabulary (columns not given a token yet: a spare entry)
+            q = torch.zeros(step.rows.shape[0], V + 1, dtype=step.rows.dtype, device=dev)
+            support = torch.where(drafter.support < V, drafter.support, V)
+            q.scatter_(1, support[None].expand_as(step.rows), step.rows)
+            v = sampled_walk(step.tree, p, q[:, :V], drafter.width, depth, self.generator, self.rule)
+        return v.path, v.count, v.next_token, v.tested
+
+    def commit(self, length: torch.Tensor, path: torch.Tensor) -> None:
+        """Keep the root and the accepted path in the target's cache (``KVCache.keep`` by index)."""
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long, device=path.device), 1 + path.clamp(min=0)])
+        keep_path(self.cache.kv, length - 1, offsets)
+
+
+def verify_and_commit(target_step: _TargetStep, drafter: DeviceDrafter, logits: torch.Tensor, ctx: torch.Tensor,
+                      length: torch.Tensor, drafted: Optional[DraftedStep], shadow: bool, depth: int, T: int,
+                      keep_trees: bool):
+    """The rest of a step after the target's forward, on the device: the walk, the target's and the draft's
+    caches kept, the new tokens appended to the context, prompt lookup scored, the draft's head extended.
+
+    Returns what the host reads (one tensor: count, next token, tested levels, draft keys kept, lookup's
+    guess, the shadow draft's token, then the accepted path's tokens, origins and nodes, then the tree if
+    ``keep_trees``), the new length, and the path's length D."""
+    dev = ctx.device
+    verified = None if shadow else drafted
+    path, count, next_token, tested = target_step.walk(logits, verified, drafter, depth)
+    D = path.shape[0]
+    if verified is not None:
+        target_step.commit(length, path)
+        tree = verified.tree
+        path_tokens = torch.where(path >= 0, tree.tokens[path.clamp(min=0)], 0)
+        path_origins = torch.where(path >= 0, tree.origin[path.clamp(min=0)], 0)
+    else:
+        path_tokens = path_origins = torch.zeros(D, dtype=torch.long, device=dev)
+    i = torch.arange(D + 1, device=dev)
+    new = torch.where(i < count, torch.cat([path_tokens, path_tokens[:1]]), next_token)
+    ctx.scatter_(0, length + i, new)
+    # the draft keeps what it computed of the accepted path (after a shadow draft: only the context it read)
+    kept = drafter.commit(drafted, path, count, length) if verified is not None else \
+        torch.zeros((), dtype=torch.long, device=dev)
+    landed = drafter.score_lookup(ctx[:T + D + 1], length, D + 1, count + 1)
+    drafter.extend(new, valid=i <= count)
+    minus_one = torch.full((), -1, dtype=torch.long, device=dev)
+    shadow_token = torch.where(drafted.tree.valid[0], drafted.tree.tokens[0], -1) if shadow else minus_one
+    parts = [torch.stack([count, next_token, tested, kept, landed, shadow_token]), path_tokens, path_origins, path]
+    if keep_trees and verified is not None:
+        t = verified.tree
+        parts += [t.tokens, t.parents, t.origin, t.valid.long(), t.probs.float().view(torch.int32).long()]
+    return torch.cat(parts), length + count + 1, D
+
+
+@torch.inference_mode()
+def speculative_decode(target: LoadedModel, drafter: ModelDrafter, prompt_ids: list[int], max_new_tokens: int = 128,
+                       sampling: Sampling = Sampling(), method: str = "speculative", rule: str = "rrs",
+                       stream: StreamCallback = None, stop_at_eos: bool = True, keep_trees: bool = True,
+                       schedule: Optional[DraftSchedule] = None) -> GenerationResult:
+    """``decoding.speculative.speculative_decode`` with every step on the device and one read per step."""
+    model = target.model
+    if schedule is None:
+        schedule = DraftSchedule(drafter.budget, drafter.budget, adaptive=False)
+    drafter.max_size = schedule.max_size
+    device_drafter = DeviceDrafter(drafter)
+    biggest = device_drafter.shape(schedule.max_size)
+    B_max, D_max = biggest["budget"], max(biggest["depth"], 1)
+    extra = B_max + 1
+    context = model.config.max_seq_len
+    draft_extra = biggest["window"] + BUCKET_SLACK
+    context = min(context, drafter.draft.config.max_seq_len - draft_extra + extra)
+    check_lengths(prompt_ids, max_new_tokens, context, extra=extra)
+    stats = new_stats(method, target, len(prompt_ids))
+    clock = PhaseClock(target.device)
+    generator = _device_generator(sampling, target.device)
+    eos = target.eos_token_id if stop_at_eos else None
+    dev = model.device
+
+    synchronize(target.device)
+    t_start = time.perf_counter()
+    longest = len(prompt_ids) + max_new_tokens
+    target_step = _TargetStep(target, longest + extra, sampling, rule, generator)
+    device_drafter.clock = clock
+    device_drafter.begin(prompt_ids, max_new_tokens, min(longest + draft_extra, drafter.draft.config.max_seq_len))
+    capacity = longest + D_max + 2  # the context buffer: a step writes up to depth + 1 tokens past its end
+    ctx = torch.zeros(capacity, dtype=torch.long, device=dev)
+    ctx[:len(prompt_ids)] = torch.tensor(prompt_ids, device=dev)
+    length = torch.tensor(len(prompt_ids), device=dev)
+    if len(prompt_ids) > 1:  # the target cache holds everything but the root
+        with clock("target"):
+            target_step.cache.length = 0
+            model(ctx[None, :len(prompt_ids) - 1], target_step.cache, last_only=True)
+    if schedule.adaptive:
+        with clock("draft"):
+            schedule.record_prompt(device_drafter.prefill(list(prompt_ids)))
+    stats.prefill_seconds = time.perf_counter() - t_start
+
+    context_ids = list(prompt_ids)
+    out: list[int] = []
+    origins: list[str] = []
+    trace: list[dict] = []
+    stats.finish_reason = "length"
+    while len(out) < max_new_tokens:
+        step_start = time.perf_counter()
+        clock.step = len(trace)
+        forwards_before = device_drafter.forwards
+        size = schedule.size()
+        shadow = size == 0 and schedule.shadow_due()
+        draft_size = 1 if shadow else size
+        L = len(context_ids)
+        # the context window the lookup reads: the whole buffer where shapes must stay fixed (CUDA graphs)
+        T = capacity if dev.type == "cuda" else min(capacity, -(-(L + D_max + 1) // 64) * 64)
+        view = ctx[:T]
+        depth = device_drafter.shape(draft_size)["depth"] if draft_size else 1
+        drafted = device_drafter.draft(view, length, L, draft_size, sampling, generator) if draft_size else None
+        verified = None if shadow else drafted
+        with clock("target"):
+            logits = target_step.forward(ctx, length, verified, depth)
+        stats.target_forwards += 1
+        packed, length, D = verify_and_commit(target_step, device_drafter, logits, ctx, length, drafted, shadow,
+                                              depth, T, keep_trees)
+        values = host_read(packed)  # the step's one wait for the device
+        count_, next_, tested_, kept_, landed_, shadow_ = values[:6]
+        accepted_tokens = values[6:6 + count_]
+        accepted_origins = [ORIGINS[o] for o in values[6 + D:6 + D + count_]]
+        if verified is not None:
+            device_drafter.committed = L + kept_
+        elif shadow:
+            device_drafter.committed = L
+        new_tokens = accepted_tokens + [next_]
+        new_origins = accepted_origins + ["target"]
+        record = {"size": size, "shadow": shadow, "proposed": 0, "accepted": count_, "tested": tested_,
+                  "emitted": len(new_tokens), "depth": 0, "draft_forwards": device_drafter.forwards - forwards_before}
+        if keep_trees and verified is not None:
+            B = len(verified.tree)
+            rest = values[6 + 3 * D:]
+            tok, par, org, ok, bits = (rest[k * B:(k + 1) * B] for k in range(5))
+            n = sum(ok)
+            probs = np.asarray(bits[:n], dtype=np.int64).astype(np.int32).view(np.float32).tolist()
+            record["tree"] = {"tokens": tok[:n], "parents": par[:n], "origins": [ORIGINS[o] for o in org[:n]],
+                              "draft_probs": [round(p, 4) for p in probs]}
+            record["accepted_nodes"] = values[6 + 2 * D:6 + 2 * D + count_]
+            record["proposed"] = n
+            record["depth"] = _max_depth(par[:n])
+        trace.append(record)
+        if eos is not None and eos in new_tokens:
+            cut = new_tokens.index(eos) + 1
+            new_tokens, new_origins = new_tokens[:cut], new_origins[:cut]
+            stats.finish_reason = "eos"
+        new_tokens = new_tokens[:max_new_tokens - len(out)]
+        new_origins = new_origins[:max_new_tokens - len(out)]
+        out += new_tokens
+        origins += new_origins
+        if stream:
+            stream(new_tokens)
+        if stats.finish_reason == "eos":
+            break
+        context_ids += accepted_tokens + [next_]
+        seconds = time.perf_counter() - step_start
+        schedule.record(size, count_, tested_, None if shadow else seconds)
+        if shadow:
+            schedule.record_shadow(shadow_ == next_)
+        elif size == 0 and landed_ >= 0:
+            schedule.record_free_guess(bool(landed_))
+    clock.finish()
+    synchronize(target.device)
+    stats.wall_seconds = time.perf_counter() - t_start
+    stats.new_tokens = len(out)
+    stats.target_seconds = clock.total("target")
+    stats.draft_forwards = device_drafter.forwards
+    stats.draft_seconds = clock.total("draft")
+    stats.ngram_seconds = clock.total("ngram")
+    for k, record in enumerate(trace):
+        record["draft_seconds"] = clock.per_step[k].get("draft", 0.0) if k in clock.per_step else 0.0
+    return GenerationResult(target.decode(out), out, list(prompt_ids), origins, stats, trace)
+
+
+
+def _max_depth(parents: list[int]) -> int:
+    depth: list[int] = []
+    for p in parents:
+        depth.append(1 if p < 0 else depth[p] + 1)
+    return max(depth, default=0)
