@@ -44,6 +44,7 @@ from .model import KVCache
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 COMPILE = False  # fuse the forward's kernels with torch.compile before capturing it (see above)
+PAD = None  # pad the tokens up to their bucket: None, only where a graph is captured (the tests pad on a CPU too)
 COMPILE_BACKEND = "inductor"  # the tests use "eager": the same plumbing, no code generation
 CAPACITY_STEP = 256  # fast caches come in multiples of this many slots, so that generations can share them
 
@@ -67,7 +68,7 @@ def static_cache(model, max_len: int, role: str = "target") -> "StaticKVCache":
     ``CAPACITY_STEP`` slots.  ``release(model)`` frees them."""
     capacity = min(-(-max_len // CAPACITY_STEP) * CAPACITY_STEP, model.config.max_seq_len)
     pool = model.__dict__.setdefault("_static_caches", {})
-    key = (role, capacity, COMPILE)
+    key = (role, capacity, COMPILE, PAD)
     cache = pool.get(key)
     if cache is None:
         cache = pool[key] = StaticKVCache(model, capacity)
@@ -90,7 +91,8 @@ class StaticKVCache(KVCache):
     static = True
     max_bucket = BUCKETS[-1]
 
-    def __init__(self, model, max_len: int, capture: bool | None = None, compiled: bool | None = None):
+    def __init__(self, model, max_len: int, capture: bool | None = None, compiled: bool | None = None,
+                 pad: bool | None = None):
         super().__init__(model.config, max_len + self.max_bucket, 1, model.device, model.dtype)
         self.max_len = max_len  # the scratch slots are not the sequence's
         device = model.device
@@ -101,6 +103,8 @@ class StaticKVCache(KVCache):
         self.slots = torch.zeros(self.max_bucket, dtype=torch.long, device=device)  # (bucket,)
         self.mask = torch.zeros(self.max_bucket, total, dtype=torch.bool, device=device)  # (bucket, S)
         self.capture = (device.type == "cuda") if capture is None else capture
+        # tokens padded up to a bucket: what a graph needs; without one (a CPU) the padded rows would only cost
+        self.pad = (self.capture if PAD is None else PAD) if pad is None else pad
         self.compiled = COMPILE if compiled is None else compiled
         self.graphs: dict[int, tuple] = {}  # bucket -> (graph, its output)
         self.model = None
@@ -123,7 +127,7 @@ class StaticKVCache(KVCache):
             self.model = model
         elif self.model is not model:
             raise ValueError("a fast cache serves the model that first used it")
-        b = bucket_for(N)
+        b = bucket_for(N) if self.pad else N
         # fill the input buffers; padded rows keep stale ids and positions (their results are dropped)
         self.ids[:, :N].copy_(input_ids)
         if position_ids is None:
@@ -151,7 +155,7 @@ class StaticKVCache(KVCache):
         slots (N,), and the mask (N, slots of the cache, scratch included).  Nothing is read back; the
         caller keeps the cache's length (the device step writes where it decided to).  Logits (N, ...)."""
         N = ids.shape[0]
-        b = bucket_for(N)
+        b = bucket_for(N) if self.pad else N
         self.ids[0, :N].copy_(ids)
         self.pos[0, :N].copy_(pos)
         self.slots[:N].copy_(slots)

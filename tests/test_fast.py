@@ -12,6 +12,14 @@ from sdd_edu.fast import BUCKETS, StaticKVCache, bucket_for
 from tests.test_speculative import random_lm
 
 
+@pytest.fixture(autouse=True)
+def padded(monkeypatch):
+    """Forwards padded up to their bucket, as on a GPU (a CPU pads only when asked: no graph needs it)."""
+    import sdd_edu.fast
+
+    monkeypatch.setattr(sdd_edu.fast, "PAD", True)
+
+
 def _forward_pair(model, cached, ids, pos=None, mask=None, **kw):
     """Logits of the same forward on an eager cache and on a fast one, after the same ``cached`` prompt."""
     out = []
@@ -200,6 +208,11 @@ def test_gpu_check_runs_on_a_cpu_in_quick_mode(tmp_path, capsys):
     for row in res["shapes"].values():
         assert row["logits_gap_fp32"] < 1e-4 and row["profile"]["eager"]["count"] > 0
         assert set(row["latency_ms"]["fast"]) == {"1", "4"}
+    # the device path waits for the device once per step (the baseline once per few tokens)
+    speeds = res["speed"]["methods"]
+    assert all(speeds[m]["reads_per_step"] == 1.0 for m in ("speculative", "tree", "staged"))
+    assert 0 < speeds["baseline"]["reads_per_step"] < 1 and speeds["baseline (eager)"]["reads_per_step"] is None
+    assert "reads, host" in out
 
 
 def test_gpu_check_reports_a_failing_check_and_keeps_the_others(tmp_path, capsys, monkeypatch):

@@ -40,6 +40,10 @@ class GenerationStats:
     draft_seconds: float = 0.0
     ngram_seconds: float = 0.0
     finish_reason: str = ""
+    # the device path: reads of the device by the host while decoding (prefill aside), and the seconds it
+    # waited in them (on a GPU the host runs ahead until it reads: the rest of a step is its own time)
+    device_reads: int = 0
+    read_wait_seconds: float = 0.0
 
     @property
     def tokens_per_second(self) -> float:

@@ -212,6 +212,7 @@ def method_speeds(ladder, prompts: list[list[int]], new_tokens: int, compiled: b
                 generate(ladder, prompts[0], method="staged" if ladder.draft is not None else "tree",
                          max_new_tokens=8, fast=True)
         speeds, per_forward, split, steps = [], [], {"target": 0.0, "draft": 0.0, "other": 0.0}, 0
+        reads, waited, wall = 0, 0.0, 0.0
         for ids in prompts:
             with compiled_forwards(compile_on):
                 r = generate(ladder, ids, method=method, max_new_tokens=new_tokens, fast=fast)
@@ -222,11 +223,19 @@ def method_speeds(ladder, prompts: list[list[int]], new_tokens: int, compiled: b
             split["draft"] += s.draft_seconds
             split["other"] += s.wall_seconds - s.target_seconds - s.draft_seconds  # n-gram, Python, syncs
             steps += len(r.trace)
+            wall += s.wall_seconds - s.prefill_seconds
+            reads += s.device_reads
+            waited += s.read_wait_seconds
         total = sum(split.values()) or 1.0
+        steps = max(steps, 1)
         rows[label] = {"tokens_per_second": median(speeds), "tokens_per_target_forward": median(per_forward),
                        "time_split": {k: v / total for k, v in split.items()},
                        # the per-step work outside the forwards: what a step costs beyond them once they are fast
-                       "other_ms_per_step": 1000 * split["other"] / max(steps, 1)}
+                       "other_ms_per_step": 1000 * split["other"] / steps,
+                       # waits for the device (``device.capture.host_read``; the eager paths read elsewhere too)
+                       "reads_per_step": reads / steps if fast else None,
+                       # the host's own time: a step's time but its waits in those reads
+                       "host_ms_per_step": 1000 * (wall - waited) / steps if fast else None}
     base = rows["baseline"]["tokens_per_second"]
     for r in rows.values():
         r["speedup_vs_fast_baseline"] = r["tokens_per_second"] / base
@@ -388,9 +397,12 @@ def format_gpu_check(res: dict) -> str:
         lines += ["", f"tok/s, {sp['ladder']}, {sp['prompts']} prompt(s), {sp['new_tokens']} new tokens, medians:"]
         for label, r in sp["methods"].items():
             t = r["time_split"]
+            reads = "" if r.get("reads_per_step") is None else \
+                f"; {r['reads_per_step']:.2f} reads, host {r['host_ms_per_step']:.2f} ms a step"
             lines.append(f"  {label:<18} {r['tokens_per_second']:8.1f} tok/s  {r['speedup_vs_fast_baseline']:5.2f}x"
                          f"  {r['tokens_per_target_forward']:5.2f} tok/fwd   time: target {t['target']:4.0%}, "
-                         f"draft {t['draft']:4.0%}, other {t['other']:4.0%} ({r['other_ms_per_step']:.2f} ms/step)")
+                         f"draft {t['draft']:4.0%}, other {t['other']:4.0%} ({r['other_ms_per_step']:.2f} ms/step"
+                         f"{reads})")
     for name, err in res.get("errors", {}).items():
         lines.append(f"FAILED {name}: {err}")
     return "\n".join(lines)

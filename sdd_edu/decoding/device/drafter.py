@@ -389,7 +389,7 @@ class DeviceDrafter:
                       origin, D)
             rows_mixed[first:first + beam] = mixed
 
-        return DraftedStep(select_tree(pool, B), rows_mixed, 1 + R)
+        return DraftedStep(select_tree(pool, B, D), rows_mixed, 1 + R)
 
     def _token_of(self, cols: torch.Tensor) -> torch.Tensor:
         return self.support[cols]
@@ -428,7 +428,9 @@ class DeviceDrafter:
         guessed = (n > 0) & (i < count)
         hit = (tokens[:, 0] == truth) & guessed
         decay = self.ref.LOOKUP_DECAY
+        counts = torch.stack([self.hits, self.tries])  # (2,) float64, updated as the reference's Python floats
+        add = torch.stack([hit.double(), torch.ones(new, dtype=torch.float64, device=ctx.device)], 1)  # (new, 2)
         for j in range(new):  # in order: each decays the ones before
-            self.hits = torch.where(guessed[j], decay * self.hits + hit[j].double(), self.hits)
-            self.tries = torch.where(guessed[j], decay * self.tries + 1, self.tries)
+            counts = torch.where(guessed[j], counts * decay + add[j], counts)  # (two roundings, as in Python)
+        self.hits, self.tries = counts[0], counts[1]
         return torch.where(guessed[0], hit[0].long(), -1)

@@ -29,9 +29,9 @@ from ..baseline import new_stats
 from ..common import ORIGINS, GenerationResult, StreamCallback, check_lengths, synchronize
 from ..drafters import ModelDrafter
 from ..schedule import DraftSchedule
-from .capture import host_read
+from .capture import READS, host_read
 from .drafter import DeviceDrafter, DraftedStep
-from .trees import Uniforms, ancestors, pick
+from .trees import Uniforms, pick
 from .verify import _gumbel_sample, greedy_walk, keep_path, sampled_walk
 
 READ_EVERY = 8  # baseline: tokens generated between reads (without a stream callback)
@@ -114,6 +114,7 @@ def baseline_decode(target: LoadedModel, prompt_ids: list[int], max_new_tokens: 
     with clock("target"):
         logits = model(torch.tensor([prompt_ids], device=dev), cache, last_only=True)[0, -1]
     stats.prefill_seconds = time.perf_counter() - t_start
+    reads, waited = READS.count, READS.seconds
     total = cache.kv.shape[3]
     slot = torch.arange(total, device=dev)
     tokens = torch.zeros(max_new_tokens, dtype=torch.long, device=dev)
@@ -143,6 +144,7 @@ def baseline_decode(target: LoadedModel, prompt_ids: list[int], max_new_tokens: 
         if stats.finish_reason == "eos":
             break
     cache.length = L
+    stats.device_reads, stats.read_wait_seconds = READS.count - reads, READS.seconds - waited
     clock.finish()
     synchronize(target.device)
     stats.wall_seconds = time.perf_counter() - t_start
@@ -170,8 +172,7 @@ class _TargetStep:
                                            (slot < length)[None])
         tree = step.tree
         B = len(tree)
-        anc = ancestors(tree.parents, depth)
-        window = torch.where(tree.valid[:, None], anc, torch.eye(B, dtype=torch.bool, device=dev))
+        window = torch.where(tree.valid[:, None], tree.anc, torch.eye(B, dtype=torch.bool, device=dev))
         nodes = DeviceDrafter._place(window, length, slot.shape[0]) | (tree.valid[:, None] & (slot[None, :] < length))
         mask = torch.cat([(slot < length)[None], nodes])
         ids = torch.cat([root, tree.tokens])
@@ -283,6 +284,7 @@ def speculative_decode(target: LoadedModel, drafter: ModelDrafter, prompt_ids: l
         with clock("draft"):
             schedule.record_prompt(device_drafter.prefill(list(prompt_ids)))
     stats.prefill_seconds = time.perf_counter() - t_start
+    reads, waited = READS.count, READS.seconds
 
     context_ids = list(prompt_ids)
     out: list[int] = []
@@ -351,6 +353,7 @@ def speculative_decode(target: LoadedModel, drafter: ModelDrafter, prompt_ids: l
             schedule.record_shadow(shadow_ == next_)
         elif size == 0 and landed_ >= 0:
             schedule.record_free_guess(bool(landed_))
+    stats.device_reads, stats.read_wait_seconds = READS.count - reads, READS.seconds - waited
     clock.finish()
     synchronize(target.device)
     stats.wall_seconds = time.perf_counter() - t_start

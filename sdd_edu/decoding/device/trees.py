@@ -93,15 +93,16 @@ def rank_order(score: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor) ->
 def ancestors(parents: torch.Tensor, levels: int) -> torch.Tensor:
     """(n, n) bool: [i, j] = node j is node i or one of its ancestors; ``parents`` (n,), -1 for the root.
 
-    ``levels`` bounds the depth (a static number of pointer-chasing steps)."""
+    Start from "itself or its parent" and square the relation: after k squarings it reaches 2^k levels
+    up, so ``levels`` (a bound on the depth) takes log2(levels) boolean matrix products."""
     n = parents.shape[0]
-    index = torch.arange(n, device=parents.device)
-    seen = torch.zeros(n, n + 1, dtype=torch.bool, device=parents.device)  # column n: "above the root"
-    node = index
-    for _ in range(levels):
-        seen[index, torch.where(node >= 0, node, n)] = True
-        node = torch.where(node >= 0, parents[node.clamp(min=0)], node)
-    return seen[:, :n]
+    up = torch.zeros(n, n + 1, device=parents.device).scatter_(1, torch.where(parents >= 0, parents, n)[:, None], 1.0)
+    reach = up[:, :n] + torch.eye(n, device=parents.device)  # (n, n) 0/1: itself or its parent
+    span = 1
+    while span < levels:
+        reach = (reach @ reach).clamp_(max=1.0)
+        span *= 2
+    return reach > 0
 
 
 def tree_mask_rows(anc: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -180,20 +181,22 @@ class TensorTree:
     probs: torch.Tensor  # (B,) float
     slots: torch.Tensor  # (B,) long: the pool slot of each node (for the drafter's bookkeeping)
     child_row: torch.Tensor  # (B,) long: the distribution row that proposed each node's children, -1 if none
+    anc: torch.Tensor  # (B, B) bool: [i, j] = node j is node i or an ancestor of it (``ancestors``)
     root_row: int = 0  # the root's children came from distribution row 0
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
 
-def select_tree(pool: Pool, budget: int) -> TensorTree:
-    """The ``budget`` best slots of the pool as a tree, renumbered in score order (parents first)."""
+def select_tree(pool: Pool, budget: int, levels: int) -> TensorTree:
+    """The ``budget`` best slots of the pool as a tree of at most ``levels`` levels, renumbered in score
+    order (parents first)."""
     order, ok = pool.best(budget)  # (B,), (B,)
     P = pool.cols.shape[0]
     index = torch.full((P + 1,), -1, dtype=torch.long, device=order.device)
     index[order] = torch.arange(order.shape[0], device=order.device)
     parent_slot = pool.parents[order]
-    parents = torch.where(parent_slot >= 0, index[parent_slot.clamp(min=0)], parent_slot)
-    return TensorTree(pool.tokens[order], pool.cols[order], torch.where(ok, parents, -1), pool.depth[order], ok,
+    parents = torch.where(ok & (parent_slot >= 0), index[parent_slot.clamp(min=0)], -1)
+    return TensorTree(pool.tokens[order], pool.cols[order], parents, pool.depth[order], ok,
                       pool.origin[order], pool.probs[order], order,
-                      torch.where(ok & pool.planned[order], pool.row_of[order], -1))
+                      torch.where(ok & pool.planned[order], pool.row_of[order], -1), ancestors(parents, levels))

@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from .trees import TensorTree, ancestors, pick, uniforms
+from .trees import TensorTree, pick, uniforms
 
 
 @dataclass
@@ -56,8 +56,7 @@ def greedy_walk(tree: TensorTree, logits: torch.Tensor, levels: int) -> DeviceVe
     choice = logits.argmax(-1)  # (1 + B,)
     parent_row = tree.parents + 1  # the root's children read row 0
     match = tree.valid & (tree.tokens == choice[parent_row])  # (B,)
-    anc = ancestors(tree.parents, levels)  # (B, B)
-    ok = match & ~(anc & ~match[None, :]).any(1)  # the node and every ancestor match
+    ok = match & ~(tree.anc & ~match[None, :]).any(1)  # the node and every ancestor match
     count = ok.sum()
     path = _accepted_path(ok, tree.depth, levels)
     last_row = torch.where(count > 0, pick(path, (count - 1).clamp(min=0)) + 1, 0)
