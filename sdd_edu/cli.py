@@ -200,7 +200,7 @@ def _generate_settings(args) -> dict:
 
 
 def cmd_generate(args) -> None:
-    from .decoding import generate
+    from .measure.generation import generate
 
     if args.json:
         res = generate(args.ladder, args.prompt, method=args.method, max_new_tokens=args.max_new_tokens,
@@ -252,7 +252,7 @@ def cmd_demo(args) -> None:
     print()
     print(format_table(result))
     if args.report:
-        from .decoding import generate
+        from .measure.generation import generate
         from .report import write_report
 
         tree_step = None

@@ -59,6 +59,14 @@ def bucket_for(n: int) -> int:
     return next(b for b in BUCKETS if b >= n)
 
 
+def new_cache(model, max_len: int, fast: bool = True, role: str = "target") -> KVCache:
+    """A cache for ``max_len`` tokens: the fast path's (``static_cache``), or with ``fast=False`` the
+    engine's own (``model.new_cache``)."""
+    if max_len > model.config.max_seq_len:
+        raise ValueError(f"cache length {max_len} exceeds the model's context ({model.config.max_seq_len})")
+    return static_cache(model, max_len, role) if fast else model.new_cache(max_len)
+
+
 def static_cache(model, max_len: int, role: str = "target") -> "StaticKVCache":
     """A fast cache for at least ``max_len`` tokens, reset and reused across generations.
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .errors import SddError
-from .loading import DRAFT_ASSET, EMBEDDED, EMBEDDED_DRAFT, LoadedModel, load_model
+from .loading import DRAFT_ASSET, EMBEDDED, EMBEDDED_DRAFT, LoadedModel, load_model, saved_linear_paths
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,6 @@ _LADDERS_LOADED: dict[tuple, LoadedLadder] = {}
 
 def load_ladder(name: str = DEFAULT_LADDER, device=None, dtype=None) -> LoadedLadder:
     """Target, draft and n-gram stage of a ladder, loaded once per process."""
-    from .decoding.drafters import check_compatible
     from .ngram import PromptLookup
 
     lad = get_ladder(name)
@@ -171,7 +170,6 @@ def load_ladder(name: str = DEFAULT_LADDER, device=None, dtype=None) -> LoadedLa
         draft = load_cached(lad.draft, device, dtype) if lad.draft else None
         if draft is not None:
             check_compatible(target, draft)
-        from .measure.roofline import saved_linear_paths
         saved_linear_paths(target.device, target.model.dtype)  # the matrix products measured fastest here, if measured
         if lad.ngram == "trigram-draft":
             ngram = draft_trigram(target)
@@ -186,7 +184,6 @@ def load_ladder(name: str = DEFAULT_LADDER, device=None, dtype=None) -> LoadedLa
 def make_ladder(target: LoadedModel, draft: Optional[LoadedModel] = None, ngram=None,
                 name: str = "custom") -> LoadedLadder:
     """A ladder from models already loaded (notebooks and tests use this with their own models)."""
-    from .decoding.drafters import check_compatible
     from .ngram import PromptLookup
 
     if draft is not None:
@@ -214,3 +211,16 @@ def with_random_draft(ladder: LoadedLadder, seed: int = 0) -> LoadedLadder:
     lad = Ladder(f"{ladder.ladder.name}-random-draft", ladder.ladder.target, draft.name, ladder.ladder.ngram,
                  f"{ladder.ladder.description}; draft replaced by random weights", ladder.ladder.offline)
     return LoadedLadder(lad, ladder.target, draft, ladder.ngram)
+
+
+def check_compatible(target: LoadedModel, draft: LoadedModel) -> None:
+    """Draft and target must share a tokenizer: the draft's token ids must mean the same text."""
+    tv, dv = target.config.vocab_size, draft.config.vocab_size
+    if tv != dv:
+        raise SddError(f"draft {draft.name!r} and target {target.name!r} have different vocabularies "
+                       f"({dv} vs {tv} tokens); speculative decoding needs one shared tokenizer")
+    if target.tokenizer is not None and draft.tokenizer is not None:
+        probe = "def f(x):\n    return x  # héllo 123"
+        if target.encode(probe) != draft.encode(probe):
+            raise SddError(f"draft {draft.name!r} and target {target.name!r} tokenize text differently; "
+                           "speculative decoding needs one shared tokenizer")

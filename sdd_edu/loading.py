@@ -9,8 +9,11 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
+import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +86,76 @@ def cache_dir() -> Path:
     if root:
         return Path(root)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sdd-edu"
+
+
+# ----------------------------------------------------------------------------- the machine, in words
+
+def device_description(device: torch.device) -> str:
+    """The device in words, with the CPU thread count (it changes CPU results a lot)."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    if device.type == "mps":
+        return f"Apple MPS ({platform.processor() or platform.machine()})"
+    cpu = _cpu_name() or platform.processor() or platform.machine()
+    return f"CPU {cpu}, {torch.get_num_threads()} threads"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_features() -> str:
+    """The CPU's vector instructions that change which matrix product is fastest ("" if unknown): two CPUs
+    with the same name can differ here (a cloud "AMD EPYC" with or without AVX-512)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
+    except OSError:
+        pass
+    return platform.machine()
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def linear_paths_file(device, dtype) -> tuple[str, Path]:
+    """Where the matrix-product choice measured for this CPU and dtype is filed (``roofline.choose_linear_paths``),
+    and the key that names the machine it was measured on."""
+    key = f"{device_description(torch.device(device))}|{cpu_features()}|{dtype}|product paths"
+    return key, cache_dir() / "linear-paths" / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".json")
+
+
+def install_linear_paths(record: dict) -> None:
+    """Make the engine use the row-block product at the record's row counts (``roofline.choose_linear_paths``)."""
+    from .model import Linear
+
+    dtype = getattr(torch, record["dtype"].replace("torch.", ""))
+    Linear.ROW_BLOCK_ROWS[("cpu", dtype)] = frozenset(record["row_blocks"])
+
+
+def saved_linear_paths(device, dtype, max_rows: int = 1) -> "dict | None":
+    """The product paths measured before on this CPU and dtype, for at least ``max_rows`` rows (installed),
+    or None."""
+    if torch.device(device).type != "cpu":
+        return None
+    key, path = linear_paths_file(device, dtype)
+    try:
+        record = json.loads(path.read_text()) if path.exists() else None
+    except (OSError, ValueError):
+        return None
+    if record is None or record.get("key") != key or record["points"][-1][0] < max_rows:
+        return None
+    install_linear_paths(record)
+    return record
 
 
 # ----------------------------------------------------------------------------- the loaded model
@@ -435,3 +508,43 @@ def _llama(hf: dict, raw: dict):
 
 def _first(x):
     return x[0] if isinstance(x, list) else x
+
+
+def export_hf(draft: LoadedModel, out: Path) -> Path:
+    """A standard ``LlamaForCausalLM`` folder of the draft, e.g. for transformers' assisted generation.
+
+    The reduced head becomes a full-vocabulary ``lm_head`` whose rows outside the head are zero, so those
+    tokens get logit 0 instead of minus infinity: the greedy choice is the same whenever the best head
+    logit is positive (``sdd_edu.train_draft`` checks it on HumanEval when exporting).
+    """
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig
+
+    c = draft.config
+    hf = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.d_ff,
+                     num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head,
+                     max_position_embeddings=c.max_seq_len, rms_norm_eps=c.norm_eps, rope_theta=c.rope_theta,
+                     tie_word_embeddings=False, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id)
+    m = draft.model
+    state = {"model.embed_tokens.weight": m.tok_emb.weight, "model.norm.weight": m.norm.weight}
+    head = torch.zeros_like(m.tok_emb.weight)
+    ids = m.head_ids if c.head_size else torch.arange(c.vocab_size)
+    head[ids] = m.tok_emb.weight[ids]
+    state["lm_head.weight"] = head
+    q_out, kv_out = c.n_head * c.head_dim, c.n_kv_head * c.head_dim
+    for i, block in enumerate(m.blocks):
+        p = f"model.layers.{i}."
+        q, k, v = block.attn.qkv.weight.split([q_out, kv_out, kv_out])
+        gate, up = block.mlp.up.weight.chunk(2)
+        state.update({p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
+                      p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": block.attn.out.weight,
+                      p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up,
+                      p + "mlp.down_proj.weight": block.mlp.down.weight,
+                      p + "input_layernorm.weight": block.norm1.weight,
+                      p + "post_attention_layernorm.weight": block.norm2.weight})
+    out.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(str(out))
+    save_file({k: v.float().contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
+    if draft.tokenizer is not None:
+        draft.tokenizer.save_pretrained(str(out))
+    return out

@@ -380,14 +380,10 @@ class Transformer(nn.Module):
     def dtype(self):
         return self.tok_emb.weight.dtype
 
-    def new_cache(self, max_len: int, batch_size: int = 1, fast: bool = False, role: str = "target") -> KVCache:
-        """A KV cache for ``max_len`` tokens.  ``fast``: the fast path's fixed-shape cache (``sdd_edu/fast.py``),
-        kept for the next generation in the same ``role`` (its CUDA graphs with it)."""
+    def new_cache(self, max_len: int, batch_size: int = 1) -> KVCache:
+        """A KV cache for ``max_len`` tokens (the fast path's fixed-shape one: ``fast.new_cache``)."""
         if max_len > self.config.max_seq_len:
             raise ValueError(f"cache length {max_len} exceeds the model's context ({self.config.max_seq_len})")
-        if fast:
-            from .fast import static_cache
-            return static_cache(self, max_len, role)
         return KVCache(self.config, max_len, batch_size, self.device, self.dtype)
 
     def forward(self, input_ids: torch.Tensor, cache: Optional[KVCache] = None,

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import SddError
-from .loading import LoadedModel, cache_dir, load_model
+from .loading import LoadedModel, cache_dir, export_hf, load_model
 from .model import ModelConfig, Transformer
 from .sampling import Sampling
 
@@ -356,46 +356,6 @@ def cmd_export(args) -> None:
     print(f"wrote {ASSET_DIR / 'model.safetensors'} ({size / 1e6:.1f} MB)")
     if args.hf:
         export_hf(load_model("smollm2-draft", dtype="fp32"), Path(args.hf))
-
-
-def export_hf(draft: LoadedModel, out: Path) -> Path:
-    """A standard ``LlamaForCausalLM`` folder of the draft, e.g. for transformers' assisted generation.
-
-    The reduced head becomes a full-vocabulary ``lm_head`` whose rows outside the head are zero, so those
-    tokens get logit 0 instead of minus infinity: the greedy choice is the same whenever the best head
-    logit is positive (``sdd_edu.train_draft`` checks it on HumanEval when exporting).
-    """
-    from safetensors.torch import save_file
-    from transformers import LlamaConfig
-
-    c = draft.config
-    hf = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.d_ff,
-                     num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head,
-                     max_position_embeddings=c.max_seq_len, rms_norm_eps=c.norm_eps, rope_theta=c.rope_theta,
-                     tie_word_embeddings=False, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id)
-    m = draft.model
-    state = {"model.embed_tokens.weight": m.tok_emb.weight, "model.norm.weight": m.norm.weight}
-    head = torch.zeros_like(m.tok_emb.weight)
-    ids = m.head_ids if c.head_size else torch.arange(c.vocab_size)
-    head[ids] = m.tok_emb.weight[ids]
-    state["lm_head.weight"] = head
-    q_out, kv_out = c.n_head * c.head_dim, c.n_kv_head * c.head_dim
-    for i, block in enumerate(m.blocks):
-        p = f"model.layers.{i}."
-        q, k, v = block.attn.qkv.weight.split([q_out, kv_out, kv_out])
-        gate, up = block.mlp.up.weight.chunk(2)
-        state.update({p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
-                      p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": block.attn.out.weight,
-                      p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up,
-                      p + "mlp.down_proj.weight": block.mlp.down.weight,
-                      p + "input_layernorm.weight": block.norm1.weight,
-                      p + "post_attention_layernorm.weight": block.norm2.weight})
-    out.mkdir(parents=True, exist_ok=True)
-    hf.save_pretrained(str(out))
-    save_file({k: v.float().contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
-    if draft.tokenizer is not None:
-        draft.tokenizer.save_pretrained(str(out))
-    return out
 
 
 def cmd_samples(args) -> None:

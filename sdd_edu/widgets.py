@@ -222,7 +222,7 @@ class AcceptanceExplorer(View):
                 "budget": _positive("tree size", c["budget"])}
 
     def draw(self) -> None:
-        from .decoding import generate
+        from .measure.generation import generate
         from .measure.acceptance import acceptance_records
 
         method, temperature = self.controls["method"].value, self.controls["temperature"].value
@@ -332,7 +332,7 @@ class TokenOriginView(View):
 
     def draw(self) -> None:
         from .data import resolve_prompt
-        from .decoding import generate
+        from .measure.generation import generate
 
         c = {k: w.value for k, w in self.controls.items()}
         res = generate(self.ladder, c["prompt"], method=c["method"], max_new_tokens=self.max_new_tokens,
@@ -382,7 +382,7 @@ class TreeView(View):
         self.step.observe(lambda change: self._guarded(self.draw_step), names="value")
 
     def draw(self) -> None:
-        from .decoding import generate
+        from .measure.generation import generate
 
         c = {k: w.value for k, w in self.controls.items()}
         settings = {k: _positive(k if k != "budget" else "tree size", c[k]) for k in ("width", "depth", "budget")}
@@ -453,7 +453,8 @@ class TreePlanView(View):
         return self.loaded[dtype]
 
     def draw(self) -> None:
-        from .measure.tree_plan import measure_shapes, plan_tree
+        from .measure.bench import measure_shapes
+        from .measure.tree_plan import plan_tree
 
         c = {k: w.value for k, w in self.controls.items()}
         ladder = self._ladder(c.get("dtype"))

@@ -72,7 +72,7 @@ def test_hugging_face_export_matches_our_draft(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from sdd_edu.loading import load_model
-    from sdd_edu.train_draft import export_hf
+    from sdd_edu.loading import export_hf
 
     draft = load_model("smollm2-draft", dtype="fp32")
     export_hf(draft, tmp_path)

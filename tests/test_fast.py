@@ -8,7 +8,7 @@ import torch
 
 from sdd_edu import SddError, generate
 from sdd_edu.decoding.tree import tree_attention_mask
-from sdd_edu.fast import BUCKETS, StaticKVCache, bucket_for
+from sdd_edu.fast import BUCKETS, StaticKVCache, bucket_for, new_cache
 from tests.test_speculative import random_lm
 
 
@@ -24,7 +24,7 @@ def _forward_pair(model, cached, ids, pos=None, mask=None, **kw):
     """Logits of the same forward on an eager cache and on a fast one, after the same ``cached`` prompt."""
     out = []
     for fast in (False, True):
-        cache = model.new_cache(cached + 80, fast=fast)
+        cache = new_cache(model, cached + 80, fast=fast)
         if cached:
             model(torch.arange(cached)[None] % model.config.vocab_size, cache)
         out.append(model(ids, cache, position_ids=pos, attention_mask=mask, **kw))
@@ -80,7 +80,7 @@ def test_keep_and_truncate_work_on_the_fast_cache():
     m = random_lm(7).model
     outs = []
     for fast in (False, True):
-        cache = m.new_cache(60, fast=fast)
+        cache = new_cache(m, 60, fast=fast)
         m(torch.tensor([[1, 2, 3, 4, 5]]), cache)
         m(torch.tensor([[6, 7, 8, 9]]), cache)
         cache.keep(5, [0, 2])  # keep 6 and 8, as a verification keeps an accepted path
@@ -109,25 +109,25 @@ def test_fast_caches_are_kept_for_the_next_generation_one_per_role():
 
     target = random_lm(14)
     m = target.model
-    first = m.new_cache(40, fast=True)
+    first = new_cache(m, 40, fast=True)
     m(torch.tensor([[1, 2, 3]]), first)
-    again = m.new_cache(100, fast=True)
+    again = new_cache(m, 100, fast=True)
     assert again is first and again.length == 0 and again.max_len == CAPACITY_STEP  # reset, graphs kept
-    assert m.new_cache(40, fast=True, role="draft") is not first
+    assert new_cache(m, 40, fast=True, role="draft") is not first
     same = make_ladder(target, target, PromptLookup())  # a draft that is the target: two caches, no clash
     base = generate(same, [1, 2, 3], max_new_tokens=20, stop_at_eos=False)
     spec = generate(same, [1, 2, 3], method="speculative", max_new_tokens=20, stop_at_eos=False, fast=True,
                     adaptive=False)
     assert spec.token_ids == base.token_ids and spec.stats.tokens_per_target_forward > 2
     release(m)
-    assert m.new_cache(40, fast=True) is not first
+    assert new_cache(m, 40, fast=True) is not first
 
 
 def test_the_static_body_traces_with_no_graph_break_and_the_eager_one_does_not():
     """``fullgraph=True`` raises on a host synchronisation (``.item()``, ``int(tensor)``), which would
     also break a CUDA graph capture: the static body has none; the eager forward's range check does."""
     m = random_lm(9).model
-    cache = m.new_cache(40, fast=True)
+    cache = new_cache(m, 40, fast=True)
     m(torch.tensor([[1, 2, 3, 4, 5]]), cache)  # fills the input buffers for a bucket of 8
     body = torch.compile(lambda: cache._body(m, 8), backend="eager", fullgraph=True)
     with torch.inference_mode():
@@ -160,7 +160,7 @@ def test_the_fast_path_checks_its_limits_with_clear_errors():
 def _ops_per_forward(model, tokens=1, fast=False):
     from torch.profiler import ProfilerActivity, profile
 
-    cache = model.new_cache(64, fast=fast)
+    cache = new_cache(model, 64, fast=fast)
     with torch.inference_mode():
         model(torch.zeros(1, 16, dtype=torch.long), cache)
         x = torch.zeros(1, tokens, dtype=torch.long)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from sdd_edu.decoding import METHODS, generate
+from sdd_edu import generate
+from sdd_edu.decoding import METHODS
 from sdd_edu.ladders import make_ladder
 from sdd_edu.loading import load_model
 from sdd_edu.measure.roofline import device_ceilings, latency_curve

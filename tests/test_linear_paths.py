@@ -84,7 +84,7 @@ def test_the_chooser_measures_both_paths_on_a_real_forward(table):
     assert all(ms > 0 for p in record["points"] for ms in p[1:])
     assert set(record["row_blocks"]) <= {1, 2, 3}
     assert table[("cpu", torch.float32)] == frozenset(record["row_blocks"])
-    assert not list((roofline._linear_paths_file(m.device, torch.float32)[1]).parent.glob("*.json"))  # save=False
+    assert not list((roofline.linear_paths_file(m.device, torch.float32)[1]).parent.glob("*.json"))  # save=False
 
 
 def test_a_latency_curve_belongs_to_its_product_paths(table, monkeypatch):

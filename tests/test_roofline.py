@@ -84,9 +84,8 @@ def test_forward_costs_are_timed_on_the_path_decoding_takes(monkeypatch):
 
     lm = random_lm(32, n_layer=1)
     caches = []
-    real_new_cache = type(lm.model).new_cache
-    monkeypatch.setattr(type(lm.model), "new_cache",
-                        lambda self, *a, **k: caches.append(real_new_cache(self, *a, **k)) or caches[-1])
+    real_new_cache = roofline.new_cache
+    monkeypatch.setattr(roofline, "new_cache", lambda *a, **k: caches.append(real_new_cache(*a, **k)) or caches[-1])
     roofline.forward_latency_ms(lm, 3, context=8, repeats=1, fast=True)
     assert isinstance(caches[-1], StaticKVCache)
     roofline.forward_latency_ms(lm, 3, context=8, repeats=1)  # on a CPU: the eager forward, measured apart

@@ -182,7 +182,7 @@ def test_tree_view(ladder):
 
 
 def test_static_figures_render_to_html_files(ladder, tmp_path):
-    from sdd_edu.decoding import generate
+    from sdd_edu import generate
 
     res = generate(ladder, PROMPTS[0], method="staged", max_new_tokens=10, width=2, depth=3, budget=5)
     rec = acceptance_records([res])
@@ -271,7 +271,7 @@ def test_acceptance_formula_and_records(ladder):
     assert expected_tokens_per_forward(0.5, 2) == pytest.approx(1 + 0.5 + 0.25)
     with pytest.raises(ValueError):
         expected_tokens_per_forward(1.5, 2)
-    from sdd_edu.decoding import generate
+    from sdd_edu import generate
 
     res = [generate(ladder, p, method="speculative", max_new_tokens=10, gamma=3) for p in PROMPTS]
     rec = acceptance_records(res)
@@ -281,7 +281,7 @@ def test_acceptance_formula_and_records(ladder):
 
 
 def test_report_is_one_self_contained_page(ladder, tmp_path):
-    from sdd_edu.decoding import generate
+    from sdd_edu import generate
     from sdd_edu.measure.bench import run_bench
     from sdd_edu.report import write_report
 

@@ -8,10 +8,17 @@ import torch
 
 from ..data import resolve_prompt
 from ..errors import SddError
+from ..fast import BUCKETS, on_by_default
+from ..ladders import load_ladder
 from ..loading import DTYPES, LoadedModel
+from ..ngram import PromptLookup
 from ..sampling import Sampling
 from .baseline import baseline_decode, decode_one_token, prefill
 from .common import ORIGINS, GenerationResult, GenerationStats, trace_summary
+from .device import loop as device_loop  # the same steps on the device: the fast path's loops
+from .drafters import ModelDrafter, NgramDrafter
+from .schedule import DraftSchedule, ForwardCosts, linear_step_cost, measured_step_cost
+from .speculative import speculative_decode
 from .tree import RULES
 
 METHODS = ("baseline", "speculative", "tree", "staged")
@@ -31,17 +38,20 @@ DEFAULTS = {
     "staged": {"width": 4, "depth": 8, "budget": 36, "beam": 4, "rounds": 1,
                "ngram_fanout": (12, 7, 4, 1, 1, 1), "rule": "rrs", "lookup": True, **SCHEDULE},
 }
+# ``beam`` 1 on a CPU: each draft forward expands the one best node (a forward over more tokens costs
+# more there; measured with beam 4, top-k 50 sampling, HumanEval/0-9: tree 24.5 against 27.7 tok/s,
+# its adaptive schedule drafting at 41% of the steps instead of 91%).
 CPU_DEFAULTS = {
     "speculative": {"gamma": 3},
-    "tree": {"width": 2, "depth": 3, "budget": 3},
-    "staged": {"width": 2, "depth": 3, "budget": 3, "ngram_fanout": (4, 2, 1)},
+    "tree": {"width": 2, "depth": 3, "budget": 3, "beam": 1},
+    "staged": {"width": 2, "depth": 3, "budget": 3, "beam": 1, "ngram_fanout": (4, 2, 1)},
 }
 # In bf16 on a CPU with bf16 dot-product instructions (AVX512-BF16, AMX), a forward stays near its
 # one-token cost for longer (measured: 1.2x at 8 tokens; fp32: 1.7x at 4), so bigger trees pay there.
 CPU_BF16_DEFAULTS = {
     "speculative": {"gamma": 3},
-    "tree": {"width": 2, "depth": 4, "budget": 6},
-    "staged": {"width": 2, "depth": 4, "budget": 6, "ngram_fanout": (4, 2, 1)},
+    "tree": {"width": 2, "depth": 4, "budget": 6, "beam": 1},
+    "staged": {"width": 2, "depth": 4, "budget": 6, "beam": 1, "ngram_fanout": (4, 2, 1)},
 }
 
 
@@ -56,9 +66,6 @@ def defaults_for(method: str, device, dtype=None) -> dict:
 
 def make_drafter(ladder, method: str, **settings):
     """The drafter a method uses on a ladder: the draft model when there is one, else the n-gram stage."""
-    from ..ngram import PromptLookup
-    from .drafters import ModelDrafter, NgramDrafter
-
     unknown = set(settings) - set(DEFAULTS[method])
     if unknown:
         raise SddError(f"method {method!r} has no setting(s) {sorted(unknown)}; "
@@ -91,21 +98,22 @@ def make_drafter(ladder, method: str, **settings):
 
 
 def make_schedule(target: LoadedModel, drafter, adaptive: bool = True, node_cost="measured",
-                  fast: Optional[bool] = None, **_):
+                  fast: Optional[bool] = None, forward_ms: Optional[ForwardCosts] = None, **_):
     """The speculation schedule for ``drafter``: its configured size every step, or adaptive (up to twice it).
-    ``fast``: whether the forwards run on the fast path (their measured costs are those of that path)."""
-    from .schedule import DraftSchedule, linear_step_cost, measured_step_cost
-
+    ``fast``: whether the forwards run on the fast path (the largest graph then caps the size).
+    ``node_cost="measured"`` prices the sizes by ``forward_ms``, this device's forward latencies on the path
+    decoding takes, measured by the caller (``sdd_edu.generate`` hands in ``roofline.forward_latency_ms``)."""
     if not adaptive:
         return DraftSchedule(drafter.budget, drafter.budget, adaptive=False)
     max_size = 2 * drafter.budget
     if fast:  # a bigger tree than the largest graph (its new token + nodes) would run the slow eager forward
-        from ..fast import BUCKETS
-
         max_size = max(drafter.budget, min(max_size, BUCKETS[-1] - 1))
     drafter.max_size = max_size  # the forwards_for() estimates below may look at sizes up to it
     if node_cost == "measured":  # measured before, then learnt from this generation's own steps
-        return DraftSchedule(drafter.budget, max_size, measured_step_cost(target, drafter, max_size, fast),
+        if forward_ms is None:
+            raise SddError("node_cost='measured' prices each size by this device's forward latencies: pass "
+                           "forward_ms (sdd_edu.generate measures them), or a number for node_cost")
+        return DraftSchedule(drafter.budget, max_size, measured_step_cost(target, drafter, max_size, forward_ms),
                              learn_times=True)
     return DraftSchedule(drafter.budget, max_size, linear_step_cost(node_cost))  # repeatable: no timing
 
@@ -114,7 +122,7 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
              method: str = "baseline", max_new_tokens: int = 128, temperature: float = 0.0,
              top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
              stream=None, stop_at_eos: bool = True, device=None, dtype=None, fast: Optional[bool] = None,
-             **settings) -> GenerationResult:
+             plan: Optional[dict] = None, forward_ms: Optional[ForwardCosts] = None, **settings) -> GenerationResult:
     """Generate a continuation of ``prompt`` (text, a HumanEval id such as 'HumanEval/0', or token ids).
 
     ``ladder``: a ladder name (see ``sdd_edu.ladders.LADDERS``), a ``LoadedLadder``, or a loaded
@@ -124,11 +132,12 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
     ``defaults_for(method, device, dtype)``.  ``stream`` is called with each batch of new token ids.
     ``fast``: forwards of fixed shapes, replayed from CUDA graphs on a GPU (``sdd_edu/fast.py``); by
     default on for CUDA, off elsewhere (on a CPU it computes the same, with nothing to gain).
-    """
-    from ..ladders import load_ladder
-    from .drafters import ModelDrafter
-    from .speculative import speculative_decode
 
+    What was measured on the device comes in as data: ``plan``, a tree plan (``sdd_edu.measure.tree_plan``)
+    whose shape is the method's default shape (and the shape of ``budget="auto"``); ``forward_ms``, the
+    forward latencies that price the adaptive schedule's sizes (``node_cost="measured"``, the default).
+    ``sdd_edu.generate`` measures and files both, and hands them in.
+    """
     if method not in METHODS:
         raise SddError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
@@ -139,8 +148,6 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
     else:
         target, loaded = ladder.target, ladder
     if fast is None:
-        from ..fast import on_by_default
-
         fast = on_by_default(target.device)
     if not isinstance(fast, bool):
         raise SddError(f"fast must be True, False or None (on for CUDA), got {fast!r}")
@@ -155,9 +162,7 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
         if settings:
             raise SddError(f"method 'baseline' takes no settings {sorted(settings)}")
         if fast:  # the token stays on the device between reads (``device/loop.py``)
-            from .device.loop import baseline_decode as device_baseline
-
-            return device_baseline(target, prompt_ids, max_new_tokens, sampling, stream, stop_at_eos)
+            return device_loop.baseline_decode(target, prompt_ids, max_new_tokens, sampling, stream, stop_at_eos)
         return baseline_decode(target, prompt_ids, max_new_tokens, sampling, stream, stop_at_eos)
     if loaded is None:
         raise SddError(f"method {method!r} needs a ladder (target + draft + n-gram), not a single model; "
@@ -165,38 +170,53 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
     rule = settings.get("rule", "rrs")
     if rule not in RULES:
         raise SddError(f"unknown sampling rule {rule!r}; use one of {RULES}")
-    settings = _tree_shape(loaded, method, settings, prompt_ids)
+    settings = tree_shape(method, settings, plan)
     drafter = make_drafter(loaded, method, **settings)
     schedule = make_schedule(target, drafter, **{**defaults_for(method, target.device, target.dtype), **settings},
-                             fast=fast)
+                             fast=fast, forward_ms=forward_ms)
     if fast and isinstance(drafter, ModelDrafter):  # the whole step on the device, one read per step
-        from .device.loop import speculative_decode as device_speculative
-
-        return device_speculative(target, drafter, prompt_ids, max_new_tokens, sampling, method, rule, stream,
-                                  stop_at_eos, schedule=schedule)
+        return device_loop.speculative_decode(target, drafter, prompt_ids, max_new_tokens, sampling, method, rule,
+                                              stream, stop_at_eos, schedule=schedule)
     return speculative_decode(target, drafter, prompt_ids, max_new_tokens, sampling, method, rule, stream,
                               stop_at_eos, schedule=schedule, fast=fast)
 
 
-def _tree_shape(ladder, method: str, settings: dict, prompt_ids: list[int]) -> dict:
-    """``budget="auto"`` (``gamma="auto"`` for a chain): the shape planned for this device (measured once,
-    ``sdd_edu.measure.tree_plan``).  With no shape given, a plan filed on disk for this device, dtype and
-    ladder supplies the default shape; without one, the constants of ``defaults_for`` do."""
-    from ..measure.tree_plan import PROBE_PROMPTS, SHAPE_KEYS, cached_shape, plan_tree
+SHAPE_KEYS = {"speculative": ("gamma",), "tree": ("width", "depth", "budget"), "staged": ("width", "depth", "budget")}
 
-    keys = SHAPE_KEYS[method]
+
+def asks_for_a_plan(method: str, settings: dict) -> bool:
+    """Whether ``settings`` ask for the shape planned for this device (``budget="auto"``; ``gamma="auto"`` for
+    a chain), checked: "auto" stands for the method's last shape key, alone."""
+    keys = SHAPE_KEYS.get(method, ())
     given = {k: settings[k] for k in ("gamma", "width", "depth", "budget") if k in settings}
     auto = [k for k, v in given.items() if isinstance(v, str)]
     if not auto:
-        return settings if given else {**cached_shape(ladder, method), **settings}
-    if any(given[k] != "auto" for k in auto) or set(auto) != {keys[-1]} or len(given) > 1:
-        raise SddError(f"{method} chooses its shape with {keys[-1]}='auto' alone (no other "
+        return False
+    if not keys or any(given[k] != "auto" for k in auto) or set(auto) != {keys[-1]} or len(given) > 1:
+        raise SddError(f"{method} chooses its shape with {keys[-1] if keys else 'budget'}='auto' alone (no other "
                        f"{'/'.join(keys)} beside it), got {given}")
-    # the probe prompts need a tokenizer; a model without one is probed on this prompt
-    prompts = PROBE_PROMPTS if ladder.target.tokenizer is not None else [prompt_ids]
-    plan = plan_tree(ladder, method, prompts=prompts)
-    return {**{k: v for k, v in settings.items() if k not in given}, **plan["shape"]}
+    return True
 
 
-__all__ = ["generate", "make_drafter", "make_schedule", "defaults_for", "DEFAULTS", "CPU_DEFAULTS", "CPU_BF16_DEFAULTS", "METHODS", "ORIGINS", "GenerationResult", "GenerationStats",
+def tree_shape(method: str, settings: dict, plan: Optional[dict]) -> dict:
+    """The settings with the shape ``plan`` gives: for ``budget="auto"`` (``gamma="auto"``), or as the default
+    when no shape is given.  Without a plan the constants of ``defaults_for`` are the defaults."""
+    keys = ("gamma", "width", "depth", "budget")
+    if asks_for_a_plan(method, settings):
+        if plan is None:
+            raise SddError(f"{SHAPE_KEYS[method][-1]}='auto' needs the tree planned for this device: call "
+                           "sdd_edu.generate, which measures and files it, or pass plan=")
+        return {**{k: v for k, v in settings.items() if k not in keys}, **_plan_shape(plan, method)}
+    if plan is not None and not any(k in settings for k in keys):
+        return {**_plan_shape(plan, method), **settings}
+    return settings
+
+
+def _plan_shape(plan: dict, method: str) -> dict:
+    if plan.get("method") != method:
+        raise SddError(f"a tree plan for {plan.get('method')!r} cannot shape {method!r}")
+    return dict(plan["shape"])
+
+
+__all__ = ["generate", "make_drafter", "make_schedule", "tree_shape", "asks_for_a_plan", "SHAPE_KEYS", "defaults_for", "DEFAULTS", "CPU_DEFAULTS", "CPU_BF16_DEFAULTS", "METHODS", "ORIGINS", "GenerationResult", "GenerationStats",
            "trace_summary", "baseline_decode", "prefill", "decode_one_token"]

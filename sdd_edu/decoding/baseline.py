@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from ..fast import new_cache
 from ..loading import LoadedModel
 from ..model import KVCache, Transformer
 from ..sampling import Sampling, next_token
@@ -46,7 +47,7 @@ def baseline_decode(target: LoadedModel, prompt_ids: list[int], max_new_tokens: 
 
     synchronize(target.device)
     t_start = time.perf_counter()
-    cache = model.new_cache(len(prompt_ids) + max_new_tokens, fast=fast)
+    cache = new_cache(model, len(prompt_ids) + max_new_tokens, fast=fast)
     with timer("target_seconds"):
         logits = prefill(model, cache, prompt_ids)
     stats.prefill_seconds = time.perf_counter() - t_start

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from ..errors import SddError
+from ..fast import new_cache
 from ..loading import LoadedModel
 from ..sampling import Sampling, probabilities
 from .common import synchronize
@@ -334,8 +335,8 @@ class ModelDrafter(Drafter):
 
     def begin(self, prompt_ids, max_len):
         super().begin(prompt_ids, max_len)
-        self.cache = self.draft.model.new_cache(min(max_len + self._extra_slots(), self.draft.config.max_seq_len),
-                                                fast=self.fast, role="draft")
+        self.cache = new_cache(self.draft.model, min(max_len + self._extra_slots(), self.draft.config.max_seq_len),
+                               fast=self.fast, role="draft")
         self.cached = 0  # context tokens whose keys/values are committed in the draft cache
         self.skipped = False
         self.lookup_hits, self.lookup_tries = 0.0, 0.0
@@ -554,14 +555,3 @@ class ModelDrafter(Drafter):
         self.ngram_seconds += time.perf_counter() - t0
 
 
-def check_compatible(target: LoadedModel, draft: LoadedModel) -> None:
-    """Draft and target must share a tokenizer: the draft's token ids must mean the same text."""
-    tv, dv = target.config.vocab_size, draft.config.vocab_size
-    if tv != dv:
-        raise SddError(f"draft {draft.name!r} and target {target.name!r} have different vocabularies "
-                       f"({dv} vs {tv} tokens); speculative decoding needs one shared tokenizer")
-    if target.tokenizer is not None and draft.tokenizer is not None:
-        probe = "def f(x):\n    return x  # héllo 123"
-        if target.encode(probe) != draft.encode(probe):
-            raise SddError(f"draft {draft.name!r} and target {target.name!r} tokenize text differently; "
-                           "speculative decoding needs one shared tokenizer")

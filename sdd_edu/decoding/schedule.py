@@ -181,14 +181,16 @@ class DraftSchedule:
         self.idle = 0
 
 
-def measured_step_cost(target, drafter, max_size: int, fast: Optional[bool] = None) -> Callable[[int], float]:
-    """``step_cost`` from this device's measured forward latencies of the target and the draft, timed on
-    the path decoding takes (``fast``; None: the fast path on CUDA only, as ``generate`` does)."""
-    from ..measure.roofline import forward_latency_ms
+# What a forward over 0 .. n new tokens costs a model, in ms (index n): measured by the caller on this device
+# and handed in (``sdd_edu.measure.roofline.forward_latency_ms``), so that decoding never imports the measuring.
+ForwardCosts = Callable[["object", int], list]
 
-    target_ms = forward_latency_ms(target, 1 + max_size, fast=fast)
+
+def measured_step_cost(target, drafter, max_size: int, forward_ms: ForwardCosts) -> Callable[[int], float]:
+    """``step_cost`` from the forward latencies of the target and the draft that ``forward_ms`` gives."""
+    target_ms = forward_ms(target, 1 + max_size)
     draft = getattr(drafter, "draft", None)
-    draft_ms = forward_latency_ms(draft, 1 + max_size, fast=fast) if draft is not None else None
+    draft_ms = forward_ms(draft, 1 + max_size) if draft is not None else None
 
     def cost(size: int) -> float:
         ms = target_ms[1 + size]

@@ -23,6 +23,7 @@ from typing import Optional
 
 import torch
 
+from ..fast import new_cache
 from ..loading import LoadedModel
 from ..sampling import Sampling
 from .baseline import new_stats
@@ -54,7 +55,7 @@ def speculative_decode(target: LoadedModel, drafter: Drafter, prompt_ids: list[i
 
     synchronize(target.device)
     t_start = time.perf_counter()
-    cache = model.new_cache(len(prompt_ids) + max_new_tokens + extra, fast=fast)
+    cache = new_cache(model, len(prompt_ids) + max_new_tokens + extra, fast=fast)
     drafter.fast = fast  # the draft model's cache too
     drafter.begin(prompt_ids, len(prompt_ids) + max_new_tokens + extra)
     # the target cache holds everything but the root, which each verification forward brings along

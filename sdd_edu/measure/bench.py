@@ -17,8 +17,10 @@ from typing import Optional
 import torch
 
 from ..data import prompt_set
-from ..decoding import ORIGINS, generate, trace_summary
+from ..decoding import ORIGINS, trace_summary
 from ..errors import SddError
+from .generation import generate
+from .tree_plan import shape_of_row
 from .timing import device_description, median
 
 MODES = {"greedy": {"temperature": 0.0}, "topk50": {"temperature": 1.0, "top_k": 50}}
@@ -144,7 +146,8 @@ def predictions(ladder, runs, summary, fixed_steps: Optional[dict] = None) -> li
     ``predicted_here``: the same prediction with the acceptance by rank of the benchmark's own prompts, which
     separates the model's error from the difference between the probe's prompts and these."""
     from ..decoding.autotree import rank_acceptance_from_counts, rank_counts
-    from .tree_plan import SHAPE_KEYS, plan_tree, predict
+    from ..decoding import SHAPE_KEYS
+    from .tree_plan import plan_tree, predict
 
     here = {}
     for m, steps in (fixed_steps or {}).items():
@@ -283,3 +286,31 @@ def save(result, path: str) -> None:
     """One result, or a list of them (a run over several prompt sets), as JSON."""
     with open(path, "w") as fh:
         json.dump(result, fh, indent=1)
+
+
+def measure_shapes(ladder, method: str, plan: dict, sizes=(1, 2, 4, 8, 16), prompts: int = 2,
+                   max_new_tokens: int = 48, on_run=None) -> list[dict]:
+    """The model's best tree of each size in ``sizes``, run fixed at every step on HumanEval prompts
+    (``bench``'s ``METHOD:WxDxB`` variants): predicted and measured decoding tok/s side by side, one record
+    per size (``nodes``, ``shape``, ``predicted_tokens_per_second``, ``measured_tokens_per_second``, ...)."""
+    labels = {}
+    for n in sizes:
+        if not 1 <= n < len(plan["table"]):
+            raise SddError(f"tree size {n} is outside the plan's 1..{len(plan['table']) - 1} nodes")
+        row = plan["table"][n]
+        if method == "speculative":
+            shape = {"gamma": n}
+        elif row["nodes"] < n:  # nodes past the best tree's do not pay: then n nodes in a chain
+            shape = {"width": 1, "depth": n, "budget": n}
+        else:
+            shape = shape_of_row(method, row)
+        label = (f"{method}:g{shape['gamma']}" if method == "speculative"
+                 else f"{method}:{shape['width']}x{shape['depth']}x{shape['budget']}")
+        labels.setdefault(label, shape)
+    res = run_bench(ladder, ["baseline", *labels], ["greedy"], prompts=prompts, max_new_tokens=max_new_tokens,
+                    progress=False, on_run=on_run)
+    out = []
+    for row in res["predicted"]:
+        shape = row["shape"]
+        out.append({**row, "nodes": shape.get("budget", shape.get("gamma"))})
+    return sorted(out, key=lambda r: r["nodes"])

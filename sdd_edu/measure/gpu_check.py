@@ -29,6 +29,7 @@ from typing import Optional
 
 import torch
 
+from ..fast import new_cache
 from ..loading import LoadedModel, resolve_device, resolve_dtype
 from ..model import ModelConfig, Transformer
 from .timing import device_description, median, time_call
@@ -88,7 +89,7 @@ def logits_gap(model: LoadedModel, cached_lengths=(0, 5, 37)) -> float:
         for name, ids, pos, mask in _forward_cases(m.config, cached):
             outs = []
             for fast in (False, True):
-                cache = m.new_cache(cached + 16, fast=fast)
+                cache = new_cache(m, cached + 16, fast=fast)
                 if cached:
                     prompt = torch.arange(cached, device=m.device)[None] % m.config.vocab_size
                     m(prompt, cache)
@@ -134,7 +135,7 @@ def forward_profile(model: LoadedModel, fast: bool, tokens: int = 1, context: in
     from torch.profiler import ProfilerActivity, profile
 
     m = model.model
-    cache = m.new_cache(context + tokens, fast=fast)
+    cache = new_cache(m, context + tokens, fast=fast)
     m(torch.zeros(1, context, dtype=torch.long, device=m.device), cache)
     x = torch.zeros(1, tokens, dtype=torch.long, device=m.device)
 
@@ -178,7 +179,8 @@ def latency(model: LoadedModel, fast: bool, tokens=CURVE_TOKENS, context: int = 
 
 def greedy_identity(ladder, prompt_ids: list[int], new_tokens: int) -> dict:
     """Token ids of baseline (eager and fast) and of every method on the fast path; which equal baseline's."""
-    from ..decoding import METHODS, generate
+    from ..decoding import METHODS
+    from .generation import generate
 
     ref = generate(ladder, prompt_ids, method="baseline", max_new_tokens=new_tokens, fast=False).token_ids
     same = {"baseline (fast)": generate(ladder, prompt_ids, method="baseline", max_new_tokens=new_tokens,
@@ -196,7 +198,8 @@ def greedy_identity(ladder, prompt_ids: list[int], new_tokens: int) -> dict:
 def method_speeds(ladder, prompts: list[list[int]], new_tokens: int, compiled: bool = False) -> dict:
     """Median tok/s per method over the prompts: baseline eager and fast, the others fast, acceptance beside.
     ``compiled``: also the baseline and staged decoding with the forwards compiled (``fast.COMPILE``)."""
-    from ..decoding import METHODS, generate
+    from ..decoding import METHODS
+    from .generation import generate
 
     runs = [("baseline (eager)", "baseline", False, False)] + [(m, m, True, False) for m in METHODS]
     if compiled:

@@ -12,14 +12,13 @@ import torch
 
 from ..decoding.common import synchronize
 from ..errors import SddError
-from ..loading import EMBEDDED, LoadedModel, cache_dir
+from ..loading import EMBEDDED, LoadedModel, cache_dir, export_hf
 
 
 def exported_draft(draft: LoadedModel):
     """The draft as a ``transformers`` model, exported once into the cache (fp32 file, loaded in the draft's dtype)."""
     from transformers import AutoModelForCausalLM
 
-    from ..train_draft import export_hf
 
     import hashlib
 

@@ -17,6 +17,8 @@ from typing import Optional
 import torch
 
 from ..decoding.common import synchronize
+from ..fast import new_cache
+from ..loading import install_linear_paths, linear_paths_file, saved_linear_paths  # noqa: F401
 from ..model import ModelConfig
 from .timing import median, time_call
 
@@ -106,7 +108,7 @@ def latency_curve(model, tokens=(1, 2, 4, 8, 16, 32, 64), context: int = 256, re
     if progress:
         from tqdm.auto import tqdm
         items = tqdm(tokens, desc="latency", unit="size")
-    cache = m.new_cache(context + max(tokens), fast=fast, role="timing")
+    cache = new_cache(m, context + max(tokens), fast=fast, role="timing")
     m(torch.randint(0, m.config.vocab_size, (1, context), device=m.device), cache)
     for n in items:
         x = torch.randint(0, m.config.vocab_size, (1, n), device=m.device)
@@ -224,7 +226,7 @@ def _interleaved_latency_ms(m, sizes, context: int, repeats: int, variants=(None
     (a shared VM, a busy laptop) spreads over all sizes instead of landing on one.  ``variants``: callables
     that switch what the forward runs (a product path), each timed right after its switch; one list of
     medians per variant (None: the forward as it is).  ``fast``: over the fast path's cache."""
-    cache = m.new_cache(context + max(sizes), fast=fast, role="timing")
+    cache = new_cache(m, context + max(sizes), fast=fast, role="timing")
     m(torch.randint(0, m.config.vocab_size, (1, context), device=m.device), cache)
     inputs = {n: torch.randint(0, m.config.vocab_size, (1, n), device=m.device) for n in sizes}
     times: dict[tuple[int, int], list[float]] = {(i, n): [] for i in range(len(variants)) for n in sizes}
@@ -274,42 +276,6 @@ def row_block_label(device, dtype) -> str:
     return "row blocks " + (",".join(f"{a}-{b}" if b > a else str(a) for a, b in spans) or "none")
 
 
-def _linear_paths_file(device, dtype):
-    import hashlib
-
-    from ..loading import cache_dir
-    from .timing import cpu_features, device_description
-
-    key = f"{device_description(torch.device(device))}|{cpu_features()}|{dtype}|product paths"
-    return key, cache_dir() / "linear-paths" / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".json")
-
-
-def install_linear_paths(record: dict) -> None:
-    """Make the engine use the row-block product at the record's row counts (``choose_linear_paths``)."""
-    from ..model import Linear
-
-    dtype = getattr(torch, record["dtype"].replace("torch.", ""))
-    Linear.ROW_BLOCK_ROWS[("cpu", dtype)] = frozenset(record["row_blocks"])
-
-
-def saved_linear_paths(device, dtype, max_rows: int = 1) -> "dict | None":
-    """The product paths measured before on this CPU and dtype, for at least ``max_rows`` rows (installed),
-    or None."""
-    import json
-
-    if torch.device(device).type != "cpu":
-        return None
-    key, path = _linear_paths_file(device, dtype)
-    try:
-        record = json.loads(path.read_text()) if path.exists() else None
-    except (OSError, ValueError):
-        return None
-    if record is None or record.get("key") != key or record["points"][-1][0] < max_rows:
-        return None
-    install_linear_paths(record)
-    return record
-
-
 def choose_linear_paths(model, max_rows: int = 32, context: int = 256, repeats: int = 5,
                         refresh: bool = False, save: bool = True) -> dict:
     """Time the model's forward over n new tokens with each matrix-product path (the row-block one of
@@ -331,7 +297,7 @@ def choose_linear_paths(model, max_rows: int = 32, context: int = 256, repeats: 
     if m.device.type != "cpu":
         return {"device": device_description(m.device), "dtype": str(m.dtype), "points": [], "row_blocks": [],
                 "label": "F.linear at every row count (the row-block path is for CPUs)"}
-    key, path = _linear_paths_file(m.device, m.dtype)
+    key, path = linear_paths_file(m.device, m.dtype)
     record = None if refresh else saved_linear_paths(m.device, m.dtype, max_rows)
     if record is None:
         sizes = [n for n in LINEAR_SIZES if n < max_rows] + [max_rows]

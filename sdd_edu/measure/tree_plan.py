@@ -32,6 +32,7 @@ import json
 import time
 from typing import Optional
 
+from ..decoding import SHAPE_KEYS
 from ..errors import SddError
 
 PROBE = {"width": 4, "depth": 4, "budget": 16}  # wide enough to see ranks 1..4 at every level
@@ -40,7 +41,6 @@ PROBE = {"width": 4, "depth": 4, "budget": 16}  # wide enough to see ranks 1..4 
 # steps are few).  Not the benchmark's first prompts (HumanEval/0-4), so that bench checks a plan on prompts
 # it was not measured on.
 PROBE_PROMPTS = tuple(f"HumanEval/{i}" for i in range(10, 15))
-SHAPE_KEYS = {"speculative": ("gamma",), "tree": ("width", "depth", "budget"), "staged": ("width", "depth", "budget")}
 _IN_PROCESS: dict = {}
 
 
@@ -83,14 +83,20 @@ def cached_plan(ladder, method: str) -> Optional[dict]:
     return None
 
 
-def cached_shape(ladder, method: str) -> dict:
-    """The shape of the plan filed on disk for this ladder, method, device and dtype ({} when there is none):
-    the method's default shape here.  A plan kept only in this process (``save=False``, test models) is not
-    a default: it changes nothing for calls that did not ask for it."""
+def filed_plan(ladder, method: str) -> Optional[dict]:
+    """The plan filed on disk for this ladder, method, device and dtype (None when there is none): its shape is
+    the method's default shape here.  A plan kept only in this process (``save=False``, test models) is not a
+    default: it changes nothing for calls that did not ask for it."""
     if method not in SHAPE_KEYS or _key(ladder, method)[1] is None:
-        return {}
+        return None
     plan = cached_plan(ladder, method)
-    return dict(plan["shape"]) if plan and plan.get("saved") else {}
+    return plan if plan and plan.get("saved") else None
+
+
+def cached_shape(ladder, method: str) -> dict:
+    """The shape of ``filed_plan`` ({} when there is none)."""
+    plan = filed_plan(ladder, method)
+    return dict(plan["shape"]) if plan else {}
 
 
 def plan_tree(ladder, method: str, prompts=PROBE_PROMPTS, max_new_tokens: int = 64, max_nodes: Optional[int] = None,
@@ -176,7 +182,7 @@ def _choose(plan: dict, max_nodes: int) -> dict:
     method, target_ms = plan["method"], plan["target_ms"]
     plan["max_nodes"] = max_nodes
     best = _best(plan, max_nodes)
-    plan["shape"] = _shape(method, best)
+    plan["shape"] = shape_of_row(method, best)
     # a baseline step: one target forward over one token (its own bookkeeping is small)
     baseline = 1000 / target_ms[1]
     # when no tree pays (the best row is a baseline step), the shape is still a tree, the smallest: its price
@@ -247,7 +253,7 @@ def _best(plan: dict, max_nodes: int, max_depth: Optional[int] = None, max_width
                      max_width=max_width, **_costs(plan))
 
 
-def _shape(method: str, best: dict) -> dict:
+def shape_of_row(method: str, best: dict) -> dict:
     if method == "speculative":
         return {"gamma": max(best["nodes"], 1)}  # a chain of at least one token; the schedule may still skip steps
     if best["nodes"] == 0:
@@ -291,31 +297,3 @@ def summary(plan: dict) -> str:
             f"measured {plan['measured']}")
 
 
-def measure_shapes(ladder, method: str, plan: dict, sizes=(1, 2, 4, 8, 16), prompts: int = 2,
-                   max_new_tokens: int = 48, on_run=None) -> list[dict]:
-    """The model's best tree of each size in ``sizes``, run fixed at every step on HumanEval prompts
-    (``bench``'s ``METHOD:WxDxB`` variants): predicted and measured decoding tok/s side by side, one record
-    per size (``nodes``, ``shape``, ``predicted_tokens_per_second``, ``measured_tokens_per_second``, ...)."""
-    from .bench import run_bench
-
-    labels = {}
-    for n in sizes:
-        if not 1 <= n < len(plan["table"]):
-            raise SddError(f"tree size {n} is outside the plan's 1..{len(plan['table']) - 1} nodes")
-        row = plan["table"][n]
-        if method == "speculative":
-            shape = {"gamma": n}
-        elif row["nodes"] < n:  # nodes past the best tree's do not pay: then n nodes in a chain
-            shape = {"width": 1, "depth": n, "budget": n}
-        else:
-            shape = _shape(method, row)
-        label = (f"{method}:g{shape['gamma']}" if method == "speculative"
-                 else f"{method}:{shape['width']}x{shape['depth']}x{shape['budget']}")
-        labels.setdefault(label, shape)
-    res = run_bench(ladder, ["baseline", *labels], ["greedy"], prompts=prompts, max_new_tokens=max_new_tokens,
-                    progress=False, on_run=on_run)
-    out = []
-    for row in res["predicted"]:
-        shape = row["shape"]
-        out.append({**row, "nodes": shape.get("budget", shape.get("gamma"))})
-    return sorted(out, key=lambda r: r["nodes"])
