@@ -212,7 +212,15 @@ def compiled_body(model):
     the target, the draft and a few cache sizes never fall back to the uncompiled forward."""
     body = model.__dict__.get("_compiled_body")
     if body is None:
+        import os
+
         import torch._dynamo
+
+        from .loading import cache_dir
+
+        # the generated kernels kept beside the package's other caches, so that a later run (a later process)
+        # loads them instead of compiling again (PyTorch's default place is a temporary folder)
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
 
         config = torch._dynamo.config
         for limit in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions

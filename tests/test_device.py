@@ -226,3 +226,27 @@ def test_the_device_sampling_check_catches_a_wrong_rule(small_vocab_ladder, monk
     counts = sample_counts(small_vocab_ladder, "speculative", {"fast": True, **KEEPS_DRAFTING}, temperature=1.0,
                            n=400)
     assert chi_square_p_value(counts, probs) < 1e-4
+
+
+def test_a_step_keeps_its_state_in_the_same_buffers(agreeing_ladder):
+    """What a recorded phase needs: every tensor of a generation's state is updated in place, so that a
+    graph's replay, which reads and writes fixed addresses, sees the state move on (a tensor rebound to a
+    new one would be invisible to it).  Two generations with the same settings share the buffers."""
+    def buffers(session):
+        d = session.drafter
+        tensors = {"ctx": session.ctx, "length": session.length, "target kv": session.target_step.cache.kv,
+                   "draft kv": d.cache.kv, "committed": d.committed_t, "lookup counts": d.lookup_counts,
+                   "columns": d.column_of, "extra ids": d.extra_ids, "extra count": d.extra_count,
+                   "support": d.support}
+        return {name: t.data_ptr() for name, t in tensors.items()}
+
+    settings = dict(method="staged", max_new_tokens=30, stop_at_eos=False, fast=True, adaptive=False)
+    target = agreeing_ladder.target
+    target.model.__dict__.pop("_device_sessions", None)
+    generate(agreeing_ladder, [5, 7, 11, 5, 7], **settings)
+    (session,) = target.model._device_sessions.values()
+    before = buffers(session)
+    res = generate(agreeing_ladder, [60, 2, 33, 60, 2], **settings)
+    assert target.model._device_sessions == {k: session for k in target.model._device_sessions}
+    assert buffers(session) == before and len(res.trace) > 3
+    assert res.token_ids == baseline_decode(target, [60, 2, 33, 60, 2], 30, stop_at_eos=False).token_ids

@@ -34,6 +34,14 @@ def test_decoders_and_timing_on_the_accelerator(device, tmp_path):
         for fast in (False, True):
             out = generate(ladder, "def f(x):", method=method, max_new_tokens=16, fast=fast).token_ids
             assert out == base.token_ids, (method, fast)
+    if device == "cuda":  # the device path's phases, recorded once per step shape and replayed
+        for method in ("speculative", "tree", "staged"):
+            for sampled in (False, True):
+                kw = {"temperature": 1.0, "seed": 1} if sampled else {}
+                res = generate(ladder, "def f(x):", method=method, max_new_tokens=48, fast=True, adaptive=False, **kw)
+                assert res.stats.graph_failure is None and res.stats.graph_replays > 0, (method, sampled)
+                if not sampled:
+                    assert res.token_ids[:16] == base.token_ids, method
     from sdd_edu.fast import StaticKVCache
 
     cache = StaticKVCache(target.model, 32)

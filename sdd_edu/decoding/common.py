@@ -44,6 +44,8 @@ class GenerationStats:
     # waited in them (on a GPU the host runs ahead until it reads: the rest of a step is its own time)
     device_reads: int = 0
     read_wait_seconds: float = 0.0
+    graph_replays: int = 0  # steps replayed from CUDA graphs (``device/graphs.py``)
+    graph_failure: Optional[str] = None  # why the phases could not be recorded on this device, if so
 
     @property
     def tokens_per_second(self) -> float:

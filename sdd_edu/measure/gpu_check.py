@@ -215,7 +215,7 @@ def method_speeds(ladder, prompts: list[list[int]], new_tokens: int, compiled: b
                 generate(ladder, prompts[0], method="staged" if ladder.draft is not None else "tree",
                          max_new_tokens=8, fast=True)
         speeds, per_forward, split, steps = [], [], {"target": 0.0, "draft": 0.0, "other": 0.0}, 0
-        reads, waited, wall = 0, 0.0, 0.0
+        reads, waited, wall, replays, failure = 0, 0.0, 0.0, 0, None
         for ids in prompts:
             with compiled_forwards(compile_on):
                 r = generate(ladder, ids, method=method, max_new_tokens=new_tokens, fast=fast)
@@ -229,6 +229,8 @@ def method_speeds(ladder, prompts: list[list[int]], new_tokens: int, compiled: b
             wall += s.wall_seconds - s.prefill_seconds
             reads += s.device_reads
             waited += s.read_wait_seconds
+            replays += s.graph_replays
+            failure = failure or s.graph_failure
         total = sum(split.values()) or 1.0
         steps = max(steps, 1)
         rows[label] = {"tokens_per_second": median(speeds), "tokens_per_target_forward": median(per_forward),
@@ -238,7 +240,10 @@ def method_speeds(ladder, prompts: list[list[int]], new_tokens: int, compiled: b
                        # waits for the device (``device.capture.host_read``; the eager paths read elsewhere too)
                        "reads_per_step": reads / steps if fast else None,
                        # the host's own time: a step's time but its waits in those reads
-                       "host_ms_per_step": 1000 * (wall - waited) / steps if fast else None}
+                       "host_ms_per_step": 1000 * (wall - waited) / steps if fast else None,
+                       # steps replayed from the phases' CUDA graphs (``decoding/device/graphs.py``), and why
+                       # the phases could not be recorded on this device, if so
+                       "graph_replays_per_step": replays / steps, "graph_failure": failure}
     base = rows["baseline"]["tokens_per_second"]
     for r in rows.values():
         r["speedup_vs_fast_baseline"] = r["tokens_per_second"] / base
@@ -402,10 +407,16 @@ def format_gpu_check(res: dict) -> str:
             t = r["time_split"]
             reads = "" if r.get("reads_per_step") is None else \
                 f"; {r['reads_per_step']:.2f} reads, host {r['host_ms_per_step']:.2f} ms a step"
+            if r.get("graph_replays_per_step"):
+                reads += f", {r['graph_replays_per_step']:.0%} of steps replayed"
             lines.append(f"  {label:<18} {r['tokens_per_second']:8.1f} tok/s  {r['speedup_vs_fast_baseline']:5.2f}x"
                          f"  {r['tokens_per_target_forward']:5.2f} tok/fwd   time: target {t['target']:4.0%}, "
                          f"draft {t['draft']:4.0%}, other {t['other']:4.0%} ({r['other_ms_per_step']:.2f} ms/step"
                          f"{reads})")
+    failures = {label: r["graph_failure"] for label, r in (sp.get("methods", {}) if sp else {}).items()
+                if r.get("graph_failure")}
+    for label, why in failures.items():
+        lines.append(f"NOTE {label}: the step's phases ran without CUDA graphs ({why})")
     for name, err in res.get("errors", {}).items():
         lines.append(f"FAILED {name}: {err}")
     return "\n".join(lines)

@@ -51,11 +51,9 @@ def trigram_table(ngram, k: int, device) -> TrigramTopK:
 
 
 @contextmanager
-def _untimed(name: str):
+def untimed(name: str):
+    """A clock that times nothing (the drafter's default, and inside a recorded phase)."""
     yield
-
-
-_no_clock = _untimed
 
 
 @dataclass
@@ -83,39 +81,50 @@ class DeviceDrafter:
         self.reduced = reference.head_ids is not None
         self.vocab = self.model.config.vocab_size
         self.forwards = 0
-        self.clock = _no_clock  # the decoding loop's ``PhaseClock``: draft forwards and n-gram work, timed
+        self.clock = untimed  # the decoding loop's ``PhaseClock``: draft forwards and n-gram work, timed
 
     # ------------------------------------------------------------------ per generation
     def begin(self, prompt_ids: list[int], max_new_tokens: int, capacity: int) -> None:
+        """Start a generation.  Every tensor of the drafter's state is a buffer made once per capacity and
+        updated in place from then on, so that a phase recorded as a CUDA graph reads and writes the same
+        memory at every replay (a tensor rebound to a new one would be invisible to the graph)."""
         dev, V = self.device, self.vocab
         self.cache = static_cache(self.model, capacity, role="draft")
-        self.committed = 0  # context tokens with keys/values in the draft cache (host copy)
-        self.forwards = 0
-        # prompt lookup's recent precision (``ModelDrafter.lookup_weight``), in float64 as the reference's
-        self.hits = torch.zeros((), dtype=torch.float64, device=dev)
-        self.tries = torch.zeros((), dtype=torch.float64, device=dev)
-        # the head's columns: a reduced head, extended at run time with the context's tokens (with lookup)
-        self.column_of = torch.full((V + 1,), -1, dtype=torch.long, device=dev)  # token -> column; V: a spare
-        if self.reduced:
-            head = self.model.head_ids.to(dev)
-            self.column_of[head] = torch.arange(head.shape[0], device=dev)
+        if getattr(self, "capacity", None) != self.cache.max_len:  # the buffers, once per cache
+            self.capacity = self.cache.max_len
+            self.committed_t = torch.zeros((), dtype=torch.long, device=dev)
+            # prompt lookup's recent precision (``ModelDrafter.lookup_weight``): hits and tries, float64 as the
+            # reference's Python floats
+            self.lookup_counts = torch.zeros(2, dtype=torch.float64, device=dev)
+            self.column_buf = torch.full((V + 1,), -1, dtype=torch.long, device=dev)  # token -> column; V: spare
+            self.column_of = self.column_buf
+            spare = self.capacity if self.reduced and self.lookup is not None else 0  # every context token, at most
+            head = self.model.head_ids.to(dev) if self.reduced else torch.arange(V, device=dev)
             self.head_size = head.shape[0]
-            spare = len(set(prompt_ids)) + max_new_tokens + 64 if self.lookup is not None else 0
-            self.extra_ids = torch.zeros(spare, dtype=torch.long, device=dev)
+            self.extra_buf = torch.zeros(spare + 1, dtype=torch.long, device=dev)  # the last entry: a spare
+            self.extra_ids = self.extra_buf[:spare]
             self.extra_count = torch.zeros((), dtype=torch.long, device=dev)
-            self.support = torch.cat([head, torch.full((spare,), V, dtype=torch.long, device=dev)])  # column -> token
-            if self.lookup is not None:
-                self.extend(torch.tensor(prompt_ids, dtype=torch.long, device=dev))
-        else:
-            self.column_of[:V] = torch.arange(V, device=dev)
-            self.support = torch.arange(V, device=dev)
+            self.support_buf = torch.cat([head, torch.full((spare + 1,), V, dtype=torch.long, device=dev)])
+            self.support = self.support_buf[:-1]  # column -> token (V: a column not given a token yet)
+            self.head = head
+        self.committed = 0  # context tokens with keys/values in the draft cache (the host's copy)
+        self.committed_t.zero_()
+        self.forwards = 0
+        self.lookup_counts.zero_()
+        self.column_buf.fill_(-1)
+        self.column_buf[self.head] = torch.arange(self.head_size, device=dev)
+        self.extra_buf.zero_()
+        self.extra_count.zero_()
+        self.support_buf[self.head_size:].fill_(V)
+        if self.reduced and self.lookup is not None:
+            self.extend(torch.tensor(prompt_ids, dtype=torch.long, device=dev))
 
     def extend(self, tokens: torch.Tensor, valid: Optional[torch.Tensor] = None) -> None:
         """Give the head a column for each of ``tokens`` it lacks (``ModelDrafter._extend``): new ones in
         increasing token order, after the columns already there."""
         if not self.reduced or self.lookup is None:
             return
-        n, V = tokens.shape[0], self.vocab
+        V = self.vocab
         ok = self.column_of[tokens] < 0 if valid is None else valid & (self.column_of[tokens] < 0)
         key = torch.where(ok, tokens, V)
         key, _ = torch.sort(key)
@@ -123,16 +132,12 @@ class DeviceDrafter:
         rank = torch.cumsum(new.long(), 0) - 1  # among the new tokens, in token order
         column = self.head_size + self.extra_count + rank
         spare = self.extra_ids.shape[0]
-        at = torch.where(new, column - self.head_size, spare)  # (a spare slot for the rest)
-        extra = torch.cat([self.extra_ids, self.extra_ids.new_zeros(1)])
-        extra[at] = key
-        self.extra_ids = extra[:spare]
-        self.column_of[torch.where(new, key, V)] = torch.where(new, column, -1)
-        self.column_of[V] = -1
-        support = torch.cat([self.support, self.support.new_zeros(1)])
-        support[torch.where(new, column, support.shape[0] - 1)] = key
-        self.support = support[:-1]
-        self.extra_count = self.extra_count + new.sum()
+        self.extra_buf[torch.where(new, column - self.head_size, spare)] = key  # (the rest to the spare entry)
+        self.column_buf[torch.where(new, key, V)] = torch.where(new, column, -1)
+        self.column_buf[V] = -1
+        self.support_buf[torch.where(new, column, self.support_buf.shape[0] - 1)] = key
+        self.support_buf[-1] = V
+        self.extra_count.add_(new.sum())
 
     def prefill(self, context: list[int]) -> Optional[float]:
         """The draft reads the context but its last token (the first step's forward would), and how often
@@ -148,6 +153,7 @@ class DeviceDrafter:
         logits = self._mask_spare(logits)
         self.forwards += 1
         self.committed = len(context) - 1
+        self.committed_t.fill_(self.committed)
         guesses = host_read(self.support[logits.argmax(-1)])
         synchronize(self.device)
         hits = [g == t for g, t in zip(guesses, context[1:])]
@@ -266,7 +272,8 @@ class DeviceDrafter:
         seqs.scatter_(1, at, path)  # the path after the context (entries past path_len are never read)
         k = max(self.width, MIX_TOKENS)
         n, tokens, counts, _ = lookup_match(seqs, length + path_len, k, self.lookup.max_ngram, self.lookup.min_ngram)
-        w = (self.hits + self.ref.LOOKUP_PRIOR) / (self.tries + 1.0)  # float64, as the reference's Python floats
+        hits, tries = self.lookup_counts[0], self.lookup_counts[1]
+        w = (hits + self.ref.LOOKUP_PRIOR) / (tries + 1.0)  # float64, as the reference's Python floats
         counts = counts.to(dists.dtype)
         share = w.to(dists.dtype) * (counts / counts.sum(-1, keepdim=True).clamp(min=1))  # (R, k)
         cols = torch.where(tokens >= 0, self.column_of[tokens.clamp(min=0)], S)  # (R, k); S: a spare column
@@ -277,25 +284,41 @@ class DeviceDrafter:
         found = (n > 0)[:, None]
         return torch.where(found, mixed[:, :S], dists), torch.where(found, shares[:, :S], 0.0)
 
+    def prepare(self, ctx: torch.Tensor, L: int) -> int:
+        """The host's part of a draft phase, before it: the number of context tokens the draft has not read
+        (known from the last read), a forward over all but the last of them when too many wait (after a long
+        run of baseline steps), and their bucket, the phase's shape."""
+        pending = L - self.committed
+        if pending > MAX_PENDING:  # a long run of baseline steps: catch the draft's cache up first
+            self.cache.length = self.committed
+            with self.clock("draft"):
+                self.model(ctx[self.committed:L - 1][None], self.cache, reduced=self.reduced,
+                           extra_head_ids=self._extra())
+            self.forwards += 1
+            self.committed, pending = L - 1, 1
+            self.committed_t.fill_(self.committed)
+        return self.pending_bucket(pending)
+
     def draft(self, ctx: torch.Tensor, length: torch.Tensor, L: int, size: int, sampling: Sampling,
               generator) -> DraftedStep:
         """One step's draft phase.  ctx (T,): the context buffer (T >= L + depth + 1); ``length`` its length
-        on the device and ``L`` the same on the host (the step's shape: where the window starts)."""
+        on the device and ``L`` the same on the host."""
+        Pb = self.prepare(ctx, L)
+        self.forwards += 1 + self.shape(size)["rounds"]
+        return self.draft_phase(ctx, length, size, Pb, sampling, generator)
+
+    def draft_phase(self, ctx: torch.Tensor, length: torch.Tensor, size: int, Pb: int, sampling: Sampling,
+                    generator) -> DraftedStep:
+        """The draft phase on the device alone: every value it depends on is a tensor, and its shape is
+        (``size``, ``Pb`` pending slots), so that it can be recorded as a CUDA graph and replayed."""
         s = self.shape(size)
         B, D, G, R, W, w, beam = s["budget"], s["depth"], s["guesses"], s["rounds"], s["window"], self.width, self.beam
         dev, cache = self.device, self.cache
-        pending = L - self.committed
-        if pending > MAX_PENDING:  # a long run of baseline steps: catch the draft's cache up first
-            x = ctx[self.committed:L - 1][None]
-            cache.length = self.committed
-            with self.clock("draft"):
-                self.model(x, cache, reduced=self.reduced, extra_head_ids=self._extra())
-            self.forwards += 1
-            self.committed, pending = L - 1, 1
-        Pb = self.pending_bucket(pending)
         total = cache.kv.shape[3]  # slots, scratch included
         slot = torch.arange(total, device=dev)
         greedy = sampling.greedy
+        committed = self.committed_t
+        pending = length - committed
 
         # 1. the guessed tree
         with self.clock("ngram"):
@@ -306,19 +329,19 @@ class DeviceDrafter:
         # 2. the first forward: pending tokens (causal, after the committed cache), then the guesses
         i = torch.arange(Pb, device=dev)
         p_ok = i < pending
-        p_slot = torch.where(p_ok, self.committed + i, cache.max_len + BUCKETS[-1] - Pb + i)
+        p_slot = torch.where(p_ok, committed + i, cache.max_len + BUCKETS[-1] - Pb + i)
         p_mask = torch.where(p_ok[:, None], slot[None, :] <= p_slot[:, None], slot[None, :] == p_slot[:, None])
         window = torch.zeros(G, W, dtype=torch.bool, device=dev)
         window[:, :G] = torch.where(g_ok[:, None], g_anc, torch.eye(G, dtype=torch.bool, device=dev))
         g_mask = self._place(window, length, total) | (g_ok[:, None] & (slot[None, :] < length))
-        ids = torch.cat([ctx[(self.committed + i).clamp(max=ctx.shape[0] - 1)], g_tok])
-        pos = torch.cat([self.committed + i, length - 1 + g_depth])
+        ids = torch.cat([ctx[(committed + i).clamp(max=ctx.shape[0] - 1)], g_tok])
+        pos = torch.cat([committed + i, length - 1 + g_depth])
         slots = torch.cat([p_slot, length + torch.arange(G, device=dev)])
         with self.clock("draft"):
             logits = cache.forward_rows(self.model, ids, pos, slots, torch.cat([p_mask, g_mask]), self.reduced,
                                         self._extra())
-        self.forwards += 1
-        dists = self._dists(torch.cat([logits[pending - 1:pending], logits[Pb:]]), sampling)  # (1 + G, S)
+        root = logits.index_select(0, (pending - 1).view(1))  # the last pending token is the root
+        dists = self._dists(torch.cat([root, logits[Pb:]]), sampling)  # (1 + G, S)
 
         # paths (token ids below the root) of the root and the guesses, for prompt lookup
         levels = torch.arange(1, D + 1, device=dev)
@@ -380,7 +403,6 @@ class DeviceDrafter:
             with self.clock("draft"):
                 logits = cache.forward_rows(self.model, pool.tokens[chosen], length - 1 + depth,
                                             length + G + r * beam + b, mask, self.reduced, self._extra())
-            self.forwards += 1
             with self.clock("ngram"):
                 mixed, share = self._mix(self._dists(logits, sampling), ctx, length, path, depth)
             cols, scores, probs, ok = choose_children(mixed, w, greedy, generator)
@@ -390,6 +412,11 @@ class DeviceDrafter:
             rows_mixed[first:first + beam] = mixed
 
         return DraftedStep(select_tree(pool, B, D), rows_mixed, 1 + R)
+
+    def committed_after(self, L: int, kept: int, verified: bool) -> None:
+        """The host's copy of the draft's committed length after a step (from the step's read)."""
+        self.committed = L + kept if verified else L
+        # (the device's copy is set by ``commit``, inside the step)
 
     def _token_of(self, cols: torch.Tensor) -> torch.Tensor:
         return self.support[cols]
@@ -412,7 +439,12 @@ class DeviceDrafter:
         computed = torch.cumprod((on_path & (rows >= 1)).long(), 0)  # stop at the first node without
         kept = computed.sum()
         keep_path(self.cache.kv, length, (rows - 1).clamp(min=0))
+        self.committed_t.copy_(length + kept)
         return kept
+
+    def read_context(self, length: torch.Tensor) -> None:
+        """After a shadow draft (not verified): the draft's cache holds the context it read, nothing more."""
+        self.committed_t.copy_(length)
 
     def score_lookup(self, ctx: torch.Tensor, start: torch.Tensor, new: int, count: torch.Tensor) -> torch.Tensor:
         """``ModelDrafter._score_lookup`` for the ``count`` tokens committed at ``start``, ``start + 1``, ...
@@ -428,9 +460,9 @@ class DeviceDrafter:
         guessed = (n > 0) & (i < count)
         hit = (tokens[:, 0] == truth) & guessed
         decay = self.ref.LOOKUP_DECAY
-        counts = torch.stack([self.hits, self.tries])  # (2,) float64, updated as the reference's Python floats
+        counts = self.lookup_counts  # (2,) hits and tries, float64, updated as the reference's Python floats
         add = torch.stack([hit.double(), torch.ones(new, dtype=torch.float64, device=ctx.device)], 1)  # (new, 2)
         for j in range(new):  # in order: each decays the ones before
             counts = torch.where(guessed[j], counts * decay + add[j], counts)  # (two roundings, as in Python)
-        self.hits, self.tries = counts[0], counts[1]
+        self.lookup_counts.copy_(counts)
         return torch.where(guessed[0], hit[0].long(), -1)

@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ...fast import static_cache
+from ...fast import CAPACITY_STEP, static_cache
 from ...loading import LoadedModel
 from ...sampling import Sampling, probabilities
 from ..baseline import new_stats
@@ -30,7 +30,8 @@ from ..common import ORIGINS, GenerationResult, StreamCallback, check_lengths, s
 from ..drafters import ModelDrafter
 from ..schedule import DraftSchedule
 from .capture import READS, host_read
-from .drafter import DeviceDrafter, DraftedStep
+from .drafter import DeviceDrafter, DraftedStep, untimed
+from .graphs import StepGraphs
 from .trees import Uniforms, pick
 from .verify import _gumbel_sample, greedy_walk, keep_path, sampled_walk
 
@@ -180,12 +181,12 @@ class _TargetStep:
         slots = length - 1 + torch.arange(1 + B, device=dev)
         return self.cache.forward_rows(self.model, ids, pos, slots, mask)
 
-    def walk(self, logits: torch.Tensor, step: Optional[DraftedStep], drafter: DeviceDrafter, depth: int):
+    def walk(self, logits: torch.Tensor, step: Optional[DraftedStep], drafter: DeviceDrafter, depth: int, draws):
         """(path (depth,), accepted count, next token, tested levels), all on the device."""
         dev = logits.device
         if step is None:
             zero = torch.zeros((), dtype=torch.long, device=dev)
-            nxt = _next_token(logits[0], self.sampling, self.generator)
+            nxt = _next_token(logits[0], self.sampling, draws)
             return torch.full((max(depth, 1),), -1, dtype=torch.long, device=dev), zero, nxt, zero
         if self.sampling.greedy:
             v = greedy_walk(step.tree, logits, depth)
@@ -196,7 +197,7 @@ class _TargetStep:
             q = torch.zeros(step.rows.shape[0], V + 1, dtype=step.rows.dtype, device=dev)
             support = torch.where(drafter.support < V, drafter.support, V)
             q.scatter_(1, support[None].expand_as(step.rows), step.rows)
-            v = sampled_walk(step.tree, p, q[:, :V], drafter.width, depth, self.generator, self.rule)
+            v = sampled_walk(step.tree, p, q[:, :V], drafter.width, depth, draws, self.rule)
         return v.path, v.count, v.next_token, v.tested
 
     def commit(self, length: torch.Tensor, path: torch.Tensor) -> None:
@@ -207,7 +208,7 @@ class _TargetStep:
 
 def verify_and_commit(target_step: _TargetStep, drafter: DeviceDrafter, logits: torch.Tensor, ctx: torch.Tensor,
                       length: torch.Tensor, drafted: Optional[DraftedStep], shadow: bool, depth: int, T: int,
-                      keep_trees: bool):
+                      keep_trees: bool, draws=None):
     """The rest of a step after the target's forward, on the device: the walk, the target's and the draft's
     caches kept, the new tokens appended to the context, prompt lookup scored, the draft's head extended.
 
@@ -216,7 +217,8 @@ def verify_and_commit(target_step: _TargetStep, drafter: DeviceDrafter, logits: 
     ``keep_trees``), the new length, and the path's length D."""
     dev = ctx.device
     verified = None if shadow else drafted
-    path, count, next_token, tested = target_step.walk(logits, verified, drafter, depth)
+    path, count, next_token, tested = target_step.walk(logits, verified, drafter, depth,
+                                                       target_step.generator if draws is None else draws)
     D = path.shape[0]
     if verified is not None:
         target_step.commit(length, path)
@@ -229,8 +231,12 @@ def verify_and_commit(target_step: _TargetStep, drafter: DeviceDrafter, logits: 
     new = torch.where(i < count, torch.cat([path_tokens, path_tokens[:1]]), next_token)
     ctx.scatter_(0, length + i, new)
     # the draft keeps what it computed of the accepted path (after a shadow draft: only the context it read)
-    kept = drafter.commit(drafted, path, count, length) if verified is not None else \
-        torch.zeros((), dtype=torch.long, device=dev)
+    if verified is not None:
+        kept = drafter.commit(drafted, path, count, length)
+    else:
+        kept = torch.zeros((), dtype=torch.long, device=dev)
+        if shadow:
+            drafter.read_context(length)
     landed = drafter.score_lookup(ctx[:T + D + 1], length, D + 1, count + 1)
     drafter.extend(new, valid=i <= count)
     minus_one = torch.full((), -1, dtype=torch.long, device=dev)
@@ -239,7 +245,47 @@ def verify_and_commit(target_step: _TargetStep, drafter: DeviceDrafter, logits: 
     if keep_trees and verified is not None:
         t = verified.tree
         parts += [t.tokens, t.parents, t.origin, t.valid.long(), t.probs.float().view(torch.int32).long()]
-    return torch.cat(parts), length + count + 1, D
+    length.add_(count + 1)  # in place: the same tensor at every step (a graph replays its address)
+    return torch.cat(parts), length, D
+
+
+class _Session:
+    """What a device generation keeps for the next one with the same settings: the drafter's and the
+    target's state buffers, the context buffer and its length, and the phase graphs recorded on them (a
+    graph replays fixed addresses, so the buffers outlive a generation, as the fast caches do)."""
+
+    def __init__(self, target: LoadedModel, drafter: ModelDrafter, capacity: int, sampling: Sampling, rule: str,
+                 draws):
+        dev = target.model.device
+        self.drafter = DeviceDrafter(drafter)
+        biggest = self.drafter.shape(drafter.max_size)
+        self.B_max, self.D_max = biggest["budget"], max(biggest["depth"], 1)
+        self.draft_capacity = min(capacity + biggest["window"] + BUCKET_SLACK, drafter.draft.config.max_seq_len)
+        self.target_step = _TargetStep(target, capacity + self.B_max + 1, sampling, rule, draws)
+        self.ctx = torch.zeros(capacity + self.D_max + 2, dtype=torch.long, device=dev)  # a step writes depth + 1
+        self.length = torch.zeros((), dtype=torch.long, device=dev)
+        self.graphs = StepGraphs(dev, [self.target_step.cache], draws)
+
+    @staticmethod
+    def key(target, drafter: ModelDrafter, capacity: int, sampling: Sampling, rule: str, keep_trees: bool):
+        settings = (drafter.width, drafter.depth, drafter.budget, drafter.beam, drafter.rounds, drafter.fanout,
+                    drafter.max_size, id(drafter.ngram), None if drafter.lookup is None else
+                    (drafter.lookup.max_ngram, drafter.lookup.min_ngram))
+        return (id(drafter.draft.model), settings, capacity, (sampling.temperature, sampling.top_k, sampling.top_p),
+                rule, keep_trees)
+
+
+def _session(target, drafter, capacity, sampling, rule, keep_trees, draws) -> _Session:
+    sessions = target.model.__dict__.setdefault("_device_sessions", {})
+    key = _Session.key(target, drafter, capacity, sampling, rule, keep_trees)
+    session = sessions.get(key)
+    if session is None:
+        if len(sessions) >= 8:  # settings swept in a notebook: keep the memory bounded
+            sessions.clear()
+        session = sessions[key] = _Session(target, drafter, capacity, sampling, rule, draws)
+    session.drafter.ref = drafter  # this generation's settings object (equal settings: the key)
+    session.target_step.generator = session.graphs.draws = draws
+    return session
 
 
 @torch.inference_mode()
@@ -252,30 +298,29 @@ def speculative_decode(target: LoadedModel, drafter: ModelDrafter, prompt_ids: l
     if schedule is None:
         schedule = DraftSchedule(drafter.budget, drafter.budget, adaptive=False)
     drafter.max_size = schedule.max_size
-    device_drafter = DeviceDrafter(drafter)
-    biggest = device_drafter.shape(schedule.max_size)
-    B_max, D_max = biggest["budget"], max(biggest["depth"], 1)
-    extra = B_max + 1
-    context = model.config.max_seq_len
-    draft_extra = biggest["window"] + BUCKET_SLACK
-    context = min(context, drafter.draft.config.max_seq_len - draft_extra + extra)
+    biggest = DeviceDrafter(drafter).shape(schedule.max_size)
+    extra = biggest["budget"] + 1
+    context = min(model.config.max_seq_len,
+                  drafter.draft.config.max_seq_len - biggest["window"] - BUCKET_SLACK + extra)
     check_lengths(prompt_ids, max_new_tokens, context, extra=extra)
     stats = new_stats(method, target, len(prompt_ids))
     clock = PhaseClock(target.device)
-    generator = _device_generator(sampling, target.device)
+    draws = _device_generator(sampling, target.device)
     eos = target.eos_token_id if stop_at_eos else None
-    dev = model.device
 
     synchronize(target.device)
     t_start = time.perf_counter()
     longest = len(prompt_ids) + max_new_tokens
-    target_step = _TargetStep(target, longest + extra, sampling, rule, generator)
-    device_drafter.clock = clock
-    device_drafter.begin(prompt_ids, max_new_tokens, min(longest + draft_extra, drafter.draft.config.max_seq_len))
-    capacity = longest + D_max + 2  # the context buffer: a step writes up to depth + 1 tokens past its end
-    ctx = torch.zeros(capacity, dtype=torch.long, device=dev)
-    ctx[:len(prompt_ids)] = torch.tensor(prompt_ids, device=dev)
-    length = torch.tensor(len(prompt_ids), device=dev)
+    capacity = -(-longest // CAPACITY_STEP) * CAPACITY_STEP  # shared by generations of about this length
+    session = _session(target, drafter, capacity, sampling, rule, keep_trees, draws)
+    device_drafter, target_step, graphs = session.drafter, session.target_step, session.graphs
+    ctx, length, D_max = session.ctx, session.length, session.D_max
+    # timed phase by phase inside the draft phase, unless it is replayed whole from a graph
+    device_drafter.clock = untimed if graphs.enabled else clock
+    device_drafter.begin(prompt_ids, max_new_tokens, session.draft_capacity)
+    graphs.caches = [target_step.cache, device_drafter.cache]  # their forwards are recorded inline
+    ctx[:len(prompt_ids)] = torch.tensor(prompt_ids, device=model.device)
+    length.fill_(len(prompt_ids))
     if len(prompt_ids) > 1:  # the target cache holds everything but the root
         with clock("target"):
             target_step.cache.length = 0
@@ -300,24 +345,25 @@ def speculative_decode(target: LoadedModel, drafter: ModelDrafter, prompt_ids: l
         draft_size = 1 if shadow else size
         L = len(context_ids)
         # the context window the lookup reads: the whole buffer where shapes must stay fixed (CUDA graphs)
-        T = capacity if dev.type == "cuda" else min(capacity, -(-(L + D_max + 1) // 64) * 64)
+        T = ctx.shape[0] if graphs.enabled else min(ctx.shape[0], -(-(L + D_max + 1) // 64) * 64)
         view = ctx[:T]
         depth = device_drafter.shape(draft_size)["depth"] if draft_size else 1
-        drafted = device_drafter.draft(view, length, L, draft_size, sampling, generator) if draft_size else None
-        verified = None if shadow else drafted
-        with clock("target"):
-            logits = target_step.forward(ctx, length, verified, depth)
+        Pb = device_drafter.prepare(view, L) if draft_size else 0
+        if draft_size:
+            device_drafter.forwards += 1 + device_drafter.shape(draft_size)["rounds"]
+        phases = _phases(device_drafter, target_step, view, ctx, length, draft_size, Pb, shadow, depth, T,
+                         keep_trees, sampling)
+        outputs = graphs.run((draft_size, Pb, shadow), phases, clock)
         stats.target_forwards += 1
-        packed, length, D = verify_and_commit(target_step, device_drafter, logits, ctx, length, drafted, shadow,
-                                              depth, T, keep_trees)
+        drafted = outputs[0][0] if draft_size else None
+        verified = None if shadow else drafted
+        packed, D = outputs[-1]
         values = host_read(packed)  # the step's one wait for the device
         count_, next_, tested_, kept_, landed_, shadow_ = values[:6]
         accepted_tokens = values[6:6 + count_]
         accepted_origins = [ORIGINS[o] for o in values[6 + D:6 + D + count_]]
-        if verified is not None:
-            device_drafter.committed = L + kept_
-        elif shadow:
-            device_drafter.committed = L
+        if verified is not None or shadow:
+            device_drafter.committed_after(L, kept_, verified is not None)
         new_tokens = accepted_tokens + [next_]
         new_origins = accepted_origins + ["target"]
         record = {"size": size, "shadow": shadow, "proposed": 0, "accepted": count_, "tested": tested_,
@@ -354,18 +400,40 @@ def speculative_decode(target: LoadedModel, drafter: ModelDrafter, prompt_ids: l
         elif size == 0 and landed_ >= 0:
             schedule.record_free_guess(bool(landed_))
     stats.device_reads, stats.read_wait_seconds = READS.count - reads, READS.seconds - waited
+    stats.graph_replays, stats.graph_failure = graphs.replays, graphs.failed
     clock.finish()
     synchronize(target.device)
     stats.wall_seconds = time.perf_counter() - t_start
     stats.new_tokens = len(out)
     stats.target_seconds = clock.total("target")
     stats.draft_forwards = device_drafter.forwards
-    stats.draft_seconds = clock.total("draft")
+    stats.draft_seconds = clock.total("draft") or clock.total("draft phase")  # (whole, where replayed)
     stats.ngram_seconds = clock.total("ngram")
     for k, record in enumerate(trace):
-        record["draft_seconds"] = clock.per_step[k].get("draft", 0.0) if k in clock.per_step else 0.0
+        per_step = clock.per_step.get(k, {})
+        record["draft_seconds"] = per_step.get("draft", 0.0) or per_step.get("draft phase", 0.0)
     return GenerationResult(target.decode(out), out, list(prompt_ids), origins, stats, trace)
 
+
+
+
+
+def _phases(drafter: DeviceDrafter, target_step: _TargetStep, view, ctx, length, draft_size: int, Pb: int,
+            shadow: bool, depth: int, T: int, keep_trees: bool, sampling: Sampling) -> list:
+    """A step as its phases, each ``fn(draws, *outputs of the phase before)`` (``graphs.StepGraphs``)."""
+    def draft_phase(draws):
+        return (drafter.draft_phase(view, length, draft_size, Pb, sampling, draws),)
+
+    def target_phase(draws, drafted=None):
+        return drafted, target_step.forward(ctx, length, None if shadow else drafted, depth)
+
+    def verify_phase(draws, drafted, logits):
+        packed, _, D = verify_and_commit(target_step, drafter, logits, ctx, length, drafted, shadow, depth, T,
+                                         keep_trees, draws)
+        return packed, D
+
+    phases = [("draft phase", draft_phase)] if draft_size else []
+    return phases + [("target", target_phase), ("verify phase", verify_phase)]
 
 
 def _max_depth(parents: list[int]) -> int:

@@ -45,14 +45,14 @@ class Uniforms:
         self.generator, self.buffer, self.used = generator, buffer, 0
 
     def __call__(self, shape, device) -> torch.Tensor:
+        n = 1
+        for d in shape:
+            n *= d
         if self.buffer is None:
             u = torch.rand(shape, generator=self.generator, device=device)
         else:
-            n = 1
-            for d in shape:
-                n *= d
             u = self.buffer[self.used:self.used + n].view(shape)
-            self.used += n
+        self.used += n  # (counted either way: a recording needs as many as the eager run drew)
         return u.clamp(1e-20, 1.0)
 
 

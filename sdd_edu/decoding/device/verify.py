@@ -105,7 +105,7 @@ def sampled_walk(tree: TensorTree, target_probs: torch.Tensor, child_dists: Opti
     B, device = len(tree), target_probs.device
     draw = uniforms(generator)
     kids = children_table(tree, width)  # (1 + B, w)
-    node_rows = torch.cat([torch.tensor([tree.root_row], device=device), tree.child_row])  # (1 + B,)
+    node_rows = torch.cat([torch.full((1,), tree.root_row, device=device), tree.child_row])  # (1 + B,)
     path = torch.full((levels,), -1, dtype=torch.long, device=device)
     cur = torch.zeros((), dtype=torch.long, device=device)  # row: 0 the root, 1 + i node i
     active = torch.ones((), dtype=torch.bool, device=device)
