@@ -105,27 +105,15 @@ def speculative_decode(target: LoadedModel, drafter: Drafter, prompt_ids: list[i
             step["tree"] = tree.to_dict()
             step["accepted_nodes"] = verdict.accepted
         trace.append(step)
-        # stop at EOS or the length limit, whichever comes first
-        if eos is not None and eos in new:
-            cut = new.index(eos) + 1
-            new, new_origins = new[:cut], new_origins[:cut]
-            stats.finish_reason = "eos"
-        new, new_origins = new[:max_new_tokens - len(out)], new_origins[:max_new_tokens - len(out)]
-        out += new
-        origins += new_origins
-        if stream:
-            stream(new)
+        new = emit(new, new_origins, out, origins, max_new_tokens, eos, stats, stream)
         if stats.finish_reason == "eos":
             break
         context += new
         # 5. let the drafter keep what was accepted
         drafter.update(context, shadow_tree or tree, verdict.accepted)
-        seconds = time.perf_counter() - step_start
-        schedule.record(size, len(verdict.accepted), verdict.tested, None if shadow else seconds)
-        if shadow:
-            schedule.record_shadow(bool(shadow_tree.tokens) and shadow_tree.tokens[0] == verdict.next_token)
-        elif size == 0 and drafter.lookup_landed is not None:
-            schedule.record_free_guess(drafter.lookup_landed)
+        learn(schedule, size, shadow, len(verdict.accepted), verdict.tested, time.perf_counter() - step_start,
+              shadow and bool(shadow_tree.tokens) and shadow_tree.tokens[0] == verdict.next_token,
+              drafter.lookup_landed)
     synchronize(target.device)
     stats.wall_seconds = time.perf_counter() - t_start
     stats.new_tokens = len(out)
@@ -133,3 +121,30 @@ def speculative_decode(target: LoadedModel, drafter: Drafter, prompt_ids: list[i
     stats.draft_seconds = drafter.seconds
     stats.ngram_seconds = drafter.ngram_seconds
     return GenerationResult(target.decode(out), out, list(prompt_ids), origins, stats, trace)
+
+
+def emit(new: list[int], new_origins: list[str], out: list[int], origins: list[str], max_new_tokens: int,
+         eos: Optional[int], stats, stream) -> list[int]:
+    """Append a step's tokens and their origins to the output, cut at EOS or the length limit, whichever
+    comes first, and stream them; returns the tokens appended (``stats.finish_reason`` is "eos" at EOS)."""
+    if eos is not None and eos in new:
+        cut = new.index(eos) + 1
+        new, new_origins = new[:cut], new_origins[:cut]
+        stats.finish_reason = "eos"
+    new, new_origins = new[:max_new_tokens - len(out)], new_origins[:max_new_tokens - len(out)]
+    out += new
+    origins += new_origins
+    if stream:
+        stream(new)
+    return new
+
+
+def learn(schedule: DraftSchedule, size: int, shadow: bool, accepted: int, tested: int, seconds: float,
+          shadow_landed: bool, free_guess: Optional[bool]) -> None:
+    """Tell the schedule what a step of ``size`` got: its acceptance and time, whether a shadow draft
+    would have landed, and at a baseline step whether prompt lookup's free guess would have (None: none)."""
+    schedule.record(size, accepted, tested, None if shadow else seconds)
+    if shadow:
+        schedule.record_shadow(shadow_landed)
+    elif size == 0 and free_guess is not None:
+        schedule.record_free_guess(free_guess)

@@ -29,6 +29,7 @@ from ..baseline import new_stats
 from ..common import ORIGINS, GenerationResult, StreamCallback, check_lengths, synchronize
 from ..drafters import ModelDrafter
 from ..schedule import DraftSchedule
+from ..speculative import emit, learn
 from .capture import READS, host_read
 from .drafter import DeviceDrafter, DraftedStep, untimed
 from .graphs import StepGraphs
@@ -380,25 +381,12 @@ def speculative_decode(target: LoadedModel, drafter: ModelDrafter, prompt_ids: l
             record["proposed"] = n
             record["depth"] = _max_depth(par[:n])
         trace.append(record)
-        if eos is not None and eos in new_tokens:
-            cut = new_tokens.index(eos) + 1
-            new_tokens, new_origins = new_tokens[:cut], new_origins[:cut]
-            stats.finish_reason = "eos"
-        new_tokens = new_tokens[:max_new_tokens - len(out)]
-        new_origins = new_origins[:max_new_tokens - len(out)]
-        out += new_tokens
-        origins += new_origins
-        if stream:
-            stream(new_tokens)
+        emit(new_tokens, new_origins, out, origins, max_new_tokens, eos, stats, stream)
         if stats.finish_reason == "eos":
             break
         context_ids += accepted_tokens + [next_]
-        seconds = time.perf_counter() - step_start
-        schedule.record(size, count_, tested_, None if shadow else seconds)
-        if shadow:
-            schedule.record_shadow(shadow_ == next_)
-        elif size == 0 and landed_ >= 0:
-            schedule.record_free_guess(bool(landed_))
+        learn(schedule, size, shadow, count_, tested_, time.perf_counter() - step_start, shadow_ == next_,
+              bool(landed_) if landed_ >= 0 else None)
     stats.device_reads, stats.read_wait_seconds = READS.count - reads, READS.seconds - waited
     stats.graph_replays, stats.graph_failure = graphs.replays, graphs.failed
     clock.finish()
@@ -407,11 +395,13 @@ def speculative_decode(target: LoadedModel, drafter: ModelDrafter, prompt_ids: l
     stats.new_tokens = len(out)
     stats.target_seconds = clock.total("target")
     stats.draft_forwards = device_drafter.forwards
-    stats.draft_seconds = clock.total("draft") or clock.total("draft phase")  # (whole, where replayed)
+    # the draft's forwards (the prompt's and catch-ups too); where the phases are replayed from graphs,
+    # the whole draft phase, which one graph holds
+    drafting = ("draft", "draft phase") if graphs.enabled else ("draft",)
+    stats.draft_seconds = sum(clock.total(name) for name in drafting)
     stats.ngram_seconds = clock.total("ngram")
     for k, record in enumerate(trace):
-        per_step = clock.per_step.get(k, {})
-        record["draft_seconds"] = per_step.get("draft", 0.0) or per_step.get("draft phase", 0.0)
+        record["draft_seconds"] = sum(clock.per_step.get(k, {}).get(name, 0.0) for name in drafting)
     return GenerationResult(target.decode(out), out, list(prompt_ids), origins, stats, trace)
 
 
