@@ -76,7 +76,7 @@ def static_cache(model, max_len: int, role: str = "target") -> "StaticKVCache":
     ``CAPACITY_STEP`` slots.  ``release(model)`` frees them."""
     capacity = min(-(-max_len // CAPACITY_STEP) * CAPACITY_STEP, model.config.max_seq_len)
     pool = model.__dict__.setdefault("_static_caches", {})
-    key = (role, capacity, COMPILE, PAD)
+    key = (role, capacity, COMPILE, PAD, model.dtype, str(model.device))  # (a copied model may change dtype)
     cache = pool.get(key)
     if cache is None:
         cache = pool[key] = StaticKVCache(model, capacity)
