@@ -250,3 +250,87 @@ def test_a_step_keeps_its_state_in_the_same_buffers(agreeing_ladder):
     assert target.model._device_sessions == {k: session for k in target.model._device_sessions}
     assert buffers(session) == before and len(res.trace) > 3
     assert res.token_ids == baseline_decode(target, [60, 2, 33, 60, 2], 30, stop_at_eos=False).token_ids
+
+
+class _Replay:
+    """A recorded phase, on a CPU: replaying runs it again and writes its results into the tensors the
+    recording returned, as a CUDA graph's replay writes into its recorded outputs; it reads the same
+    stretch of the draws' buffer as the recording did."""
+
+    def __init__(self, call, out, draws, start):
+        self.call, self.out, self.draws, self.start = call, out, draws, start
+
+    def replay(self):
+        if self.draws is not None:
+            self.draws.used = self.start
+        _copy_into(self.out, self.call())
+
+
+def _copy_into(dst, src):
+    import dataclasses
+
+    if isinstance(dst, torch.Tensor):
+        dst.copy_(src)
+    elif isinstance(dst, (tuple, list)):
+        for d, s in zip(dst, src):
+            _copy_into(d, s)
+    elif dataclasses.is_dataclass(dst):
+        for f in dataclasses.fields(dst):
+            _copy_into(getattr(dst, f.name), getattr(src, f.name))
+
+
+def emulated_graphs():
+    """``StepGraphs`` on a CPU with a stand-in for a CUDA graph that keeps its two rules: recording runs
+    nothing (the step's state is put back as it was), and a replay reads and writes fixed tensors."""
+    from sdd_edu.decoding.device.graphs import StepGraphs
+
+    class EmulatedGraphs(StepGraphs):
+        def __init__(self, device, caches, draws):
+            super().__init__(device, caches, draws)
+            self.enabled = True
+
+        def run(self, shape, phases, clock):
+            if self.failed is None and shape not in self.graphs:  # this step will be recorded after it runs
+                self.before = [t.clone() for t in self.state]
+            return super().run(shape, phases, clock)
+
+        def _recorded(self, call):
+            # a recording runs nothing: here it runs on the state the step started from (a real one would
+            # index what it indexes then), and the state the step left is put back
+            after = [t.clone() for t in self.state]
+            for t, b in zip(self.state, self.before):
+                t.copy_(b)
+            draws = call.args[0]  # (the phase's first argument)
+            start = draws.used if draws is not None else 0
+            out = call()
+            for t, a in zip(self.state, after):
+                t.copy_(a)
+            return _Replay(call, out, draws, start), out
+
+    return EmulatedGraphs
+
+
+@pytest.mark.parametrize("method, settings", METHODS[:3])
+def test_the_step_graphs_replay_the_same_steps(agreeing_ladder, method, settings, monkeypatch):
+    """The recording and replaying of a step's phases (``device/graphs.py``), checked on a CPU: the first
+    step of each shape runs eagerly and is recorded, later ones replay it, and the tokens stay the baseline's."""
+    monkeypatch.setattr(loop, "StepGraphs", emulated_graphs())
+    target = agreeing_ladder.target
+    target.model.__dict__.pop("_device_sessions", None)
+    for prompt, adaptive in (([5, 7, 11, 5, 7, 11, 5], False), ([60, 2, 33], True), ([9, 9, 1, 4], False)):
+        expected = baseline_decode(target, prompt, 30, stop_at_eos=False).token_ids
+        res = generate(agreeing_ladder, prompt, method=method, max_new_tokens=30, stop_at_eos=False, fast=True,
+                       adaptive=adaptive, node_cost=0.0, **settings)
+        assert res.token_ids == expected and res.stats.graph_failure is None
+    assert res.stats.graph_replays > len(res.trace) // 2  # most steps replayed a recording
+
+
+def test_sampling_from_replayed_steps_matches_the_baseline_distribution(small_vocab_ladder, monkeypatch):
+    """Replayed phases draw from a buffer the step fills first: the distribution is still the baseline's."""
+    monkeypatch.setattr(loop, "StepGraphs", emulated_graphs())
+    small_vocab_ladder.target.model.__dict__.pop("_device_sessions", None)
+    probs = exact_two_token_distribution(small_vocab_ladder.target, [2, 4, 1], temperature=1.0)
+    counts = sample_counts(small_vocab_ladder, "staged", {"fast": True, "width": 3, "budget": 8,
+                                                          "ngram_fanout": (3, 2), "adaptive": False},
+                           temperature=1.0, n=600)
+    assert chi_square_p_value(counts, probs) > 1e-4

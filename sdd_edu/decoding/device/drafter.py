@@ -119,6 +119,11 @@ class DeviceDrafter:
         if self.reduced and self.lookup is not None:
             self.extend(torch.tensor(prompt_ids, dtype=torch.long, device=dev))
 
+    def state(self) -> list:
+        """The tensors a step updates in place: what the draft has read, lookup's precision, the head."""
+        return [self.cache.kv, self.committed_t, self.lookup_counts, self.column_buf, self.extra_buf,
+                self.extra_count, self.support_buf]
+
     def extend(self, tokens: torch.Tensor, valid: Optional[torch.Tensor] = None) -> None:
         """Give the head a column for each of ``tokens`` it lacks (``ModelDrafter._extend``): new ones in
         increasing token order, after the columns already there."""

@@ -18,6 +18,7 @@ why (``gpu-check`` reports it); greedy outputs are checked against the eager bas
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional
 
 import torch
@@ -37,6 +38,7 @@ class StepGraphs:
         self.graphs: dict = {}  # shape -> (noise buffer or None, [(name, graph, outputs)])
         self.failed: Optional[str] = None
         self.replays = 0
+        self.state: list = []  # the tensors a step updates in place (the loop names them; a recording keeps them)
         self._pool = None
 
     def run(self, shape, phases: list[tuple[str, Callable]], clock) -> list:
@@ -76,20 +78,26 @@ class StepGraphs:
         device = self.caches[0].kv.device
         noise = torch.zeros(draws_used, device=device) if self.draws is not None else None
         draws = Uniforms(buffer=noise) if noise is not None else None
-        if self._pool is None:
+        if self._pool is None and torch.device(device).type == "cuda":
             self._pool = torch.cuda.graph_pool_handle()
         saved = [c.capture for c in self.caches]
         for c in self.caches:
             c.capture = False  # record the forwards inline, not as a replay of the cache's own graph
         recorded, previous = [], ()
         try:
-            torch.cuda.synchronize()
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize()
             for name, fn in phases:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self._pool):
-                    previous = fn(draws, *previous)
+                graph, previous = self._recorded(functools.partial(fn, draws, *previous))
                 recorded.append((name, graph, previous))
         finally:
             for c, s in zip(self.caches, saved):
                 c.capture = s
         return noise, recorded
+
+    def _recorded(self, call: Callable):
+        """(a graph of what ``call`` launches, its outputs): recorded, not run."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = call()
+        return graph, out

@@ -320,6 +320,7 @@ def speculative_decode(target: LoadedModel, drafter: ModelDrafter, prompt_ids: l
     device_drafter.clock = untimed if graphs.enabled else clock
     device_drafter.begin(prompt_ids, max_new_tokens, session.draft_capacity)
     graphs.caches = [target_step.cache, device_drafter.cache]  # their forwards are recorded inline
+    graphs.state = [ctx, length, target_step.cache.kv, *device_drafter.state()]
     ctx[:len(prompt_ids)] = torch.tensor(prompt_ids, device=model.device)
     length.fill_(len(prompt_ids))
     if len(prompt_ids) > 1:  # the target cache holds everything but the root
