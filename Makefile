@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.sdd-edu-installed
 
-.PHONY: setup demo test test-fast lab strip student bench engine-bench clean
+.PHONY: setup demo test test-fast lab lab-instructor strip student bench engine-bench clean
 
 setup: $(STAMP)
 
@@ -28,8 +28,19 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-lab: $(STAMP)
-	$(VENV)/bin/jupyter lab tutorials/
+# The course is the student edition (student/, every exercise a stub), rebuilt from the instructor edition
+# (tutorials/, solved) whenever that is newer.  Jupyter refuses to run as root without a flag: a container or
+# a cloud notebook machine runs as root, so the flag is passed there, and said.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+lab: student
+	@echo "JupyterLab on the student edition (student/); the solved edition opens with: make lab-instructor"
+	@$(if $(ROOT_FLAG),echo "running as root: passing --allow-root to JupyterLab",true)
+	@echo "open the address JupyterLab prints below (http://localhost:8888/lab?token=...)"
+	$(VENV)/bin/jupyter lab $(ROOT_FLAG) student/
+
+lab-instructor: $(STAMP)
+	@$(if $(ROOT_FLAG),echo "running as root: passing --allow-root to JupyterLab",true)
+	$(VENV)/bin/jupyter lab $(ROOT_FLAG) tutorials/
 
 # before committing a notebook: drop outputs, execution counts and widget state
 strip: $(STAMP)
@@ -41,6 +52,10 @@ engine-bench: $(STAMP)
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
 
-# the student edition: every exercise's solution replaced by a stub (see sdd_edu/notebook.py)
-student: $(STAMP)
-	$(PY) -m sdd_edu.notebook student student tutorials/*.ipynb
+# the student edition: every exercise's solution replaced by a stub (see sdd_edu/notebook.py), one notebook
+# rebuilt when its instructor source changed
+STUDENT := $(patsubst tutorials/%,student/%,$(wildcard tutorials/*.ipynb))
+student: $(STUDENT)
+
+student/%.ipynb: tutorials/%.ipynb $(STAMP)
+	$(PY) -m sdd_edu.notebook student student $<
