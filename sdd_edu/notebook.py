@@ -157,8 +157,21 @@ def student_source(source: str) -> str:
     return "\n".join(lines)
 
 
+# Text meant for one edition, in a markdown cell: ``<!-- instructor -->...<!-- /instructor -->`` (shown in the
+# instructor edition, dropped from the student's) and ``<!-- student: ... -->`` (an invisible comment in the
+# instructor edition, the text itself in the student's).
+INSTRUCTOR_TEXT = re.compile(r"<!-- instructor -->.*?<!-- /instructor -->", re.S)
+STUDENT_TEXT = re.compile(r"<!-- student: (.*?) -->", re.S)
+
+
+def student_markdown(source: str) -> str:
+    """``source`` as the student edition shows it: instructor-only text dropped, student-only text shown."""
+    return STUDENT_TEXT.sub(lambda m: m.group(1), INSTRUCTOR_TEXT.sub("", source))
+
+
 def student_edition(nb):
-    """A copy of ``nb`` with its solutions replaced by stubs (outputs stripped)."""
+    """A copy of ``nb`` with its solutions replaced by stubs and its edition-specific text resolved (outputs
+    stripped)."""
     import copy
 
     out = copy.deepcopy(nb)
@@ -166,6 +179,8 @@ def student_edition(nb):
     for cell in out.get("cells", []):
         if cell.get("cell_type") == "code" and "# BEGIN SOLUTION" in cell.get("source", ""):
             cell["source"] = student_source(cell["source"])
+        elif cell.get("cell_type") == "markdown":
+            cell["source"] = student_markdown(cell.get("source", ""))
     return out
 
 

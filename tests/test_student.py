@@ -8,7 +8,7 @@ import nbformat
 import pytest
 
 from sdd_edu.notebook import exercise_problems, main, solution_blocks, structure_problems, student_edition, \
-    student_source
+    student_markdown, student_source
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "tutorials").glob("*.ipynb"))
 
@@ -76,3 +76,15 @@ def test_make_student_writes_the_edition(tmp_path):
     assert written == [p.name for p in NOTEBOOKS]
     assert sum(len([c for c in nbformat.read(tmp_path / n, as_version=4).cells
                     if "raise NotImplementedError" in c.source]) for n in written) >= 15
+
+
+def test_text_meant_for_one_edition_is_resolved_in_the_student_edition():
+    text = ("Predict it. <!-- instructor -->The cell holds one answer; cover it.<!-- /instructor -->"
+            "<!-- student: Write yours below. --> Then run the check.")
+    assert student_markdown(text) == "Predict it. Write yours below. Then run the check."
+    for path in NOTEBOOKS:
+        markdown = "".join(c.source for c in student_edition(nbformat.read(path, as_version=4)).cells
+                           if c.cell_type == "markdown")
+        assert "<!-- instructor" not in markdown and "<!-- student" not in markdown, path.name
+        for instructor_only in ("holds one answer", "cover it", "The answer below"):
+            assert instructor_only not in markdown, (path.name, instructor_only)
