@@ -21,8 +21,9 @@ Capture is explicit (``torch.cuda.CUDAGraph``), not ``torch.compile(mode="reduce
 costs a warm-up forward and a capture per bucket (64-110 ms together on an H100), needs no compiler,
 and leaves the kernels as they are, so that its effect alone can be measured (that H100, bf16, the
 embedded target's one-token forward: 8.6 ms eager, 1.5 ms replayed; 64 tokens: 8.8 and 1.8 ms).
-On a CPU there is nothing to capture: the same static forward then runs eagerly, which is how the
-tests check it against the readable eager path (``generate(..., fast=True)``; on by default on CUDA).
+On a CPU there is nothing to capture: the same static forward then runs eagerly over the exact rows
+(no padding: ``PAD``), which is how the tests check it against the readable eager path
+(``generate(..., fast=True)``; on by default on CUDA; the tests pad as a GPU does).
 
 A graph removes the launches, not the kernels: a one-token forward of the embedded target is still
 some 470 kernels of a few microseconds each (measured on an H100 in bf16: 1.2 ms of kernel time,

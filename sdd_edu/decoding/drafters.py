@@ -245,6 +245,17 @@ class Drafter:
         return tree
 
 
+def prompt_agreement(guesses: list[int], context: list[int], lookup=None) -> float:
+    """The share of the context's positions 1.. where the draft's first choice (``guesses[i - 1]``), or prompt
+    lookup's, was the token there: how well the drafter predicts this text."""
+    hits = [g == t for g, t in zip(guesses, context[1:])]
+    if lookup is not None:
+        for i in range(1, len(context)):
+            _, tokens, _ = lookup.match(context[:i], 1)
+            hits[i - 1] = hits[i - 1] or (bool(tokens) and tokens[0] == context[i])
+    return sum(hits) / len(hits)
+
+
 def _draft_dist(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     """The draft's distribution: the same sampling settings as the target (plain softmax for greedy ranking).
 
@@ -383,14 +394,10 @@ class ModelDrafter(Drafter):
         guesses = (self.support[best] if self.head_ids is not None else best).tolist()
         synchronize(model.device)
         self.seconds += time.perf_counter() - t0
-        hits = [g == t for g, t in zip(guesses, context[1:])]
-        if self.lookup is not None:
-            t0 = time.perf_counter()
-            for i in range(1, len(context)):
-                _, tokens, _ = self.lookup.match(context[:i], 1)
-                hits[i - 1] = hits[i - 1] or (bool(tokens) and tokens[0] == context[i])
-            self.ngram_seconds += time.perf_counter() - t0
-        return sum(hits) / len(hits)
+        t0 = time.perf_counter()
+        agreement = prompt_agreement(guesses, context, self.lookup)
+        self.ngram_seconds += time.perf_counter() - t0
+        return agreement
 
     # -- prompt lookup, mixed into every node's distribution
     @property

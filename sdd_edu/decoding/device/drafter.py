@@ -29,7 +29,8 @@ import torch
 from ...fast import BUCKETS, static_cache
 from ...sampling import Sampling, probabilities
 from ..common import ORIGINS
-from ..drafters import ModelDrafter
+from ..drafters import ModelDrafter, prompt_agreement
+from .capture import host_read
 from .ngram import TrigramTopK, lookup_match, lookup_propose
 from .trees import Pool, TensorTree, ancestors, choose_children, pick, select_tree
 from .verify import keep_path
@@ -147,9 +148,6 @@ class DeviceDrafter:
     def prefill(self, context: list[int]) -> Optional[float]:
         """The draft reads the context but its last token (the first step's forward would), and how often
         its first choice, or the lookup's, was the next token: ``ModelDrafter.prefill``, once per generation."""
-        from ..common import synchronize
-        from .capture import host_read
-
         if len(context) < 2:
             return None
         x = torch.tensor([context[:-1]], device=self.device)
@@ -159,14 +157,7 @@ class DeviceDrafter:
         self.forwards += 1
         self.committed = len(context) - 1
         self.committed_t.fill_(self.committed)
-        guesses = host_read(self.support[logits.argmax(-1)])
-        synchronize(self.device)
-        hits = [g == t for g, t in zip(guesses, context[1:])]
-        if self.lookup is not None:
-            for i in range(1, len(context)):
-                _, tokens, _ = self.lookup.match(context[:i], 1)
-                hits[i - 1] = hits[i - 1] or (bool(tokens) and tokens[0] == context[i])
-        return sum(hits) / len(hits)
+        return prompt_agreement(host_read(self.support[logits.argmax(-1)]), context, self.lookup)
 
     def _extra(self):
         return self.extra_ids if self.reduced and self.lookup is not None else None

@@ -102,7 +102,7 @@ def sampled_walk(tree: TensorTree, target_probs: torch.Tensor, child_dists: Opti
     """Sampling verification.  target_probs (1 + B, V): the target's distribution after the root and each
     node.  child_dists (rows, V): the draft distribution each planned node's children were drawn from,
     in the whole vocabulary; ``tree.child_row`` says which row is a node's, row ``tree.root_row`` the root's."""
-    B, device = len(tree), target_probs.device
+    device = target_probs.device
     draw = uniforms(generator)
     kids = children_table(tree, width)  # (1 + B, w)
     node_rows = torch.cat([torch.full((1,), tree.root_row, device=device), tree.child_row])  # (1 + B,)
