@@ -1,0 +1,140 @@
+"""An exercise's checks reject plausible wrong answers (mutants), not only the unsolved stub.
+
+Each case runs an exercise's cell with its solution block replaced, then the check cell after it, in a
+namespace set up with cheap stand-ins for what the notebook computed before (no model is loaded):
+the solution passes, the stub fails, and every mutant fails its checks.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from sdd_edu.notebook import solution_blocks, student_source
+
+TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
+
+
+@dataclass
+class Exercise:
+    notebook: str
+    hint: str  # a phrase of the solution block's hint: which exercise
+    setup: str  # what the cell and its checks read, made cheaply
+    mutants: dict = field(default_factory=dict)  # name -> code in place of the solution
+    from_block: bool = False  # run the cell from its solution block on (the lines before need the models)
+
+
+SETUP_02 = """
+from sdd_edu.measure.roofline import forward_counts
+from sdd_edu.model import ModelConfig
+from sdd_edu.notebook import check
+cfg = ModelConfig(family="llama", vocab_size=49152, n_layer=30, n_head=9, n_kv_head=3, d_model=576, d_ff=1536,
+                  max_seq_len=8192)
+d, hd, L = cfg.d_model, cfg.head_dim, cfg.n_layer
+matmul_weights = L * (d * (cfg.n_head + 2 * cfg.n_kv_head) * hd + d * d + 3 * d * cfg.d_ff) + cfg.vocab_size * d
+counts = forward_counts(cfg, tokens=1, context=0, dtype="fp32")
+"""
+
+SETUP_03 = """
+import numpy as np
+import torch
+from sdd_edu.notebook import check, pick
+p = torch.tensor([0.45, 0.25, 0.15, 0.10, 0.05])
+q = torch.tensor([0.10, 0.40, 0.30, 0.05, 0.15])
+beta = torch.minimum(p, q).sum()
+"""
+
+SETUP_05 = """
+from types import SimpleNamespace
+from sdd_edu.notebook import check
+def run(forwards, tokens):
+    trace = [{"draft_forwards": f} for f in forwards]
+    return SimpleNamespace(trace=trace, token_ids=list(range(tokens)),
+                           stats=SimpleNamespace(draft_forwards=sum(forwards), new_tokens=tokens))
+tree_run, staged_run = run([4, 4, 3, 4, 2], 17), run([2, 1, 2, 2, 1, 2], 17)
+"""
+
+SETUP_07 = """
+import torch
+from sdd_edu.notebook import check
+g = torch.Generator().manual_seed(5)
+p = torch.softmax(torch.randn(200, generator=g, dtype=torch.float64) * 2, 0)
+q = torch.softmax(torch.randn(200, generator=g, dtype=torch.float64) * 2, 0)
+"""
+
+EXERCISES = {
+    "02 intensity in bf16": Exercise("02_why_decoding_is_slow", "2 FLOPs per matrix weight", SETUP_02, {
+        "the matrices alone": "flops_bf16 = 2 * matmul_weights\nbytes_bf16 = 2 * matmul_weights",
+        "4 bytes per weight": "flops_bf16 = 2 * matmul_weights\nbytes_bf16 = 4 * (matmul_weights + 2 * L * d + 2 * d)",
+        "one FLOP per weight": "flops_bf16 = matmul_weights\nbytes_bf16 = 2 * (matmul_weights + 2 * L * d + 2 * d)",
+    }),
+    "03 the acceptance rule as a sampler": Exercise("03_speculative_decoding", "x = n draws from q", SETUP_03, {
+        "draws from p and flags at random": (
+            "x = torch.multinomial(p, n, replacement=True, generator=generator)\n"
+            "return x, torch.rand(n, generator=generator) < float(torch.minimum(p, q).sum())"),
+        "resamples from p after a rejection": (
+            "x = torch.multinomial(q, n, replacement=True, generator=generator)\n"
+            "accepted = torch.rand(n, generator=generator) * q[x] < p[x]\n"
+            "again = torch.multinomial(p, n, replacement=True, generator=generator)\n"
+            "return torch.where(accepted, x, again), accepted"),
+        "accepts with p(x) instead of p(x)/q(x)": (
+            "x = torch.multinomial(q, n, replacement=True, generator=generator)\n"
+            "accepted = torch.rand(n, generator=generator) < p[x]\n"
+            "residual = torch.clamp(p - q, min=0)\n"
+            "again = torch.multinomial(residual / residual.sum(), n, replacement=True, generator=generator)\n"
+            "return torch.where(accepted, x, again), accepted"),
+    }),
+    "05 draft forwards saved": Exercise("05_staged_speculative_decoding", "add up step['draft_forwards']", SETUP_05, {
+        "counts steps, not forwards": (
+            "tree_forwards, staged_forwards = len(tree_run.trace), len(staged_run.trace)\n"
+            "saved_per_token = (tree_forwards - staged_forwards) / len(staged_run.token_ids)"),
+        "saved per step instead of per token": (
+            "tree_forwards = sum(s['draft_forwards'] for s in tree_run.trace)\n"
+            "staged_forwards = sum(s['draft_forwards'] for s in staged_run.trace)\n"
+            "saved_per_token = (tree_forwards - staged_forwards) / len(staged_run.trace)"),
+    }),
+    "07 acceptance is 1 - TV": Exercise("07_beyond_the_paper", "the sum of min(p, q)", SETUP_07, {
+        "the identity, not the quantities": "acceptance, total_variation = 1.0, 0.0",
+        "total variation without the half": (
+            "acceptance = torch.minimum(p, q).sum().item()\ntotal_variation = (p - q).abs().sum().item()"),
+        "the overlap of the wrong pair": (
+            "acceptance = torch.maximum(p, q).sum().item() - 1\ntotal_variation = 1 - acceptance"),
+    }, from_block=True),
+}
+
+
+def run_exercise(ex: Exercise, replacement=None, stub: bool = False) -> None:
+    """The exercise's cell (its solution, the stub, or ``replacement`` in the block's place), then its checks."""
+    nb = nbformat.read(TUTORIALS / f"{ex.notebook}.ipynb", as_version=4)
+    cells = [c.source for c in nb.cells if c.cell_type == "code"]
+    k = next(i for i, s in enumerate(cells) if any(ex.hint in hint for *_, hint in solution_blocks(s)))
+    source = cells[k]
+    (first, last, indent, _), = [b for b in solution_blocks(source) if ex.hint in b[3]]
+    lines = source.split("\n")
+    if stub:
+        source = student_source(source)
+    elif replacement is not None:
+        lines[first:last + 1] = [indent + line for line in replacement.split("\n")]
+        source = "\n".join(lines)
+    if ex.from_block:
+        source = "\n".join(source.split("\n")[first:])
+    checks = next(s for s in cells[k + 1:] if "check(" in s)
+    namespace: dict = {}
+    exec(ex.setup, namespace)
+    exec(source, namespace)
+    exec(checks, namespace)
+
+
+@pytest.mark.parametrize("name", EXERCISES)
+def test_the_solution_passes_and_the_stub_fails(name):
+    run_exercise(EXERCISES[name])
+    with pytest.raises((NotImplementedError, AssertionError, NameError)):
+        run_exercise(EXERCISES[name], stub=True)
+
+
+@pytest.mark.parametrize("name, mutant", [(n, m) for n, ex in EXERCISES.items() for m in ex.mutants])
+def test_a_plausible_wrong_answer_fails_the_checks(name, mutant):
+    ex = EXERCISES[name]
+    with pytest.raises(AssertionError, match="✗"):
+        run_exercise(ex, ex.mutants[mutant])
