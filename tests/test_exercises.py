@@ -63,7 +63,115 @@ p = torch.softmax(torch.randn(200, generator=g, dtype=torch.float64) * 2, 0)
 q = torch.softmax(torch.randn(200, generator=g, dtype=torch.float64) * 2, 0)
 """
 
+SETUP_01 = """
+import math
+import torch
+from sdd_edu.model import ModelConfig, Transformer
+from sdd_edu.notebook import check
+from sdd_edu.sampling import Sampling, probabilities
+cfg = ModelConfig(family="llama", vocab_size=61, n_layer=3, n_head=6, n_kv_head=2, d_model=48, d_ff=64,
+                  max_seq_len=4096)
+model = Transformer(cfg)
+first_logits = torch.randn(61, generator=torch.Generator().manual_seed(0)) * 3
+"""
+
+SETUP_02_SEARCH = SETUP_02 + """
+from sdd_edu.measure.roofline import roofline_time
+ceil = {"peak_flops": 2e11, "bandwidth_bytes": 2.5e10}
+DTYPE, TARGET = "fp32", "target"
+curves = {TARGET: [{"tokens": 1, "relative_to_one": 1.0}]}
+"""
+
+SETUP_03_FORMULAS = """
+from sdd_edu.measure.acceptance import expected_tokens_per_forward
+from sdd_edu.notebook import check
+alpha, c = 0.7, 0.15
+def speedup(alpha, gamma, c):
+    return expected_tokens_per_forward(alpha, gamma) / (gamma * c + 1)
+"""
+
+SETUP_04 = """
+import torch
+from sdd_edu.decoding.tree import tree_attention_mask
+from sdd_edu.notebook import check
+parents, cached = [-1, -1, 0, 0, 2, 4], 3
+mask, _ = tree_attention_mask(parents, cached=cached, chain=1)
+def expected_accepted(parents, ranks, p):
+    reach = []
+    for parent, r in zip(parents, ranks):
+        reach.append((1.0 if parent == -1 else reach[parent]) * p[r - 1])
+    return sum(reach)
+"""
+
+SETUP_06 = """
+from sdd_edu.notebook import check
+greedy = {"staged": {"tokens_per_target_forward": 2.8, "tokens_per_second": 44.0, "time_split": {"target_seconds": 0.85}},
+          "baseline": {"tokens_per_target_forward": 1.0, "tokens_per_second": 25.5, "time_split": {"target_seconds": 1.0}}}
+"""
+
+SETUP_07_GAMMA = """
+from sdd_edu.measure.acceptance import expected_tokens_per_forward
+from sdd_edu.notebook import check
+c, r = 0.3, [0, 1.0, 1.2, 1.5, 1.9, 2.4, 3.0]  # r[n]: a target forward over n tokens, relative to one
+"""
+
 EXERCISES = {
+    "01 the KV cache's size": Exercise("01_engine_and_kv_cache", "keys and values (2) x layers", SETUP_01, {
+        "keys only": "cache_bytes = cfg.n_layer * cfg.n_kv_head * slots * cfg.head_dim * 4",
+        "a head per query head": "cache_bytes = 2 * cfg.n_layer * cfg.n_head * slots * cfg.head_dim * 4",
+        "2 bytes per number": "cache_bytes = 2 * cfg.n_layer * cfg.n_kv_head * slots * cfg.head_dim * 2",
+    }),
+    "01 entropy": Exercise("01_engine_and_kv_cache", "H(p) = -sum p log p", SETUP_01, {
+        "in bits": "return float(-(p * p.log2()).sum())",
+        "without the minus": "return float((p * p.log()).sum())",
+    }),
+    "02 the largest tree within the limit": Exercise("02_why_decoding_is_slow", "the largest n in 1..4096",
+                                                     SETUP_02_SEARCH, {
+        "the first n past the limit": (
+            "largest = next(n for n in range(1, 4097) if roofline_cost(n) > limit * roofline_cost(1))"),
+        "the limit on tree nodes, not tokens": (
+            "largest = max(n for n in range(1, 4097) if roofline_cost(n + 1) <= limit * roofline_cost(1))"),
+    }),
+    "03 expected tokens per forward": Exercise("03_speculative_decoding", "add alpha**i for i = 0, 1", SETUP_03_FORMULAS, {
+        "one term short": "by_hand = sum(alpha ** i for i in range(gamma))",
+        "the draft's tokens only": "by_hand = sum(alpha ** i for i in range(1, gamma + 1))",
+    }),
+    "03 the best draft length": Exercise("03_speculative_decoding", "evaluate speedup(alpha, gamma, c)",
+                                         SETUP_03_FORMULAS, {
+        "tokens per forward, the cost forgotten": (
+            "best_gamma = max(range(1, 33), key=lambda k: expected_tokens_per_forward(alpha, k))"),
+        "the smallest cost": "best_gamma = min(range(1, 33), key=lambda k: k * c + 1)",
+    }, from_block=True),
+    "04 node depths": Exercise("04_token_trees", "one more than the parent's depth", SETUP_04, {
+        "the parent's depth": "return 0 if i == -1 else depth(parents[i])",
+        "the root at depth 1": "return 1 if i == -1 else 1 + depth(parents[i])",
+    }),
+    "04 expected accepted nodes": Exercise("04_token_trees", "one term per node: the product of p[rank - 1]",
+                                           SETUP_04, {
+        "a term per level, not per node": "my_prediction = 0.6 + 0.6 * 0.6 + 0.6 * 0.6 * 0.6",
+        "ranks read from 0": "my_prediction = 0.2 + 0.1 + 0.2 * 0.2 + 0.2 * 0.1 + 0.2 * 0.2 * 0.2",
+    }),
+    "06 tokens per second from the counters": Exercise("06_reproducing_the_paper", "a step costs cost_ratio",
+                                                       SETUP_06, {
+        "the target's share forgotten": (
+            "step_seconds = cost_ratio / b['tokens_per_second']\n"
+            "estimate = s['tokens_per_target_forward'] / step_seconds"),
+        "the share applied the wrong way": (
+            "step_seconds = cost_ratio / b['tokens_per_second'] * s['time_split']['target_seconds']\n"
+            "estimate = s['tokens_per_target_forward'] / step_seconds"),
+    }),
+    "06 the break-even acceptance": Exercise("06_reproducing_the_paper", "scan a = 0, 0.001",
+                                             "from sdd_edu.notebook import check", {
+        "where the speedup first rises above zero": (
+            "break_even = next(a / 1000 for a in range(1001) if speedup(a / 1000) > 0)"),
+        "the draft's cost left out": (
+            "break_even = next(a / 1000 for a in range(1001) if speedup(a / 1000, c=0) >= 1)"),
+    }),
+    "07 the draft length for this device": Exercise("07_beyond_the_paper", "the gamma in 1..4 with the largest",
+                                                    SETUP_07_GAMMA, {
+        "tokens per forward alone": "best_gamma = max(range(1, 5), key=lambda g: expected_tokens_per_forward(0.6, g))",
+        "the longest draft": "best_gamma = 4",
+    }),
     "02 intensity in bf16": Exercise("02_why_decoding_is_slow", "2 FLOPs per matrix weight", SETUP_02, {
         "the matrices alone": "flops_bf16 = 2 * matmul_weights\nbytes_bf16 = 2 * matmul_weights",
         "4 bytes per weight": "flops_bf16 = 2 * matmul_weights\nbytes_bf16 = 4 * (matmul_weights + 2 * L * d + 2 * d)",
