@@ -115,7 +115,77 @@ from sdd_edu.notebook import check
 c, r = 0.3, [0, 1.0, 1.2, 1.5, 1.9, 2.4, 3.0]  # r[n]: a target forward over n tokens, relative to one
 """
 
+SETUP_01_GQA = """
+import math
+import torch
+from sdd_edu.model import attention
+from sdd_edu.notebook import check
+"""
+
+SETUP_04_MASK = SETUP_04 + """
+positions = tree_attention_mask([-1, 0, 0, -1, 3, 1], cached=3, chain=1)[1]  # exercise 2's, right
+"""
+
+SETUP_05_KATZ = """
+from collections import Counter
+import numpy as np
+from sdd_edu.ngram import KatzTrigram
+from sdd_edu.notebook import check
+rng = np.random.default_rng(0)
+streams = [rng.choice(30, 60, p=np.arange(1, 31) / 465).tolist() for _ in range(60)]
+stdlib = KatzTrigram.fit(streams, 30)
+counts = Counter(t for s in streams for t in zip(s, s[1:], s[2:]))
+histories = Counter((x, y) for x, y, _ in counts)
+a, b = next(h for h, n in histories.most_common() if 3 <= n < 12)  # a history seen before some tokens
+after = {w: r for (x, y, w), r in counts.items() if (x, y) == (a, b)}
+c_ab = sum(after.values())
+d, k = stdlib.discounts[3], stdlib.max_discount_count
+target = type("Tokens", (), {"decode": staticmethod(lambda ids: " ".join(map(str, ids)))})()
+"""
+
 EXERCISES = {
+    "01 grouped-query attention": Exercise("01_engine_and_kv_cache", "q.reshape(nkv, nh // nkv * N, hs)",
+                                           SETUP_01_GQA, {
+        "kv heads repeated, not grouped": (
+            "g = nh // nkv\n"
+            "k, v = k.repeat(g, 1, 1), v.repeat(g, 1, 1)\n"
+            "return (q @ k.transpose(-1, -2) / math.sqrt(hs)).softmax(-1) @ v"),
+        "unscaled scores": (
+            "g = nh // nkv\n"
+            "w = (q.reshape(nkv, g * N, hs) @ k.transpose(-1, -2)).softmax(-1)\n"
+            "return (w @ v).reshape(nh, N, hs)"),
+    }),
+    "04 the tree attention mask": Exercise("04_token_trees", "every row sees the cache and the root",
+                                           SETUP_04_MASK, {
+        "a node sees only itself": (
+            "n = 1 + len(parents)\n"
+            "mask = torch.zeros(n, cached + n, dtype=torch.bool)\n"
+            "mask[:, :cached + 1] = True\n"
+            "for i in range(len(parents)):\n"
+            "    mask[1 + i, cached + 1 + i] = True\n"
+            "return mask"),
+        "a chain's causal mask": (
+            "n = 1 + len(parents)\n"
+            "return torch.ones(n, cached + n, dtype=torch.bool).tril(cached)"),
+    }),
+    "04 a mask and positions by hand": Exercise("04_token_trees", "sees: each node -> itself and its ancestors",
+                                                SETUP_04, {
+        "siblings see each other": (
+            "sees = {0: [0, 2], 1: [0, 1], 2: [0, 2], 3: [0, 1, 3], 4: [2, 4]}\n"
+            "ex_positions = [0, 1, 2, 1, 3, 2]"),
+        "positions counted from 1": (
+            "sees = {0: [0], 1: [0, 1], 2: [2], 3: [0, 1, 3], 4: [2, 4]}\n"
+            "ex_positions = [1, 2, 3, 2, 4, 3]"),
+    }),
+    "05 a backed-off probability": Exercise("05_staged_speculative_decoding", "left: 1 - the discounted trigram",
+                                            SETUP_05_KATZ, {
+        "counts not discounted": (
+            "left = 1 - sum(r / c_ab for r in after.values())\n"
+            "lower = 1 - sum(stdlib.prob([b], v) for v in after)"),
+        "the unigram in place of the bigram": (
+            "left = 1 - sum((d[r] if r <= k else 1.0) * r / c_ab for r in after.values())\n"
+            "lower = 1 - sum(stdlib.unigram[v] for v in after)"),
+    }),
     "01 the KV cache's size": Exercise("01_engine_and_kv_cache", "keys and values (2) x layers", SETUP_01, {
         "keys only": "cache_bytes = cfg.n_layer * cfg.n_kv_head * slots * cfg.head_dim * 4",
         "a head per query head": "cache_bytes = 2 * cfg.n_layer * cfg.n_head * slots * cfg.head_dim * 4",
