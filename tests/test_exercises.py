@@ -143,7 +143,46 @@ d, k = stdlib.discounts[3], stdlib.max_discount_count
 target = type("Tokens", (), {"decode": staticmethod(lambda ids: " ".join(map(str, ids)))})()
 """
 
+SETUP_00_STREAM = """
+from types import SimpleNamespace
+from sdd_edu.notebook import check, pick
+DTYPE = "fp32"
+def generate(*args, stream=None, **kwargs):  # batches as a speculative decoder emits them
+    steps = [[5, 9, 2], [7], [1, 1], [4, 8, 8, 3]]
+    for batch in steps:
+        stream(list(batch))
+    return SimpleNamespace(token_ids=sum(steps, []), stats=SimpleNamespace(target_forwards=len(steps)))
+sdd_edu = SimpleNamespace(generate=generate)
+"""
+
+SETUP_04_RRS = """
+import torch
+from sdd_edu.notebook import check, pick
+"""
+
 EXERCISES = {
+    "00 a streaming callback": Exercise("00_setup_and_tour", "keep each batch of token ids", SETUP_00_STREAM, {
+        "only the last batch": "batches[:] = [list(ids)]",
+        "the first token of each batch": "batches.append(list(ids)[:1])",
+    }),
+    "04 multi-candidate rejection sampling": Exercise("04_token_trees", "keep x where u * q_now[x] < p_now[x]",
+                                                      SETUP_04_RRS, {
+        "p not corrected after a rejection": (
+            "u = torch.rand(n, generator=generator, dtype=torch.float64)\n"
+            "keep = (out < 0) & (u * q_now[rows, x] < p_now[rows, x])\n"
+            "out[keep] = x[keep]\n"
+            "if not replacement and renormalise_q:\n"
+            "    q_now[rows, x] = 0\n"
+            "    q_now = normalised(q_now)"),
+        "a candidate kept with probability p(x)": (
+            "u = torch.rand(n, generator=generator, dtype=torch.float64)\n"
+            "keep = (out < 0) & (u < p_now[rows, x])\n"
+            "out[keep] = x[keep]\n"
+            "p_now = normalised((p_now - q_now).clamp_min(0))\n"
+            "if not replacement and renormalise_q:\n"
+            "    q_now[rows, x] = 0\n"
+            "    q_now = normalised(q_now)"),
+    }),
     "01 grouped-query attention": Exercise("01_engine_and_kv_cache", "q.reshape(nkv, nh // nkv * N, hs)",
                                            SETUP_01_GQA, {
         "kv heads repeated, not grouped": (
