@@ -160,7 +160,47 @@ import torch
 from sdd_edu.notebook import check, pick
 """
 
+SETUP_04_WALK = """
+import torch
+from sdd_edu.decoding import baseline_decode
+from sdd_edu.decoding.tree import ROOT, TokenTree, tree_attention_mask, verify
+from sdd_edu.notebook import check
+from sdd_edu.sampling import Sampling
+from tests.test_speculative import random_lm
+target = random_lm(7)  # a small random model stands in for the embedded target
+context = [3, 14, 15, 9, 2]
+greedy = baseline_decode(target, context, 3, stop_at_eos=False).token_ids
+tree = TokenTree()
+first = tree.add(greedy[0], ROOT)          # the target's own choice, then a wrong sibling
+tree.add((greedy[0] + 1) % 61, ROOT)
+second = tree.add(greedy[1], first)        # the path goes on below the right one
+tree.add((greedy[2] + 5) % 61, second)     # and stops here
+with torch.inference_mode():
+    cache = target.model.new_cache(32)
+    target.model(torch.tensor([context[:-1]]), cache)
+    mask, pos = tree_attention_mask(tree.parents, cached=cache.length, chain=1)
+    tree_logits = target.model(torch.tensor([[context[-1]] + tree.tokens]), cache, position_ids=pos,
+                               attention_mask=mask)[0]
+"""
+
 EXERCISES = {
+    "04 the greedy walk": Exercise("04_token_trees", "from ROOT, take the argmax of the node's row", SETUP_04_WALK, {
+        "the first child, whatever the target says": (
+            "node, accepted = ROOT, []\n"
+            "while tree.children(node):\n"
+            "    node = tree.children(node)[0]\n"
+            "    accepted.append(node)\n"
+            "return accepted, int(logits[1 + node].argmax())"),
+        "the root's row at every level": (
+            "node, accepted = ROOT, []\n"
+            "best = int(logits[0].argmax())\n"
+            "while True:\n"
+            "    match = [c for c in tree.children(node) if tree.tokens[c] == best]\n"
+            "    if not match:\n"
+            "        return accepted, best\n"
+            "    node = match[0]\n"
+            "    accepted.append(node)"),
+    }),
     "00 a streaming callback": Exercise("00_setup_and_tour", "keep each batch of token ids", SETUP_00_STREAM, {
         "only the last batch": "batches[:] = [list(ids)]",
         "the first token of each batch": "batches.append(list(ids)[:1])",
