@@ -32,7 +32,7 @@ from ..common import ORIGINS
 from ..drafters import ModelDrafter, prompt_agreement
 from .capture import host_read
 from .ngram import TrigramTopK, lookup_match, lookup_propose
-from .trees import Pool, TensorTree, ancestors, choose_children, pick, select_tree
+from .trees import Pool, TensorTree, ancestors, choose_children, pick, select_tree, tree_mask_rows
 from .verify import keep_path
 
 DRAFT, NGRAM, LOOKUP = ORIGINS.index("draft"), ORIGINS.index("ngram"), ORIGINS.index("lookup")
@@ -63,7 +63,6 @@ class DraftedStep:
 
     tree: TensorTree
     rows: torch.Tensor  # (rows, columns) the mixed distribution that proposed each block's children
-    forwards: int  # draft forwards run
 
 
 class DeviceDrafter:
@@ -328,7 +327,7 @@ class DeviceDrafter:
         p_slot = torch.where(p_ok, committed + i, cache.max_len + BUCKETS[-1] - Pb + i)
         p_mask = torch.where(p_ok[:, None], slot[None, :] <= p_slot[:, None], slot[None, :] == p_slot[:, None])
         window = torch.zeros(G, W, dtype=torch.bool, device=dev)
-        window[:, :G] = torch.where(g_ok[:, None], g_anc, torch.eye(G, dtype=torch.bool, device=dev))
+        window[:, :G] = tree_mask_rows(g_anc, g_ok)
         g_mask = self._place(window, length, total) | (g_ok[:, None] & (slot[None, :] < length))
         ids = torch.cat([ctx[(committed + i).clamp(max=ctx.shape[0] - 1)], g_tok])
         pos = torch.cat([committed + i, length - 1 + g_depth])
@@ -407,7 +406,7 @@ class DeviceDrafter:
                       origin, D)
             rows_mixed[first:first + beam] = mixed
 
-        return DraftedStep(select_tree(pool, B, D), rows_mixed, 1 + R)
+        return DraftedStep(select_tree(pool, B, D), rows_mixed)
 
     def committed_after(self, L: int, kept: int, verified: bool) -> None:
         """The host's copy of the draft's committed length after a step (from the step's read)."""

@@ -33,7 +33,7 @@ from ..speculative import emit, learn
 from .capture import READS, host_read
 from .drafter import DeviceDrafter, DraftedStep, untimed
 from .graphs import StepGraphs
-from .trees import Uniforms, pick
+from .trees import Uniforms, pick, tree_mask_rows
 from .verify import _gumbel_sample, greedy_walk, keep_path, sampled_walk
 
 READ_EVERY = 8  # baseline: tokens generated between reads (without a stream callback)
@@ -174,7 +174,7 @@ class _TargetStep:
                                            (slot < length)[None])
         tree = step.tree
         B = len(tree)
-        window = torch.where(tree.valid[:, None], tree.anc, torch.eye(B, dtype=torch.bool, device=dev))
+        window = tree_mask_rows(tree.anc, tree.valid)
         nodes = DeviceDrafter._place(window, length, slot.shape[0]) | (tree.valid[:, None] & (slot[None, :] < length))
         mask = torch.cat([(slot < length)[None], nodes])
         ids = torch.cat([root, tree.tokens])

@@ -28,9 +28,6 @@ from typing import Callable, Optional
 
 import torch
 
-NEG = float("-inf")
-
-
 def pick(t: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
     """``t[i]`` for a 0-d index tensor ``i``, traced as a gather: ``t[i]`` itself would read ``i`` to the host."""
     return t.index_select(0, i.reshape(1)).squeeze(0)
