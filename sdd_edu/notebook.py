@@ -11,7 +11,8 @@ series runs in a few minutes as part of the test suite; readers get the full siz
 
 The notebooks are kept without outputs in the repository::
 
-    python -m sdd_edu.notebook strip tutorials/*.ipynb   # remove outputs, execution counts, widget state
+    python -m sdd_edu.notebook strip tutorials/*.ipynb   # remove outputs, execution counts, widget state;
+                                                         # set the metadata JupyterLab writes on opening
     python -m sdd_edu.notebook check tutorials/*.ipynb   # report what is left, and missing sections
     python -m sdd_edu.notebook student student/ tutorials/*.ipynb   # the student edition (``make student``)
 """
@@ -96,6 +97,53 @@ def strip(nb) -> bool:
     return changed
 
 
+# JupyterLab writes the running kernel's kernelspec and language_info into a notebook's metadata as soon as
+# the kernel has started, and marks the notebook modified when the two differ in any way from what the file
+# carries (compared as JSON: a missing key, another display name, another Python version all count).  The
+# notebooks carry what ipykernel's ``python3`` kernel reports, so that opening one changes nothing.
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+
+
+def kernel_python_version() -> str:
+    """The Python version ipykernel reports when it runs in this interpreter (``sys.version``'s first word)."""
+    return sys.version.split()[0]
+
+
+def language_info(python_version: str | None = None) -> dict:
+    """The ``language_info`` ipykernel reports: ``python_version``, or this interpreter's."""
+    return {"codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py",
+            "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
+            "pygments_lexer": "ipython3", "version": python_version or kernel_python_version()}
+
+
+def unnormalised_parts(nb) -> list[str]:
+    """Where ``nb``'s metadata differs from what JupyterLab writes into it once its kernel runs, the Python
+    version aside (any version is accepted here: a kernel of another version still marks it modified)."""
+    meta = nb.get("metadata", {})
+    found = []
+    if meta.get("kernelspec") != KERNELSPEC:
+        found.append(f"metadata.kernelspec is not {KERNELSPEC}")
+    info = dict(meta.get("language_info", {}))
+    version = info.pop("version", None)
+    expected = language_info()
+    del expected["version"]
+    if info != expected or not isinstance(version, str):
+        found.append("metadata.language_info is not what ipykernel reports")
+    return found
+
+
+def normalise(nb, python_version: str | None = None) -> bool:
+    """Give ``nb`` the kernelspec and language_info JupyterLab writes on opening it, in place; True when that
+    changed something.  The Python version: ``python_version``, else the one ``nb`` carries (so that the
+    committed notebooks do not change with whoever normalised them last), else this interpreter's."""
+    meta = nb.setdefault("metadata", {})
+    version = python_version or meta.get("language_info", {}).get("version")
+    wanted = {"kernelspec": dict(KERNELSPEC), "language_info": language_info(version)}
+    changed = any(meta.get(key) != value for key, value in wanted.items())
+    meta.update(wanted)
+    return changed
+
+
 def structure_problems(nb) -> list[str]:
     """The series' shape: a first markdown cell with learning objectives and run time, a last section 'Exercises'."""
     cells = nb.get("cells", [])
@@ -176,6 +224,9 @@ def student_edition(nb):
 
     out = copy.deepcopy(nb)
     strip(out)
+    # the edition is built by the interpreter whose kernel opens it (make lab), so it carries that Python
+    # version and opens unmodified wherever it is built
+    normalise(out, python_version=kernel_python_version())
     for cell in out.get("cells", []):
         if cell.get("cell_type") == "code" and "# BEGIN SOLUTION" in cell.get("source", ""):
             cell["source"] = student_source(cell["source"])
@@ -267,14 +318,29 @@ def main(argv=None) -> int:
     for path in args[1:]:
         nb = nbformat.read(path, as_version=4)
         if args[0] == "strip":
-            if strip(nb):
-                nbformat.write(nb, path)
+            if strip(nb) | normalise(nb):
+                _write_in_place(nb, path)
                 print(f"stripped {path}")
         else:
-            for problem in dirty_parts(nb) + structure_problems(nb) + exercise_problems(nb):
+            for problem in (dirty_parts(nb) + unnormalised_parts(nb) + structure_problems(nb)
+                            + exercise_problems(nb)):
                 print(f"{path}: {problem}")
                 bad += 1
     return 1 if bad else 0
+
+
+def _write_in_place(nb, path) -> None:
+    """Write ``nb`` back in the layout of the committed notebooks: keys in their order, one space of indent
+    (nbformat.write sorts the keys of every cell, so a change to one line would rewrite the whole file)."""
+    import copy
+    import json
+
+    import nbformat
+    from nbformat.v4.rwbase import split_lines
+
+    nbformat.validate(nb)
+    with open(path, "w", encoding="utf-8") as f:  # sources and outputs as lists of lines, as nbformat writes them
+        f.write(json.dumps(split_lines(copy.deepcopy(nb)), indent=1, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
-"""The tutorials are committed clean (no outputs, counts or widget state) and share one shape."""
+"""The tutorials are committed clean (no outputs, counts or widget state), open in JupyterLab unmodified,
+and share one shape."""
 
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from sdd_edu.notebook import dirty_parts, strip, structure_problems
+from sdd_edu.notebook import KERNELSPEC, dirty_parts, language_info, normalise, strip, structure_problems, \
+    unnormalised_parts
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "tutorials").glob("*.ipynb"))
 
@@ -43,6 +45,45 @@ def test_the_checker_sees_outputs_counts_and_widget_state():
     assert strip(nb) is False  # nothing left to remove
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_notebook_carries_the_metadata_jupyterlab_writes(path):
+    """Else JupyterLab marks it modified as soon as its kernel starts (tests/test_browser.py opens them)."""
+    nb = nbformat.read(path, as_version=4)
+    assert not unnormalised_parts(nb), \
+        f"{path.name}: {unnormalised_parts(nb)}; run: python -m sdd_edu.notebook strip {path}"
+
+
+def test_the_normalised_metadata_is_what_ipykernel_reports():
+    ipkernel = pytest.importorskip("ipykernel.ipkernel")
+    from ipykernel.kernelspec import KERNEL_NAME, get_kernel_dict
+
+    assert language_info() == ipkernel.IPythonKernel.language_info
+    spec = get_kernel_dict()
+    assert KERNELSPEC == {"display_name": spec["display_name"], "language": spec["language"], "name": KERNEL_NAME}
+
+
+def test_normalise_sets_the_metadata_and_keeps_the_python_version():
+    nb = well_formed()
+    nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                   "language_info": {"name": "python", "version": "3.9.1"}}
+    assert len(unnormalised_parts(nb)) == 2
+    assert normalise(nb) is True and unnormalised_parts(nb) == []
+    assert nb.metadata.kernelspec == KERNELSPEC and nb.metadata.language_info == language_info("3.9.1")
+    assert normalise(nb) is False  # already normalised
+    assert normalise(nb, python_version="3.12.0") is True and nb.metadata.language_info["version"] == "3.12.0"
+    bare = well_formed()  # no version to keep: this interpreter's
+    assert normalise(bare) is True and bare.metadata.language_info == language_info()
+
+
+def test_the_student_edition_carries_this_interpreters_version():
+    from sdd_edu.notebook import kernel_python_version, student_edition
+
+    nb = nbformat.read(NOTEBOOKS[0], as_version=4)
+    nb.metadata.language_info["version"] = "3.0.0"
+    student = student_edition(nb)
+    assert unnormalised_parts(student) == [] and student.metadata.language_info["version"] == kernel_python_version()
+
+
 def test_the_checker_sees_a_missing_section():
     nb = well_formed()
     nb.cells[0].source = "# 99 · Title"
@@ -62,6 +103,19 @@ def test_strip_command_rewrites_a_dirty_file(tmp_path):
     assert main(["strip", str(path)]) == 0
     assert main(["check", str(path)]) == 0
     assert dirty_parts(nbformat.read(path, as_version=4)) == []
+    assert unnormalised_parts(nbformat.read(path, as_version=4)) == []
+
+
+def test_strip_keeps_the_layout_of_a_committed_notebook(tmp_path):
+    """Only what changed changes: the committed files keep their key order and their sources as lists."""
+    from sdd_edu.notebook import main
+
+    path = tmp_path / NOTEBOOKS[0].name
+    text = NOTEBOOKS[0].read_text(encoding="utf-8")
+    path.write_text(text.replace('"display_name": "Python 3 (ipykernel)"', '"display_name": "Python 3"'),
+                    encoding="utf-8")
+    assert main(["strip", str(path)]) == 0
+    assert path.read_text(encoding="utf-8") == text
 
 
 def test_pick_check_and_setup(monkeypatch, capsys):
