@@ -152,8 +152,12 @@ class LoadedLadder:
     ngram: object  # KatzTrigram or PromptLookup
 
     def __repr__(self):
-        return (f"LoadedLadder({self.ladder.name!r}: target {self.target.name}, "
-                f"draft {self.draft.name if self.draft else None}, n-gram {type(self.ngram).__name__})")
+        return f"LoadedLadder({self.describe()})"
+
+    def describe(self) -> str:
+        """The ladder in words, for titles and reports: its name and its three models."""
+        return (f"{self.ladder.name}: target {self.target.name}, draft {self.draft.name if self.draft else 'none'}, "
+                f"n-gram {type(self.ngram).__name__}")
 
 
 _LADDERS_LOADED: dict[tuple, LoadedLadder] = {}

@@ -37,7 +37,8 @@ MODEBAR_PX = 32
 TITLE_LINE_PX = 24  # one line of the 17 px title font
 SUBPLOT_TITLES_PX = 32
 LEGEND_PX = 30  # one row of the horizontal legend under the plot
-TITLE_CHARS = 80  # plotly never wraps a title: longer ones are broken at spaces (about 750 px of 17 px text)
+TITLE_CHARS = 60  # plotly never wraps a title: longer ones are broken at spaces (about 560 px of 17 px text,
+# so a title fits the ~600 px output area of an 800 px window)
 
 
 def _wrap(title: str, width: int = TITLE_CHARS) -> str:
@@ -77,6 +78,38 @@ def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
     return fig
 
 
+def fmt_measured(x, spec: str = ".2f", suffix: str = "") -> str:
+    """``x`` formatted for a title or a table, or "not measured" where there is no number (None or nan)."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "not measured"
+    return f"{x:{spec}}{suffix}"
+
+
+def settings_text(settings: dict) -> str:
+    """{"gamma": 4} -> "draft length 4"; {"width": 2, "depth": 4, "budget": 8} -> "width 2, depth 4, tree size 8"."""
+    names = {"gamma": "draft length", "budget": "tree size"}
+    return ", ".join(f"{names.get(k, k)} {v}" for k, v in settings.items())
+
+
+def _number(x: float) -> str:
+    """A tick label a person reads: 0.5, 2, 50, 2k, 1M (no exponents, no bare 2 and 5 between decades)."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:g}{suffix}"
+    return f"{x:g}"
+
+
+def log_ticks(lo: float, hi: float) -> dict:
+    """Tick values and labels for a log axis from ``lo`` to ``hi``: every decade, with 2 and 5 between them when
+    the axis spans fewer than three decades (else there would be one or two ticks), each labelled in full."""
+    if not (lo > 0 and hi > lo and math.isfinite(hi)):
+        return {}
+    steps = (1, 2, 5) if math.log10(hi / lo) < 3 else (1,)
+    values = [m * 10 ** e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1) for m in steps]
+    values = [v for v in values if lo <= v <= hi * 1.0001]
+    return dict(tickmode="array", tickvals=values, ticktext=[_number(v) for v in values])
+
+
 # ----------------------------------------------------------------------------- roofline
 
 def roofline_figure(ceilings: dict, points: list[dict], title: str = "") -> go.Figure:
@@ -107,8 +140,11 @@ def roofline_figure(ceilings: dict, points: list[dict], title: str = "") -> go.F
             marker=dict(size=12, color=METHOD_COLORS.get(p.get("method", ""), None)),
             hovertemplate=f"{p['name']}<br>intensity %{{x:.2f}} FLOP/B<br>%{{y:.1f}} GFLOP/s<extra></extra>"))
     fig.update_xaxes(type="log", range=[math.log10(lo), math.log10(hi)],
-                     title="arithmetic intensity (FLOP per byte moved)")
-    fig.update_yaxes(type="log", title="attainable GFLOP/s")
+                     title="arithmetic intensity (FLOP per byte moved)", **log_ticks(lo, hi))
+    ys = [min(peak, bw * x) / 1e9 for x in (lo, hi)] + [(p.get("flops_per_second") or 0) / 1e9 for p in points]
+    ys = [y for y in ys if y > 0]
+    fig.update_yaxes(type="log", title="attainable GFLOP/s", **log_ticks(min(ys) / 1.3, max(ys) * 1.3))
+    fig.update_yaxes(range=[math.log10(min(ys) / 1.3), math.log10(max(ys) * 1.3)])
     return _layout(fig, title or f"Roofline of {ceilings['device']} ({ceilings['dtype']}): "
                                  f"{peak / 1e9:.0f} GFLOP/s peak, {bw / 1e9:.0f} GB/s")
 
@@ -144,7 +180,9 @@ def latency_figure(curves: dict[str, list[dict]], title: str = "Forward latency 
         fig.add_trace(go.Scatter(x=xs, y=[r["relative_to_one"] for r in rows], showlegend=False, **style),
                       row=1, col=2)
     fig.add_hline(y=1.0, line=dict(dash="dot", color="grey"), row=1, col=2)
-    fig.update_xaxes(type="log", title="new tokens in the forward")
+    tokens = [r["tokens"] for rows in curves.values() for r in rows]
+    fig.update_xaxes(type="log", title="new tokens in the forward",
+                     **(log_ticks(min(tokens), max(tokens)) if tokens else {}))
     return _layout(fig, title)
 
 
@@ -183,37 +221,61 @@ def acceptance_figure(records: dict, gamma: int, title: str = "") -> go.Figure:
 
 # ----------------------------------------------------------------------------- latency
 
-def latency_bars_figure(bench: dict, mode: str = "greedy", title: str = "") -> go.Figure:
+MODE_LABELS = {"greedy": "greedy", "topk50": "top-k 50"}
+
+
+def bench_rows(bench: dict, modes) -> list[dict]:
+    """The summary rows a latency figure and its table show: one per method and mode, the first prompt kind's.
+
+    ``modes``: a mode name (``"greedy"``) or several; modes the benchmark did not run are an error.
+    """
+    modes = [modes] if isinstance(modes, str) else list(modes)
+    missing = [m for m in modes if not any(s["mode"] == m for s in bench["summary"])]
+    if missing or not modes:
+        raise SddError(f"the benchmark has no rows for mode {', '.join(map(repr, missing or ['(none)']))}; "
+                       f"it ran {', '.join(dict.fromkeys(s['mode'] for s in bench['summary']))}")
+    kind = bench["summary"][0].get("kind")
+    return [s for m in modes for s in bench["summary"] if s["mode"] == m and s.get("kind") == kind]
+
+
+def row_label(row: dict, several_modes: bool) -> str:
+    """A bar's name: the method, and its mode when the figure shows more than one."""
+    return row["method"] + (f"<br>{MODE_LABELS.get(row['mode'], row['mode'])}" if several_modes else "")
+
+
+def latency_bars_figure(bench: dict, mode="greedy", title: str = "") -> go.Figure:
     """Tokens/s per method with speedup and acceptance on each bar (top), time per token by stage (bottom).
 
-    ``bench``: from ``measure.bench.run_bench``.
+    ``bench``: from ``measure.bench.run_bench``; ``mode``: one mode or several (bars per method and mode,
+    the rows of ``bench_rows``).
     """
-    rows = [s for s in bench["summary"] if s["mode"] == mode]
-    if not rows:
-        raise SddError(f"the benchmark has no rows for mode {mode!r}")
-    names = [s["method"] for s in rows]
-    labels = [f"{s['speedup']:.2f}x" + (f"<br>acc {s['acceptance_rate']:.2f}" if s["acceptance_rate"] is not None
-                                         else "") for s in rows]
+    rows = bench_rows(bench, mode)
+    several = len({s["mode"] for s in rows}) > 1
+    names = [row_label(s, several) for s in rows]
+    labels = [(f"{s['speedup']:.2f}x" if s["speedup"] is not None else "not measured")
+              + (f"<br>acc {s['acceptance_rate']:.2f}" if s["acceptance_rate"] is not None else "") for s in rows]
     fig = make_subplots(rows=2, cols=1, row_heights=[0.6, 0.4], vertical_spacing=0.14,
-                        subplot_titles=("tokens per second (median over prompts), speedup and acceptance",
+                        subplot_titles=("tokens per second (median over prompts), speedup, acceptance",
                                         "where the time goes (ms per generated token)"))
     fig.add_trace(go.Bar(x=names, y=[s["tokens_per_second"] for s in rows], text=labels, textposition="outside",
-                         marker_color=[METHOD_COLORS.get(n, "#7f7f7f") for n in names], name="tok/s",
+                         marker_color=[METHOD_COLORS.get(s["method"], "#7f7f7f") for s in rows], name="tok/s",
                          showlegend=False, hovertemplate="%{x}: %{y:.1f} tok/s<extra></extra>"), row=1, col=1)
-    ours = [s for s in rows if s["origins"] is not None]
+    ours = [(name, s) for name, s in zip(names, rows) if s["origins"] is not None]
     for stage, color in STAGE_COLORS.items():
         ms = []
-        for s in ours:
-            rs = [r for r in bench["rows"] if r["mode"] == mode and r["method"] == s["method"]]
+        for _, s in ours:
+            rs = [r for r in bench["rows"] if r["mode"] == s["mode"] and r["method"] == s["method"]
+                  and r.get("kind", "humaneval") == s.get("kind", "humaneval")]
             ms.append(1000 * sum(r[stage] for r in rs) / max(1, sum(r["new_tokens"] for r in rs)))
-        fig.add_trace(go.Bar(x=[s["method"] for s in ours], y=ms, name=stage.replace("_seconds", ""),
+        fig.add_trace(go.Bar(x=[name for name, _ in ours], y=ms, name=stage.replace("_seconds", ""),
                              marker_color=color, hovertemplate="%{x}: %{y:.1f} ms/token<extra></extra>"),
                       row=2, col=1)
     fig.update_layout(barmode="stack")
     top = max(s["tokens_per_second"] for s in rows)
     fig.update_yaxes(title="tok/s", range=[0, top * 1.3], row=1, col=1)
     fig.update_yaxes(title="ms / token", row=2, col=1)
-    return _layout(fig, title or f"{bench['ladder']} on {bench['device']} ({mode})", height=620)
+    shown = ", ".join(MODE_LABELS.get(m, m) for m in dict.fromkeys(s["mode"] for s in rows))
+    return _layout(fig, title or f"{bench['ladder']} on {bench['device']} ({shown})", height=620)
 
 
 # ----------------------------------------------------------------------------- token origins
@@ -310,12 +372,21 @@ def tree_figure(step: dict, decode=None, root_text: str = "", title: str = "") -
         if not idx:
             continue
         fig.add_trace(go.Scatter(
-            x=[where[i][0] for i in idx], y=[where[i][1] for i in idx], mode="markers+text",
-            text=[f"{label[i]}  {tree['draft_probs'][i]:.2f}" for i in idx], textposition="middle right",
+            x=[where[i][0] for i in idx], y=[where[i][1] for i in idx], mode="markers",
+            text=[f"{label[i]}  {tree['draft_probs'][i]:.2f}" for i in idx],
             marker=dict(size=[16 if i in accepted else 10 for i in idx], color=ORIGIN_COLORS[origin],
                         line=dict(color=["#d62728" if i in accepted else "white" for i in idx], width=3)),
             name=f"proposed by {origin}",
             hovertemplate="%{text}<extra>" + origin + "</extra>"))
+    # labels as annotations: plotly draws them above every trace, on a white box, so the edges (the accepted
+    # path's thick red ones included) pass under the text instead of through it
+    for i in range(len(tokens)):
+        on_path = i in accepted
+        fig.add_annotation(x=where[i][0], y=where[i][1], xanchor="left", xshift=10, showarrow=False,
+                           text=f"{'<b>' if on_path else ''}{html.escape(label[i])}{'</b>' if on_path else ''} "
+                                f"{tree['draft_probs'][i]:.2f}",
+                           font=dict(size=12, color="#d62728" if on_path else "#333333"),
+                           bgcolor="rgba(255,255,255,0.85)", borderpad=1)
     depth = max((d for d, _ in where), default=1)
     fig.update_xaxes(title="depth below the root", range=[-0.6, depth + 0.9], dtick=1)
     fig.update_yaxes(visible=False, autorange="reversed")
@@ -413,4 +484,4 @@ def tree_plan_figure(plan: dict, measured: Optional[list[dict]] = None, title: s
     fig.update_yaxes(rangemode="tozero", row=2, col=2)
     shape = ", ".join(f"{k} {v}" for k, v in plan["shape"].items())
     return _layout(fig, title or f"{plan['method']} on {plan['device']} ({plan['dtype'].replace('torch.', '')}): "
-                                 f"{shape}, predicted {best['speedup']:.2f}x a baseline step", height=640)
+                                 f"{shape}, predicted {fmt_measured(best['speedup'], '.2f', 'x')} a baseline step", height=640)

@@ -1,7 +1,9 @@
-"""Interactive views for the notebooks (ipywidgets 8 + plotly ``FigureWidget``).
+"""Interactive views for the notebooks (ipywidgets 8 controls, plotly figures).
 
 Each function returns a ``View``: controls on top, a figure (and/or text) below, a progress
-bar while measuring, and a message line.  Changing a control's ``.value`` re-measures and
+bar while measuring, and a message line.  The figure is shown through plotly's own mimetype in an
+``Output`` widget, so the frontend sizes it to the output area and redraws it when the pane or the
+window changes width.  Changing a control's ``.value`` re-measures and
 redraws; an invalid setting shows its error in the message line and leaves the last good
 figure in place.  Every view draws with ``sdd_edu.plots``, so the same picture is available
 as a static figure (``view.static()``) where no widget frontend runs.
@@ -17,6 +19,7 @@ as a static figure (``view.static()``) where no widget frontend runs.
 from __future__ import annotations
 
 import html
+import json
 from typing import Optional, Sequence
 
 import ipywidgets as widgets
@@ -25,9 +28,9 @@ import plotly.graph_objects as go
 from . import plots
 from .errors import SddError
 
-# FigureWidget (plotly 6+, an anywidget) draws before JupyterLab has laid out its output area, so autosize
-# falls back to plotly's 700 px and stays there: views draw at a width that fits JupyterLab's ~1150 px output
-FIGURE_WIDTH = 1080
+# plotly's FigureWidget draws before JupyterLab has laid out the output area, falls back to 700 px and keeps
+# that width; the plotly mimetype is drawn by JupyterLab's (and VS Code's) own renderer, which fits the area
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
 # ipywidgets cuts a description at about 80 px ("temperat..."); 'initial' gives each label the room it needs
 LABEL_STYLE = {"description_width": "initial"}
 CELL_STYLE = "padding:2px 8px"  # widgets.HTML has no table style of its own: cells would touch
@@ -39,7 +42,8 @@ class View(widgets.VBox):
     def __init__(self, controls: dict, figure: Optional[go.Figure] = None, extra: Sequence = (),
                  title: str = ""):
         self.controls = controls
-        self.figure = go.FigureWidget(figure) if figure is not None else None
+        self.figure = go.Figure(figure) if figure is not None else None  # the last figure drawn
+        self.plot = widgets.Output(layout=widgets.Layout(width="100%"))
         self.message = widgets.HTML()
         self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(visibility="hidden"))
         self.ok = True
@@ -48,7 +52,7 @@ class View(widgets.VBox):
         rows += [self.progress, self.message]
         rows += list(extra)
         if self.figure is not None:
-            rows.append(self.figure)
+            rows.append(self.plot)
         super().__init__(rows)
         for control in controls.values():
             control.style.description_width = LABEL_STYLE["description_width"]  # every label whole
@@ -83,11 +87,14 @@ class View(widgets.VBox):
         self.message.value = f'<span style="color:#d62728">&#9888; {html.escape(text)}</span>'
 
     def _show(self, fig: go.Figure) -> None:
-        fig.update_layout(width=FIGURE_WIDTH)
-        with self.figure.batch_update():
-            self.figure.data = ()
-            self.figure.add_traces(list(fig.data))
-            self.figure.layout = fig.layout
+        fig.update_layout(width=None, autosize=True)  # the width of the output area, whatever it is
+        self.figure = fig
+        title = fig.layout.title.text or "a plotly figure"
+        figure_json = json.loads(fig.to_json())
+        figure_json["config"] = {"responsive": True, "displaylogo": False}
+        # one output replaced at once: no flicker, and no display() call (which would print outside a kernel)
+        self.plot.outputs = ({"output_type": "display_data", "metadata": {},
+                              "data": {PLOTLY_MIME: figure_json, "text/plain": title.replace("<br>", " ")}},)
 
     def _progress(self, done: int, total: int) -> None:
         self.progress.layout.visibility = "visible"
@@ -238,12 +245,13 @@ class AcceptanceExplorer(View):
         self.results = results
         rec = acceptance_records(results)
         gamma = settings.get("gamma", settings.get("depth"))
-        self._show(plots.acceptance_figure(rec, gamma, title=f"{method}, {settings}, temperature {temperature}"))
-        alpha = rec["acceptance_rate"]
-        self.summary.value = (f"{rec['steps']} verification steps; acceptance rate "
-                              f"{'-' if alpha is None else f'{alpha:.2f}'}; "
-                              f"{rec['tokens_per_forward']:.2f} tokens per target forward; "
-                              f"mean tree {rec['mean_tree_size']:.1f} nodes, depth {rec['mean_depth']:.1f}")
+        self._show(plots.acceptance_figure(
+            rec, gamma, title=f"{method}, {plots.settings_text(settings)}, temperature {temperature:g}"))
+        m = plots.fmt_measured
+        self.summary.value = (f"{rec['steps']} verification steps; acceptance rate {m(rec['acceptance_rate'])}; "
+                              f"{m(rec['tokens_per_forward'])} tokens per target forward; "
+                              f"mean tree {m(rec['mean_tree_size'], '.1f')} nodes, "
+                              f"depth {m(rec['mean_depth'], '.1f')}")
 
 
 def acceptance_explorer(ladder="embedded", prompts=("HumanEval/0", "HumanEval/2"), max_new_tokens: int = 48,
@@ -259,14 +267,19 @@ def acceptance_explorer(ladder="embedded", prompts=("HumanEval/0", "HumanEval/2"
 # ----------------------------------------------------------------------------- latency
 
 class LatencyDashboard(View):
+    MODES = {"greedy": ("greedy",), "topk50": ("topk50",), "both": ("greedy", "topk50")}
+
     def __init__(self, ladder, prompts: int, max_new_tokens: int, bench: Optional[dict]):
         from .decoding import METHODS
 
         self.ladder, self.prompts, self.max_new_tokens = ladder, prompts, max_new_tokens
         methods = [m for m in METHODS if m != "staged" or ladder.draft is not None]
+        ran = tuple(dict.fromkeys(s["mode"] for s in bench["summary"])) if bench else ("greedy",)
         controls = {
             "methods": widgets.SelectMultiple(options=methods, value=tuple(methods), description="methods", rows=4),
-            "mode": widgets.ToggleButtons(options=["greedy", "topk50"], description="decoding"),
+            # a given benchmark's modes are shown as the control says: both when it ran both
+            "mode": widgets.ToggleButtons(options=list(self.MODES), description="decoding",
+                                          value=next((k for k, v in self.MODES.items() if v == ran), "greedy")),
             "gamma": _int("gamma", 2, slider=False),
             "width": _int("width", 2, slider=False),
             "depth": _int("depth", 3, slider=False),
@@ -282,23 +295,30 @@ class LatencyDashboard(View):
 
         c = {k: w.value for k, w in self.controls.items()}
         methods = ["baseline"] + [m for m in c["methods"] if m != "baseline"]
+        modes = self.MODES[c["mode"]]
         # the shapes set by the controls, every step (the adaptive schedule would resize them)
         tree = {"width": _positive("width", c["width"]), "depth": _positive("depth", c["depth"]),
                 "budget": _positive("tree size", c["budget"]), "adaptive": False}
         settings = {"speculative": {"gamma": _positive("gamma", c["gamma"]), "adaptive": False}, "tree": tree,
                     "staged": tree}
         if self.bench is None:
-            self.bench = run_bench(self.ladder, methods, [c["mode"]], prompts=self.prompts,
+            self.bench = run_bench(self.ladder, methods, list(modes), prompts=self.prompts,
                                    max_new_tokens=self.max_new_tokens, settings=settings, progress=False,
                                    on_run=self._progress)
         bench, self.bench = self.bench, None  # a given benchmark is shown once; control changes re-measure
         self.last = bench
-        self._show(plots.latency_bars_figure(bench, mode=bench["summary"][0]["mode"]))
-        table = _table(["method", "tok/s", "speedup", "acceptance"],
-                       [(s["method"], f"{s['tokens_per_second']:.1f}", f"{s['speedup']:.2f}x",
-                         _rate(s["acceptance_rate"])) for s in bench["summary"]])
+        ran = [m for m in modes if any(s["mode"] == m for s in bench["summary"])] or bench["summary"][0]["mode"]
+        rows = plots.bench_rows(bench, ran)  # the figure and the table show these same rows
+        self._show(plots.latency_bars_figure(bench, mode=ran))
+        path = "fast path" if bench.get("fast") else "eager"
+        table = _table(["method", "decoding", "path", "tok/s", "speedup", "acceptance"],
+                       [(s["method"], plots.MODE_LABELS.get(s["mode"], s["mode"]),
+                         path if s["origins"] is not None else "transformers", f"{s['tokens_per_second']:.1f}",
+                         "-" if s["speedup"] is None else f"{s['speedup']:.2f}x", _rate(s["acceptance_rate"]))
+                        for s in rows])
         self.table.value = (f"<small>{html.escape(bench['device'])}; {bench['prompts']} prompts x "
-                            f"{bench['max_new_tokens']} tokens</small>{table}")
+                            f"{bench['max_new_tokens']} tokens; speedups against the baseline of the same "
+                            f"decoding</small>{table}")
 
 
 def latency_dashboard(ladder="embedded", prompts: int = 2, max_new_tokens: int = 48,

@@ -6,6 +6,8 @@ import pytest
 import plotly.graph_objects as go
 
 from sdd_edu import plots, widgets
+from sdd_edu.widgets import PLOTLY_MIME
+from sdd_edu.errors import SddError
 from sdd_edu.ladders import make_ladder
 from sdd_edu.loading import load_model
 from sdd_edu.measure.acceptance import acceptance_records, expected_tokens_per_forward
@@ -52,8 +54,14 @@ def assert_reads_well_in_jupyterlab(view):
     for name, control in view.controls.items():
         assert control.style.description_width == "initial", f"the label of {name} is cut"
     layout = view.figure.layout
-    assert 1000 <= layout.width <= 1150  # the ~1150 px output area, not plotly's 700 px fallback
+    # no fixed width: the frontend fits the figure to the output area (tests/test_browser.py measures it)
+    assert layout.width is None and layout.autosize
+    shown = view.plot.outputs[-1]["data"][PLOTLY_MIME]  # what the frontend draws is the figure kept
+    assert len(view.plot.outputs) == 1 and shown["layout"]["title"]["text"] == layout.title.text
+    assert "width" not in shown["layout"] and shown["config"]["responsive"]
     assert_title_clear_of_toolbar_and_panel_titles(view.figure)
+    # a title in words: no nan or None, no dict, list or object repr
+    assert not re.search(r"\bnan\b|\bNone\b|[{}\[\]]|\w\(", layout.title.text), layout.title.text
     assert all(len(line) <= plots.TITLE_CHARS for line in layout.title.text.split("<br>")), layout.title.text
     for child in view.children:
         if isinstance(child, widgets.widgets.HTML) and "<table" in child.value:
@@ -147,9 +155,21 @@ def test_latency_dashboard(ladder):
 def test_latency_dashboard_shows_a_given_benchmark_first(ladder):
     from sdd_edu.measure.bench import run_bench
 
-    bench = run_bench(ladder, ["baseline", "tree"], ["greedy"], prompts=1, max_new_tokens=6, progress=False)
+    bench = run_bench(ladder, ["baseline", "tree"], ["greedy", "topk50"], prompts=1, max_new_tokens=6,
+                      progress=False)
     view = widgets.latency_dashboard(ladder, bench=bench)
-    assert list(view.figure.data[0].x) == ["baseline", "tree"]
+    assert view.controls["mode"].value == "both"  # the control says what is shown
+    bars = view.figure.data[0]
+    assert list(bars.x) == ["baseline<br>greedy", "tree<br>greedy", "baseline<br>top-k 50", "tree<br>top-k 50"]
+    # one table row per method and mode, the same rows as the bars
+    rows = re.findall(r"<tr><td[^>]*>(\w+)</td><td[^>]*>([^<]+)</td><td[^>]*>([^<]+)</td><td[^>]*>([\d.]+)</td>",
+                      view.table.value)
+    assert [(m, d) for m, d, _, _ in rows] == [("baseline", "greedy"), ("tree", "greedy"), ("baseline", "top-k 50"),
+                                               ("tree", "top-k 50")]
+    assert [float(t) for *_, t in rows] == [round(y, 1) for y in bars.y]
+    assert {p for _, _, p, _ in rows} == {"eager"}
+    with pytest.raises(SddError, match="no rows for mode 'sampled'; it ran greedy, topk50"):
+        plots.latency_bars_figure(bench, mode="sampled")
 
 
 def test_token_origin_view(ladder):
@@ -179,6 +199,41 @@ def test_tree_view(ladder):
     assert view.step.style.description_width == "initial"
     assert_each_control_changes_the_figure(view, [("budget", 3), ("width", 1), ("depth", 2), ("method", "staged")])
     assert_bad_setting_shows_a_message(view, "depth", 0, "depth")
+
+
+def test_tree_labels_sit_above_the_accepted_path():
+    """Edges are traces; labels are annotations, which plotly draws above every trace, each on a white box."""
+    step = {"tree": {"parents": [-1, 0, 0, 1], "tokens": [5, 6, 7, 8], "origins": ["draft", "ngram", "draft", "draft"],
+                     "draft_probs": [0.9, 0.05, 0.5, 0.7]}, "accepted_nodes": [0, 1]}
+    fig = plots.tree_figure(step, decode=lambda ids: f"t{ids[0]}")
+    nodes = [t for t in fig.data if t.name and t.name.startswith("proposed")]
+    assert all(t.mode == "markers" for t in nodes)  # no text on the trace layer, where edges cross it
+    labels = [a for a in fig.layout.annotations if a.xref in (None, "x")]
+    assert [a.text.replace("<b>", "").replace("</b>", "") for a in labels] == ["t5 0.90", "t6 0.05", "t7 0.50",
+                                                                              "t8 0.70"]
+    assert all(a.bgcolor and a.showarrow is False and a.xanchor == "left" for a in labels)
+    assert [a.font.color == "#d62728" for a in labels] == [True, True, False, False]  # the accepted path in red
+
+
+def test_log_axes_label_their_ticks_in_full():
+    """Ticks at 1, 10, 100 (with 2 and 5 between on a short axis), each labelled with its whole value."""
+    assert plots.log_ticks(0.25, 300)["ticktext"] == ["1", "10", "100"]
+    short = plots.log_ticks(1, 512)
+    assert short["tickvals"] == [1, 2, 5, 10, 20, 50, 100, 200, 500] and short["ticktext"][-1] == "500"
+    assert plots.log_ticks(0.01, 5e4)["ticktext"] == ["0.01", "0.1", "1", "10", "100", "1k", "10k"]
+    assert plots.log_ticks(0, 10) == {} and plots.log_ticks(5, 5) == {}
+    fig = plots.roofline_figure(CEILINGS["fp32"], [{"name": "one", "intensity": 0.5}])
+    for axis in (fig.layout.xaxis, fig.layout.yaxis):
+        assert axis.type == "log" and axis.tickmode == "array" and len(axis.tickvals) >= 2
+        assert "(" in axis.title.text or "/s" in axis.title.text  # the unit is in the title
+    assert plots.latency_figure(CURVES).layout.xaxis.tickmode == "array"
+
+
+def test_titles_say_not_measured_instead_of_nan():
+    assert plots.fmt_measured(float("nan")) == plots.fmt_measured(None) == "not measured"
+    assert plots.fmt_measured(1.234, ".1f", "x") == "1.2x"
+    assert plots.settings_text({"gamma": 4}) == "draft length 4"
+    assert plots.settings_text({"width": 2, "budget": 8}) == "width 2, tree size 8"
 
 
 def test_static_figures_render_to_html_files(ladder, tmp_path):

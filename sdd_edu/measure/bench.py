@@ -133,7 +133,7 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
                  for label, (m, v) in runs.items() if m != "baseline"}
     summary = summarize(rows, all_methods, modes)
     return {"device": device_description(target.device), "dtype": str(target.dtype).replace("torch.", ""),
-            "threads": torch.get_num_threads(), "fast": fast, "ladder": repr(ladder), "prompts": len(items), "repeats": repeats,
+            "threads": torch.get_num_threads(), "fast": fast, "ladder": ladder.describe(), "prompts": len(items), "repeats": repeats,
             "prompt_set": prompt_set_name, "max_new_tokens": max_new_tokens, "settings": effective, "rows": rows,
             "summary": summary, "predicted": predictions(ladder, runs, summary, fixed_steps)}
 

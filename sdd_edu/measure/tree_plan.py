@@ -159,7 +159,7 @@ def _measure(ladder, method, prompts, max_new_tokens, max_nodes, calibrate: bool
     draft_ms = forward_latency_ms(draft, max(beam, 1 + guesses)) if draft is not None else None
     staged_draft = _staged_draft_cost(runs, draft_ms, beam) if method == "staged" else None
     plan = {"method": method, "device": device_description(target.device), "dtype": str(target.dtype),
-            "ladder": repr(ladder), "measured": time.strftime("%Y-%m-%d %H:%M"), "prompts": list(map(str, prompts)),
+            "ladder": ladder.describe(), "measured": time.strftime("%Y-%m-%d %H:%M"), "prompts": list(map(str, prompts)),
             "probe": probe, "rank_acceptance": rank_acceptance, "target_ms": target_ms, "draft_ms": draft_ms,
             "overhead_seconds": max(overhead, 0.0), "beam": beam, "guesses": guesses,
             "rounds": defaults.get("rounds"), "max_nodes": max_nodes, "products": products,
