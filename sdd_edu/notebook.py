@@ -55,7 +55,41 @@ def setup(seed: int = 0, threads: int | None = None) -> SimpleNamespace:
     device = resolve_device()
     print(f"sdd-edu {__version__} | torch {torch.__version__} | {device_description(device)} | "
           f"quick mode {'on' if QUICK else 'off'}")
+    for warning in machine_warnings(_load_average(), _usable_cores(), torch.get_num_threads(),
+                                    requested=threads is not None):
+        print(f"⚠ {warning}")
     return SimpleNamespace(quick=QUICK, device=device, seed=seed)
+
+
+def machine_warnings(load: float | None, cores: int, threads: int, requested: bool = False) -> list[str]:
+    """What would distort this notebook's timings, each with what to do: other programs keeping the cores
+    busy (``load``: the 1-minute load average), or torch running other than one thread per core."""
+    found = []
+    if load is not None and load >= 1 and load > cores / 2:
+        found.append(f"this machine is busy (load {load:.1f} over the last minute, {cores} cores): timings will "
+                     "be slower and noisier than the notebooks say. Close other programs or wait, then rerun; "
+                     "if they must run, setup(threads=1) suffers least from sharing the cores.")
+    if threads > cores:
+        found.append(f"torch runs {threads} threads on {cores} cores: the threads wait for each other. "
+                     f"Use setup(threads={cores}).")
+    elif threads < cores and not requested:
+        found.append(f"torch runs {threads} threads on {cores} cores (OMP_NUM_THREADS or MKL_NUM_THREADS set?): "
+                     f"the measurements assume one per core, setup(threads={cores}).")
+    return found
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows has no load average
+        return None
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # a container's share, not the host's count
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def pick(full, quick):

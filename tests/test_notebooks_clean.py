@@ -132,3 +132,16 @@ def test_pick_check_and_setup(monkeypatch, capsys):
     env = nbk.setup(seed=3)
     assert env.quick is False and env.seed == 3 and env.device.type in ("cpu", "cuda")
     assert "quick mode off" in capsys.readouterr().out
+
+
+def test_setup_warns_when_the_machine_is_busy_or_threads_are_off():
+    from sdd_edu.notebook import machine_warnings
+
+    assert machine_warnings(0.3, 2, 2) == [] and machine_warnings(None, 8, 8) == []
+    busy = machine_warnings(1.8, 2, 2)
+    assert len(busy) == 1 and "busy (load 1.8" in busy[0] and "rerun" in busy[0]
+    assert machine_warnings(3.0, 16, 16) == []  # a few busy cores of many
+    over = machine_warnings(0.1, 2, 8)
+    assert len(over) == 1 and "setup(threads=2)" in over[0]
+    assert "one per core" in machine_warnings(0.1, 4, 1)[0]
+    assert machine_warnings(0.1, 4, 1, requested=True) == []  # the reader asked for one thread
