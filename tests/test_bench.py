@@ -36,7 +36,19 @@ def test_bench_table_and_json(tiny_text_ladder, tmp_path):
     assert json.loads((tmp_path / "bench.json").read_text())["prompts"] == 2
 
 
-def test_bench_with_transformers_peers(tiny_text_ladder):
+def test_bench_with_transformers_peers(tiny_text_ladder, monkeypatch):
+    import logging
+
+    from sdd_edu.measure import peers
+
+    filtered, run = [], peers._run
+
+    def spy(*args):  # transformers' warning about its own assistant call is dropped while the peers run
+        filtered.append(any(isinstance(f, peers._DropOwnDeprecation)
+                            for f in logging.getLogger("transformers.generation.utils").filters))
+        return run(*args)
+
+    monkeypatch.setattr(peers, "_run", spy)
     res = run_bench(tiny_text_ladder, methods=("baseline", "staged"), modes=("greedy",), prompts=1,
                     max_new_tokens=8, progress=False, peers=True)
     names = [s["method"] for s in res["summary"]]
@@ -46,6 +58,32 @@ def test_bench_with_transformers_peers(tiny_text_ladder):
     assert rows["transformers"][:len(rows["baseline"])] == rows["baseline"][:len(rows["transformers"])]
     assert rows["transformers-assisted"] == rows["transformers"]
     assert "transformers' own generate" in format_table(res)
+    assert filtered == [True] and not logging.getLogger("transformers.generation.utils").filters
+
+
+def test_only_transformers_warning_about_its_own_call_is_dropped():
+    import logging
+
+    from sdd_edu.measure.peers import _quiet_assistant_call
+
+    logger = logging.getLogger("transformers.generation.utils")
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        with _quiet_assistant_call():
+            logger.warning("Passing `generation_config` together with generation-related arguments=({'x'})")
+            logger.warning("another warning")
+        logger.warning("Passing `generation_config` together with generation-related arguments, outside")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["another warning",
+                    "Passing `generation_config` together with generation-related arguments, outside"]
 
 
 def test_ladder_registry_lists_names():

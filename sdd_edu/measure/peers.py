@@ -6,6 +6,8 @@ Rows have the shape of ``sdd_edu.measure.bench`` rows, so one table shows both e
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 
 import torch
@@ -33,6 +35,26 @@ def exported_draft(draft: LoadedModel):
 PEERS = ("transformers", "transformers-assisted", "transformers-lookup")
 
 
+class _DropOwnDeprecation(logging.Filter):
+    """transformers' assisted generation calls the assistant's ``generate`` with a ``generation_config`` and
+    generation arguments together, and then warns about its own call (transformers 5.x): nothing a caller can
+    change, so that one message is dropped while the peers run; every other warning still shows."""
+
+    def filter(self, record) -> bool:
+        return "Passing `generation_config` together with generation-related" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_assistant_call():
+    logger = logging.getLogger("transformers.generation.utils")
+    rule = _DropOwnDeprecation()
+    logger.addFilter(rule)
+    try:
+        yield
+    finally:
+        logger.removeFilter(rule)
+
+
 @torch.inference_mode()
 def run_peers(ladder, encoded: list[tuple[str, list[int]]], mode: str, sampling: dict, max_new_tokens: int,
               seed: int = 0, peers=PEERS) -> list[dict]:
@@ -50,6 +72,11 @@ def run_peers(ladder, encoded: list[tuple[str, list[int]]], mode: str, sampling:
     extra["transformers"] = {}
     kw = {"do_sample": False} if sampling.get("temperature", 0) == 0 else {
         "do_sample": True, "temperature": sampling["temperature"], "top_k": sampling.get("top_k") or 0}
+    with _quiet_assistant_call():
+        return _run(ref, target, encoded, mode, kw, extra, max_new_tokens, seed, peers)
+
+
+def _run(ref, target, encoded, mode, kw, extra, max_new_tokens, seed, peers) -> list[dict]:
     rows = []
     for peer in peers:
         x0 = torch.tensor([encoded[0][1][:16]], device=target.device)  # warm-up
