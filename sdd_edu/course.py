@@ -1,0 +1,267 @@
+"""sdd-edu's own answers to the series' exercises.
+
+In the student edition of the notebooks (``make student``) an exercise the reader has not solved yet
+falls back to the answer here (``sdd_edu.notebook.unsolved``), so that every later cell still runs;
+the exercise's own check keeps failing until the reader writes theirs.  The fallbacks are written on
+the solutions' END markers in ``tutorials/`` (``# END SOLUTION (fallback: ...)``).
+
+Where the package already computes the answer, the name here is the package's own function (imported
+below); otherwise a small function, written another way than the notebook's solution where there is a
+natural other way.  In the order of the series:
+
+====  ==============================  =================================================================
+  00  on_tokens                       ``record_batch``
+  01  cache_bytes                     ``kv_cache_bytes``: what ``KVCache`` allocates, on no memory
+  01  gqa                             ``gqa``: the kv heads repeated for their groups
+  01  attention_with_cache            ``attention_with_cache``: the model's RoPE tables and attention
+  01  entropy                         ``entropy``
+  02  flops_bf16, bytes_bf16          ``bf16_flops_and_bytes``: ``forward_counts`` in bf16
+  02  largest                         ``largest_within``: a bisection
+  03  speculative_samples             ``speculative_samples``: min(1, p/q) as a keep probability
+  03  by_hand                         ``expected_tokens_per_forward`` (the closed form)
+  03  best_gamma                      ``best_draft_length``
+  04  tree_mask                       ``tree_attention_mask`` (its mask)
+  04  depth                           ``TokenTree.depth``
+  04  greedy_walk                     ``greedy_walk``: the package's ``verify``, greedy
+  04  multi_candidate                 ``multi_candidate_step``
+  04  sees, ex_positions              ``sees_and_positions``: ``TokenTree.path`` and ``depth``
+  04  my_prediction                   ``expected_accepted`` (ranks in sibling order)
+  04  my_decode                       ``greedy_tree_step``: one step of the package's loop
+  05  left, lower                     ``backed_off_masses``: the trigram's own probabilities
+  05  free_chain                      ``free_chain``: a lookup by (parent, token)
+  05  tree_forwards, ...              ``draft_forwards_saved``: the runs' own counters
+  06  step_seconds, estimate          ``tokens_per_second_estimate``
+  06  break_even                      ``break_even``: a bisection
+  07  best_gamma                      ``best_draft_length``
+  07  acceptance, total_variation     ``acceptance_and_total_variation``
+====  ==============================  =================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+
+from .decoding.autotree import expected_accepted  # noqa: F401  (04: expected accepted nodes)
+from .decoding.tree import ROOT, TokenTree, tree_attention_mask, verify  # noqa: F401  (04: mask, depth)
+from .measure.acceptance import expected_tokens_per_forward  # noqa: F401  (03: expected tokens per forward)
+from .measure.roofline import forward_counts
+from .model import KVCache, apply_rope, attention, head_rope, rope_tables
+from .sampling import Sampling
+
+
+# ----------------------------------------------------------------------------- 00 · the tour
+
+def record_batch(batches: list, ids) -> None:
+    """A stream callback's work: keep a copy of each batch of token ids, in order."""
+    batches.append([int(t) for t in ids])
+
+
+# ----------------------------------------------------------------------------- 01 · the engine and the KV cache
+
+def kv_cache_bytes(config, slots: int, dtype=torch.float32) -> int:
+    """The bytes of keys and values a ``KVCache`` of ``slots`` slots allocates, read off one made on the
+    meta device (shapes and dtypes, no memory)."""
+    cache = KVCache(config, slots, device="meta", dtype=dtype)
+    return cache.k.nbytes + cache.v.nbytes
+
+
+def gqa(q, k, v):
+    """Grouped-query attention without a mask, q (nh, N, hs) over k, v (nkv, S, hs): each kv head repeated
+    for the nh / nkv query heads of its group (query head h uses kv head h // group)."""
+    group = q.shape[0] // k.shape[0]
+    k, v = k.repeat_interleave(group, dim=0), v.repeat_interleave(group, dim=0)  # (nh, S, hs)
+    weights = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)  # (nh, N, S)
+    return weights @ v
+
+
+def attention_with_cache(attn, x, past_k, past_v, position: int, theta: float):
+    """One layer's attention for one new token after cached keys and values, with the model's own pieces:
+    its RoPE tables (``rope_tables``, ``head_rope``, ``apply_rope``) and ``attention``.
+
+    x: (1, 1, d) the token's normalised input; past_k, past_v: (nkv, P, hs).  Returns (1, 1, d)."""
+    nh, nkv, hs = attn.n_head, attn.n_kv_head, attn.head_dim
+    cos, sin = (t[position].to(x.device, x.dtype).view(1, 1, 1, hs) for t in rope_tables(hs, position + 1, theta))
+    rope = head_rope(cos, sin, nh + nkv, nkv)  # q and k turn by the position's angles, v by none
+    qkv = apply_rope(attn.qkv(x).view(1, 1, nh + 2 * nkv, 2, hs // 2), *rope).view(nh + 2 * nkv, hs)
+    q, k, v = qkv.split([nh, nkv, nkv])
+    keys = torch.cat([past_k, k[:, None]], dim=1)[None]  # (1, nkv, P + 1, hs): the new slot after the past
+    values = torch.cat([past_v, v[:, None]], dim=1)[None]
+    y = attention(q[None, :, None], keys, values, None)  # (1, nh, 1, hs)
+    return attn.out(y.transpose(1, 2).reshape(1, 1, nh * hs))
+
+
+def entropy(p) -> float:
+    """H(p) in nats; torch's ``entr`` is -p log p, and 0 at p = 0."""
+    return float(torch.special.entr(p).sum())
+
+
+# ----------------------------------------------------------------------------- 02 · why decoding is slow
+
+def bf16_flops_and_bytes(config) -> tuple[int, int]:
+    """FLOPs of one token's matrix multiplies and the bytes of the weights it reads, in bf16: the package's
+    ``forward_counts``."""
+    counts = forward_counts(config, tokens=1, context=0, dtype="bf16")
+    return counts["flops_matmul"], counts["bytes_weights"]
+
+
+def largest_within(cost: Callable[[int], float], limit: float, most: int = 4096) -> int:
+    """The largest n in 1..most with cost(n) <= limit * cost(1), for a cost that grows with n: a bisection."""
+    bound = limit * cost(1)
+    if cost(most) <= bound:
+        return most
+    within, beyond = 1, most  # cost(within) <= bound < cost(beyond)
+    while beyond - within > 1:
+        middle = (within + beyond) // 2
+        if cost(middle) <= bound:
+            within = middle
+        else:
+            beyond = middle
+    return within
+
+
+# ----------------------------------------------------------------------------- 03 · speculative decoding
+
+def speculative_samples(p, q, n: int, generator):
+    """n independent speculative-sampling steps from the draft q to the target p: the emitted tokens, and
+    which were the draft's (kept with probability min(1, p(x) / q(x)), else a draw from max(0, p - q))."""
+    drafted = torch.multinomial(q, n, replacement=True, generator=generator)
+    keep_probability = torch.where(q > 0, p / q, torch.ones_like(p)).clamp(max=1)
+    accepted = torch.rand(n, generator=generator) < keep_probability[drafted]
+    residual = p - torch.minimum(p, q)  # max(0, p - q)
+    if float(residual.sum()) <= 0:  # p == q: nothing is ever rejected
+        residual = p
+    redrawn = torch.multinomial(residual / residual.sum(), n, replacement=True, generator=generator)
+    return torch.where(accepted, drafted, redrawn), accepted
+
+
+def best_draft_length(speedup_of: Callable[[int], float], lengths: Iterable[int]) -> int:
+    """The draft length with the largest speedup_of(length); the shortest among equals."""
+    best, best_speedup = None, -math.inf
+    for gamma in lengths:
+        s = speedup_of(gamma)
+        if s > best_speedup:
+            best, best_speedup = gamma, s
+    return best
+
+
+# ----------------------------------------------------------------------------- 04 · token trees
+
+def greedy_walk(tree: TokenTree, logits) -> tuple[list[int], int]:
+    """The accepted nodes and the target's next token: the package's ``verify``, greedy."""
+    verdict = verify(tree, logits, Sampling(), None)
+    return verdict.accepted, verdict.next_token
+
+
+def multi_candidate_step(p_now, q_now, out, x, generator, replacement: bool = False, renormalise_q: bool = True):
+    """One candidate x (n,) tried in each of n trials of recursive rejection sampling: the emitted tokens so
+    far (-1 in a trial still open), then p and q for the next candidate.
+
+    x is kept with probability min(1, p(x) / q(x)) in a trial still open; after it, p becomes the
+    normalised residual max(0, p - q), and without replacement q loses x (if ``renormalise_q``)."""
+    rows = torch.arange(len(x))
+    keep_probability = (p_now[rows, x] / q_now[rows, x]).clamp(max=1)
+    keep = (out < 0) & (torch.rand(len(x), generator=generator, dtype=torch.float64) < keep_probability)
+    out = torch.where(keep, x, out)
+    residual = (p_now - q_now).clamp_min(0)
+    p_now = residual / residual.sum(-1, keepdim=True).clamp_min(1e-300)
+    if not replacement and renormalise_q:
+        q_now = q_now.clone()
+        q_now[rows, x] = 0
+        q_now = q_now / q_now.sum(-1, keepdim=True).clamp_min(1e-300)
+    return out, p_now, q_now
+
+
+def sees_and_positions(parents: list[int]) -> tuple[dict[int, list[int]], list[int]]:
+    """Which nodes each node sees (its ancestors and itself, root side first), and the positions of the root
+    (0) and of each node (its depth): the package's ``TokenTree.path`` and ``TokenTree.depth``."""
+    tree = TokenTree(parents=list(parents))
+    return ({i: tree.path(i) for i in range(len(parents))},
+            [0] + [tree.depth(i) for i in range(len(parents))])
+
+
+def greedy_tree_step(model, cache, drafter, context: list[int]) -> list[int]:
+    """One step of greedy tree decoding as ``generate`` runs it (draft a tree, verify it in one target forward,
+    keep the accepted path in the cache, tell the drafter): the context with the step's tokens added."""
+    tree = drafter.get_candidates(context, Sampling(), None)
+    start = cache.length
+    mask, positions = tree_attention_mask(tree.parents, cached=start, chain=1, device=model.device)
+    x = torch.tensor([[context[-1]] + tree.tokens], device=model.device)
+    logits = model(x, cache, position_ids=positions, attention_mask=mask)[0]
+    verdict = verify(tree, logits, Sampling(), None)
+    cache.keep(start, [0] + [1 + i for i in verdict.accepted])
+    context = context + [tree.tokens[i] for i in verdict.accepted] + [verdict.next_token]
+    drafter.update(context, tree, verdict.accepted)
+    return context
+
+
+# ----------------------------------------------------------------------------- 05 · staged speculative decoding
+
+def backed_off_masses(trigram, a: int, b: int, seen: Iterable[int]) -> tuple[float, float]:
+    """Katz back-off after the history (a, b): the trigram's mass left for the tokens never seen after it,
+    and the bigram's mass of those same tokens, from the model's own probabilities of the ``seen`` ones."""
+    seen = list(seen)
+    left = 1 - math.fsum(trigram.prob([a, b], w) for w in seen)
+    lower = 1 - math.fsum(trigram.prob([b], w) for w in seen)
+    return left, lower
+
+
+def free_chain(root_dist, guessed_dists, g_tokens: list[int], g_parents: list[int], depth: int):
+    """The draft's greedy chain below the root through the n-gram's guessed subtree, and how many of its
+    tokens had a known distribution (were guessed at their place): a lookup by (parent, token)."""
+    guessed: dict[tuple[int, int], int] = {}
+    for i, key in enumerate(zip(g_parents, g_tokens)):
+        guessed.setdefault(key, i)  # the first of equal guesses
+    chain, free, node, dist = [], 0, ROOT, root_dist
+    while len(chain) < depth:
+        token = int(dist.argmax())
+        chain.append(token)
+        node = guessed.get((node, token))
+        if node is None:  # its children would need another draft forward
+            break
+        free += 1
+        dist = guessed_dists[node]
+    return chain, free
+
+
+def draft_forwards_saved(tree_run, staged_run) -> tuple[int, int, float]:
+    """Draft forwards of a tree run and a staged run, and those saved per generated token: the runs' own
+    counters."""
+    tree, staged = tree_run.stats.draft_forwards, staged_run.stats.draft_forwards
+    return tree, staged, (tree - staged) / staged_run.stats.new_tokens
+
+
+# ----------------------------------------------------------------------------- 06 · reproducing the paper
+
+def tokens_per_second_estimate(run: dict, baseline: dict, cost_ratio: float) -> tuple[float, float]:
+    """Seconds per step and tokens per second of a speculative run, from the benchmark's counters: its target
+    forward costs ``cost_ratio`` baseline forwards, and is its ``target_seconds`` share of the step."""
+    target_share = run["time_split"]["target_seconds"]
+    estimate = run["tokens_per_target_forward"] * baseline["tokens_per_second"] * target_share / cost_ratio
+    return run["tokens_per_target_forward"] / estimate, estimate
+
+
+def break_even(speedup: Callable[[float], float], tolerance: float = 1e-6) -> float:
+    """The smallest acceptance a in [0, 1] with speedup(a) >= 1, for a speedup that grows with a: a bisection."""
+    if speedup(1.0) < 1:
+        raise ValueError("no acceptance up to 1 pays: speedup(1) < 1")
+    low, high = 0.0, 1.0  # speedup(high) >= 1
+    if speedup(low) >= 1:
+        return low
+    while high - low > tolerance:
+        middle = (low + high) / 2
+        if speedup(middle) >= 1:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+# ----------------------------------------------------------------------------- 07 · beyond the paper
+
+def acceptance_and_total_variation(p, q) -> tuple[float, float]:
+    """Speculative sampling's acceptance, the overlap sum of min(p, q), and the total variation distance,
+    the largest difference in probability the two give one set of tokens: p's excess over q, summed."""
+    return float(torch.minimum(p, q).sum()), float((p - q).clamp_min(0).sum())
