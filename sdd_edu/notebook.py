@@ -22,7 +22,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-from types import SimpleNamespace
+from types import CodeType, SimpleNamespace
+from typing import NamedTuple
 
 QUICK = os.environ.get("SDD_EDU_QUICK", "0") not in ("", "0")
 
@@ -200,18 +201,31 @@ def structure_problems(nb) -> list[str]:
 #
 #     # BEGIN SOLUTION (hint: what to write)
 #     ...the solution...
-#     # END SOLUTION
+#     # END SOLUTION (fallback: return course.answer(x))
 #
-# and followed by a cell of ``check(...)`` calls.  The student edition replaces each block by a stub
-# that raises NotImplementedError with the hint, so that the cell, and the checks after it, fail until
-# the student writes the code.
+# and followed by a cell of ``check(...)`` calls.  The student edition replaces each block by a stub.  The
+# fallback on the END marker, ``return EXPR`` for a block in a function or ``a, b = EXPR`` for a block that
+# binds names, is the package's own answer (``sdd_edu.course``): the stub hands it on through ``unsolved``,
+# with a one-line notice, so that every later cell runs; the exercise's cell starts with ``exercise(NAME)``
+# and its check cell with ``solved(NAME)``, which fails while the stub is in place.  A block without a
+# fallback becomes a stub that raises NotImplementedError with the hint, and the cells after it fail too.
 
 BEGIN_SOLUTION = re.compile(r"^(?P<indent>\s*)# BEGIN SOLUTION(?: \(hint: (?P<hint>.*)\))?\s*$")
-END_SOLUTION = re.compile(r"^\s*# END SOLUTION\s*$")
+END_SOLUTION = re.compile(r"^\s*# END SOLUTION(?: \(fallback: (?P<fallback>.*)\))?\s*$")
+HELPERS = ("exercise", "solved", "unsolved")  # what the student edition's stubs and checks call
 
 
-def solution_blocks(source: str) -> list[tuple[int, int, str, str]]:
-    """(first line, last line, indent, hint) of each marked solution block; the markers included."""
+class SolutionBlock(NamedTuple):
+    first: int  # the BEGIN SOLUTION line, counted from 0
+    last: int  # the END SOLUTION line
+    indent: str
+    hint: str
+    fallback: str  # "return EXPR", "NAMES = EXPR", or "" (none)
+
+
+def solution_blocks(source: str) -> list[SolutionBlock]:
+    """The marked solution blocks of a cell, the marker lines included; ValueError for unbalanced markers or a
+    fallback that is neither ``return EXPR`` nor ``NAMES = EXPR``."""
     blocks, begin = [], None
     for i, line in enumerate(source.split("\n")):
         m = BEGIN_SOLUTION.match(line)
@@ -219,23 +233,102 @@ def solution_blocks(source: str) -> list[tuple[int, int, str, str]]:
             if begin is not None:
                 raise ValueError(f"line {i + 1}: BEGIN SOLUTION inside another solution block")
             begin = (i, m.group("indent"), m.group("hint") or "")
-        elif END_SOLUTION.match(line):
+        elif (m := END_SOLUTION.match(line)):
             if begin is None:
                 raise ValueError(f"line {i + 1}: END SOLUTION without BEGIN SOLUTION")
-            blocks.append((begin[0], i, begin[1], begin[2]))
+            fallback = (m.group("fallback") or "").strip()
+            if fallback:
+                try:
+                    fallback_parts(fallback)
+                except ValueError as e:
+                    raise ValueError(f"line {i + 1}: {e}") from None
+            blocks.append(SolutionBlock(begin[0], i, begin[1], begin[2], fallback))
             begin = None
     if begin is not None:
         raise ValueError(f"line {begin[0] + 1}: BEGIN SOLUTION without END SOLUTION")
     return blocks
 
 
-def student_source(source: str) -> str:
-    """``source`` with every solution block replaced by a stub that raises NotImplementedError."""
+def fallback_parts(fallback: str) -> tuple[list[str] | None, str]:
+    """``return EXPR`` as (None, EXPR); ``a, b = EXPR`` as (["a", "b"], EXPR); anything else: ValueError."""
+    import ast
+
+    try:
+        (statement,) = ast.parse(fallback).body
+    except (SyntaxError, ValueError):
+        statement = None
+    if isinstance(statement, ast.Return) and statement.value is not None:
+        return None, _one_argument(ast.get_source_segment(fallback, statement.value))
+    if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
+        target = statement.targets[0]
+        names = target.elts if isinstance(target, ast.Tuple) else [target]
+        if all(isinstance(n, ast.Name) for n in names):
+            return [n.id for n in names], _one_argument(ast.get_source_segment(fallback, statement.value))
+    raise ValueError(f"a fallback is 'return EXPR' or 'NAMES = EXPR', not {fallback!r}")
+
+
+def _one_argument(expression: str) -> str:
+    """``expression`` as the stub passes it on, ``unsolved(NAME, lambda: EXPR)``: in parentheses where it would
+    otherwise be cut at a comma (a tuple, ``a, b + 1``)."""
+    import ast
+
+    call = ast.parse(f"f(lambda: {expression})", mode="eval").body
+    return expression if len(call.args) == 1 else f"({expression})"
+
+
+def block_names(source: str) -> list[str]:
+    """Each solution block's exercise name: the function it sits in, else the first name its fallback binds,
+    else the first name the block binds, else 'exercise'."""
+    import ast
+
+    tree = ast.parse(source)
+    functions = [f for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    names = []
+    for block in solution_blocks(source):
+        line = block.first + 1  # ast counts lines from 1
+        enclosing = [f for f in functions if f.lineno < line <= f.end_lineno]
+        targets = fallback_parts(block.fallback)[0] if block.fallback else None
+        bound = [name for name, at in _global_bindings(tree) if block.first < at <= block.last]
+        if enclosing:
+            names.append(max(enclosing, key=lambda f: f.lineno).name)  # the innermost
+        else:
+            names.append((targets or bound or ["exercise"])[0])
+    return names
+
+
+def exercise_names(nb) -> dict[int, list[str]]:
+    """The exercise names of the solution blocks of each code cell that has some (keyed by the cell's index in
+    ``nb``'s cells), made unique within the notebook: a repeated name gets ' (2)', ' (3)', ..."""
+    seen: dict[str, int] = {}
+    out = {}
+    for i, cell in enumerate(nb.get("cells", [])):
+        if cell.get("cell_type") == "code" and "# BEGIN SOLUTION" in cell.get("source", ""):
+            out[i] = []
+            for name in block_names(cell["source"]):
+                seen[name] = seen.get(name, 0) + 1
+                out[i].append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+    return out
+
+
+def student_source(source: str, names: list[str] | None = None) -> str:
+    """``source`` with every solution block replaced by a stub: with a fallback, one that returns (or binds) the
+    fallback's value through ``unsolved(NAME, ...)``; without, one that raises NotImplementedError with the hint.
+    ``names``: the blocks' exercise names (by default ``block_names``)."""
+    import json
+
+    blocks = solution_blocks(source)
+    names = block_names(source) if names is None else names
     lines = source.split("\n")
-    for first, last, indent, hint in reversed(solution_blocks(source)):
-        stub = [f"{indent}# YOUR CODE HERE" + (f" (hint: {hint})" if hint else ""),
-                f"{indent}raise NotImplementedError({('Exercise: ' + hint if hint else 'Exercise')!r})"]
-        lines[first:last + 1] = stub
+    for block, name in reversed(list(zip(blocks, names))):
+        indent, hint = block.indent, block.hint
+        stub = [f"{indent}# YOUR CODE HERE" + (f" (hint: {hint})" if hint else "")]
+        if block.fallback:
+            targets, expression = fallback_parts(block.fallback)
+            call = f"unsolved({json.dumps(name, ensure_ascii=False)}, lambda: {expression})"
+            stub.append(f"{indent}return {call}" if targets is None else f"{indent}{', '.join(targets)} = {call}")
+        else:
+            stub.append(f"{indent}raise NotImplementedError({('Exercise: ' + hint if hint else 'Exercise')!r})")
+        lines[block.first:block.last + 1] = stub
     return "\n".join(lines)
 
 
@@ -253,27 +346,106 @@ def student_markdown(source: str) -> str:
 
 def student_edition(nb):
     """A copy of ``nb`` with its solutions replaced by stubs and its edition-specific text resolved (outputs
-    stripped)."""
+    stripped).  An exercise with a fallback also gets ``exercise(NAME)`` as its cell's first line and
+    ``solved(NAME)`` as the first line of the next code cell that calls ``check``; the first code cell then
+    imports those helpers and ``sdd_edu.course``."""
     import copy
+    import json
 
     out = copy.deepcopy(nb)
     strip(out)
     # the edition is built by the interpreter whose kernel opens it (make lab), so it carries that Python
     # version and opens unmodified wherever it is built
     normalise(out, python_version=kernel_python_version())
-    for cell in out.get("cells", []):
-        if cell.get("cell_type") == "code" and "# BEGIN SOLUTION" in cell.get("source", ""):
-            cell["source"] = student_source(cell["source"])
+    cells = out.get("cells", [])
+    code = [i for i, c in enumerate(cells) if c.get("cell_type") == "code"]
+    names = exercise_names(out)
+    solved_in: dict[int, list[str]] = {}
+    for i, cell in enumerate(cells):
+        if i in names:
+            source = cell["source"]
+            with_fallback = [n for n, b in zip(names[i], solution_blocks(source)) if b.fallback]
+            cell["source"] = "".join(f"exercise({json.dumps(n, ensure_ascii=False)})\n" for n in with_fallback) \
+                + student_source(source, names[i])
+            checks = next((j for j in code if j > i and "check(" in cells[j].get("source", "")), None)
+            if checks is not None and with_fallback:
+                solved_in.setdefault(checks, []).extend(with_fallback)
         elif cell.get("cell_type") == "markdown":
             cell["source"] = student_markdown(cell.get("source", ""))
+    for j, solved_names in solved_in.items():
+        cells[j]["source"] = "".join(f"solved({json.dumps(n, ensure_ascii=False)})\n" for n in solved_names) \
+            + cells[j]["source"]
+    if solved_in or any("unsolved(" in cells[i]["source"] for i in names):
+        cells[code[0]]["source"] = _with_helpers(cells[code[0]]["source"])
     return out
+
+
+def _with_helpers(source: str) -> str:
+    """A first code cell that also imports the student edition's helpers and ``sdd_edu.course``: added to its
+    ``from sdd_edu.notebook import ...`` line, or in lines of their own at the top."""
+    lines = source.split("\n")
+    at = next((k for k, line in enumerate(lines) if re.fullmatch(r"from sdd_edu\.notebook import [\w, ]+", line)),
+              None)
+    if at is None:
+        lines[:0], at = [f"from sdd_edu.notebook import {', '.join(HELPERS)}"], 0
+    else:
+        have = [n.strip() for n in lines[at].split(" import ", 1)[1].split(",")]
+        lines[at] = "from sdd_edu.notebook import " + ", ".join(have + [h for h in HELPERS if h not in have])
+    if not re.search(r"^from sdd_edu import (.*\b)?course\b", source, re.M):
+        lines.insert(at + 1, "from sdd_edu import course")
+    return "\n".join(lines)
+
+
+# The student edition's helpers, run in the reader's kernel.
+UNSOLVED: set[str] = set()  # the exercises whose stub gave sdd-edu's answer since their cell last ran
+
+
+def exercise(name: str) -> None:
+    """The first line of an exercise's cell in the student edition: running the cell starts the exercise afresh
+    (its mark is cleared; a stub that runs again marks it, and says so, again)."""
+    UNSOLVED.discard(name)
+
+
+def unsolved(name: str, fallback):
+    """An unsolved exercise's stub: mark ``name`` unsolved, say so once (until its cell runs again), and return
+    ``fallback()``, sdd-edu's own answer, so that the cells below still run."""
+    if name not in UNSOLVED:
+        UNSOLVED.add(name)
+        print(f"⚠ exercise {name!r} is not solved yet: the cells below use sdd-edu's own answer; "
+              "its check fails until you write yours")
+    return fallback()
+
+
+def solved(name: str) -> None:
+    """The first line of an exercise's check cell in the student edition: AssertionError while the exercise is
+    unsolved.  For an exercise in a function (``name`` is the function's name) that is while the function
+    still holds its stub (whether or not it has run); for one outside a function, while its stub gave the
+    answer when its cell last ran."""
+    function = sys._getframe(1).f_globals.get(name)
+    code = getattr(function, "__code__", None)
+    stub = _calls_unsolved(code, name) if isinstance(code, CodeType) else name in UNSOLVED
+    if stub:
+        raise AssertionError(f"✗ exercise {name!r} is not solved yet: the cells above used sdd-edu's own answer"
+                             "\nHint: write yours in place of the unsolved(...) line, run that cell, then this one")
+
+
+def _calls_unsolved(code: CodeType, name: str) -> bool:
+    """Whether ``code`` (or a function defined in it) calls ``unsolved`` for ``name``."""
+    if "unsolved" in code.co_names and name in code.co_consts:
+        return True
+    return any(_calls_unsolved(c, name) for c in code.co_consts if isinstance(c, CodeType))
 
 
 def exercise_problems(nb) -> list[str]:
     """Why an exercise's checks could pass on the unchanged stub (an empty list: none can).
 
-    The stub raises where the solution was: at once for a block at the top of a cell, at the first
-    call for a block inside a function.  A later cell must call ``check`` on a global name that is
+    A block with a fallback: the stub gives sdd-edu's answer, and the guarantee is the ``solved(NAME)`` line
+    the student edition puts first in the next code cell that calls ``check``.  So there must be such a cell;
+    a ``return`` fallback must stand in a function; and a fallback that binds names must bind each name the
+    block binds that code outside the block reads (the rest of the function, or the rest of the notebook).
+
+    A block without one: the stub raises where the solution was, at once for a block at the top of a cell, at
+    the first call for a block inside a function.  A later cell must call ``check`` on a global name that is
     bound only from that point on (so on the stub it is never bound), or call the function itself."""
     import ast
 
@@ -282,9 +454,19 @@ def exercise_problems(nb) -> list[str]:
     for k, cell in enumerate(cells):
         source = cell.get("source", "")
         blocks = solution_blocks(source)
+        checks = next((c.get("source", "") for c in cells[k + 1:] if "check(" in c.get("source", "")), "")
+        plain = [b for b in blocks if not b.fallback]  # the blocks whose stub raises
         if blocks:
             tree = ast.parse(source)
-            first_line = blocks[0][0] + 1  # ast counts lines from 1
+            try:
+                ast.parse(student_source(source))
+            except SyntaxError as e:
+                problems.append(f"code cell {k}: its student edition does not parse ({e.msg}, line {e.lineno})")
+            later = [ast.parse(c.get("source", "")) for c in cells[k + 1:]]
+            for block in (b for b in blocks if b.fallback):
+                problems += [f"code cell {k}: {p}" for p in _fallback_problems(block, tree, later, bool(checks))]
+        if plain:
+            first_line = plain[0].first + 1  # ast counts lines from 1
             enclosing = [f for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
                          and f.lineno < first_line <= f.end_lineno]
             raises_at, stubbed = first_line, set()
@@ -297,12 +479,45 @@ def exercise_problems(nb) -> list[str]:
             bindings = _global_bindings(tree)
             before = {name for name, line in bindings if line < raises_at}
             from_stub = ({name for name, line in bindings if line >= raises_at} - before - bound_before) | stubbed
-            checks = next((c.get("source", "") for c in cells[k + 1:] if "check(" in c.get("source", "")), "")
             used = {n.id for n in ast.walk(ast.parse(checks)) if isinstance(n, ast.Name)} if checks else set()
             if not (used & from_stub):
                 problems.append(f"code cell {k}: no later check uses a name bound only once its solution has run "
                                 f"({sorted(from_stub) or 'none'}), so the checks could pass on the stub")
         bound_before |= {name for name, _ in _global_bindings(ast.parse(source))}
+    return problems
+
+
+def _fallback_problems(block: SolutionBlock, tree, later: list, has_checks: bool) -> list[str]:
+    """What is wrong with a block's fallback (see ``exercise_problems``); ``tree``: its cell, parsed;
+    ``later``: the later code cells, parsed."""
+    import ast
+
+    problems = []
+    if not has_checks:
+        problems.append("no later cell calls check(, so nothing would say the exercise is unsolved")
+    targets, _ = fallback_parts(block.fallback)
+    inside = range(block.first + 2, block.last + 1)  # the block's lines, counted from 1, markers excluded
+    functions = [f for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                 and f.lineno < block.first + 1 <= f.end_lineno]
+    if targets is None:
+        if not functions:
+            problems.append("a 'return' fallback outside a function")
+        return problems
+    def loads(node, where=lambda line: True):
+        return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+                and where(n.lineno)}
+
+    if functions:  # the locals the block binds, read elsewhere in its (innermost) function
+        function = max(functions, key=lambda f: f.lineno)
+        bound = {n.id for n in ast.walk(function) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+                 and n.lineno in inside}
+        read = loads(function, lambda line: line not in inside)
+    else:  # the globals the block binds, read after it in its cell or in a later cell
+        bound = {name for name, line in _global_bindings(tree) if line in inside}
+        read = loads(tree, lambda line: line > block.last + 1).union(*map(loads, later))
+    missing = sorted((bound & read) - set(targets))
+    if missing:
+        problems.append(f"the fallback leaves {', '.join(missing)} unbound, which later code reads")
     return problems
 
 

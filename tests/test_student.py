@@ -1,14 +1,19 @@
 """The student edition: generated from the instructor notebooks, every exercise a stub whose checks fail.
 
-That each check passes on the solution is shown by running the instructor notebooks (nbval)."""
+An unsolved exercise falls back to sdd-edu's own answer, so that the rest of its notebook runs; its check
+cell starts with ``solved(NAME)``, which fails until the exercise is solved.  That each check passes on the
+solution is shown by running the instructor notebooks (nbval); tests/test_exercises.py runs the student
+edition's cells of each exercise."""
 
+import re
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from sdd_edu.notebook import exercise_problems, main, solution_blocks, structure_problems, student_edition, \
-    student_markdown, student_source
+from sdd_edu import notebook
+from sdd_edu.notebook import block_names, exercise, exercise_names, exercise_problems, main, solution_blocks, \
+    solved, structure_problems, student_edition, student_markdown, student_source, unsolved
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "tutorials").glob("*.ipynb"))
 
@@ -37,6 +42,140 @@ def test_unbalanced_markers_are_refused(bad):
         solution_blocks(bad)
 
 
+@pytest.mark.parametrize("fallback", ["x + 1", "x += 1", "return", "a.b = 1", "x = 1; y = 2", "return (1"])
+def test_a_fallback_is_return_or_names_bound(fallback):
+    with pytest.raises(ValueError, match="line 3: a fallback is"):
+        solution_blocks(f"# BEGIN SOLUTION\nx = 1\n# END SOLUTION (fallback: {fallback})")
+
+
+SOLVED_IN_A_FUNCTION = ("x = 2\n"
+                        "def f(y):\n"
+                        "    # BEGIN SOLUTION (hint: twice y)\n"
+                        "    return 2 * y\n"
+                        "    # END SOLUTION (fallback: return course_twice(y))\n"
+                        "z = f(x) + f(x)")
+
+
+@pytest.fixture()
+def namespace():
+    """A kernel's globals with the student edition's helpers and a stand-in for sdd_edu.course."""
+    notebook.UNSOLVED.clear()
+    yield {"exercise": exercise, "solved": solved, "unsolved": unsolved, "course_twice": lambda y: y + y}
+    notebook.UNSOLVED.clear()
+
+
+def test_a_stub_with_a_fallback_returns_its_value_and_says_so_once(namespace, capsys):
+    assert solution_blocks(SOLVED_IN_A_FUNCTION)[0].fallback == "return course_twice(y)"
+    stub = student_source(SOLVED_IN_A_FUNCTION)
+    assert stub.split("\n")[2:4] == ["    # YOUR CODE HERE (hint: twice y)",
+                                     '    return unsolved("f", lambda: course_twice(y))']
+    exec(stub, namespace)
+    assert namespace["z"] == 8  # the cell ran on, with the fallback's values
+    out = capsys.readouterr().out
+    assert out == ("⚠ exercise 'f' is not solved yet: the cells below use sdd-edu's own answer; "
+                   "its check fails until you write yours\n")  # one line, though f ran twice
+    with pytest.raises(AssertionError, match="^✗ exercise 'f' is not solved yet"):
+        solved("f")
+    exercise("f")  # the cell run again: the mark is cleared, and a stub that runs says so again
+    exec(stub, namespace)
+    assert capsys.readouterr().out.count("⚠ exercise 'f'") == 1
+    exec('exercise("f")\n' + SOLVED_IN_A_FUNCTION, namespace)  # the cell with a solution
+    solved("f")
+    assert namespace["z"] == 8 and capsys.readouterr().out == ""
+
+
+def test_a_function_still_holding_its_stub_is_unsolved_before_it_runs(namespace):
+    source = SOLVED_IN_A_FUNCTION.replace("z = f(x) + f(x)", "")  # f is only called by the checks
+    exec(student_source(source), namespace)
+    with pytest.raises(AssertionError, match="✗ exercise 'f' is not solved yet"):
+        exec('solved("f")', namespace)
+    exec(source, namespace)  # the student's own f, in its cell
+    exec('solved("f")', namespace)
+
+
+def test_a_fallback_binds_names_in_a_loop_body(namespace, capsys):
+    solved_source = ("total, count = 0, 0\n"
+                     "for x in [3, 4]:\n"
+                     "    # BEGIN SOLUTION (hint: add x, count it)\n"
+                     "    total += x\n"
+                     "    count += 1\n"
+                     "    # END SOLUTION (fallback: total, count = total + x, count + 1)\n"
+                     "mean = total / count")
+    assert block_names(solved_source) == ["total"]
+    stub = student_source(solved_source)
+    assert '    total, count = unsolved("total", lambda: (total + x, count + 1))' in stub.split("\n")
+    exec('exercise("total")\n' + stub, namespace)
+    assert (namespace["total"], namespace["count"], namespace["mean"]) == (7, 2, 3.5)
+    assert capsys.readouterr().out.count("⚠ exercise 'total' is not solved yet") == 1
+    with pytest.raises(AssertionError, match="✗ exercise 'total' is not solved yet"):
+        exec('solved("total")', namespace)
+    exec('exercise("total")\n' + solved_source, namespace)  # the student's cell, solved and run again
+    exec('solved("total")', namespace)
+
+
+def exercise_notebook(*sources):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# 99 · Title")] + [nbformat.v4.new_code_cell(s) for s in sources]
+    return nb
+
+
+def test_the_student_edition_marks_the_exercise_and_its_check_cell(namespace):
+    nb = exercise_notebook("import sdd_edu\nfrom sdd_edu.notebook import setup, check\nenv = 1",
+                           SOLVED_IN_A_FUNCTION,
+                           "print(z)",  # not a check cell
+                           "check(z == 8, 'z is twice twice x')",
+                           "# BEGIN SOLUTION (hint: 5)\nw = 5\n# END SOLUTION (fallback: w = 5)",
+                           "check(w == 5, 'w')")
+    assert exercise_names(nb) == {2: ["f"], 5: ["w"]}
+    student = [c.source for c in student_edition(nb).cells]
+    assert student[1] == ("import sdd_edu\nfrom sdd_edu.notebook import setup, check, exercise, solved, unsolved\n"
+                          "from sdd_edu import course\nenv = 1")
+    assert student[2].startswith('exercise("f")\nx = 2\n') and 'return unsolved("f", ' in student[2]
+    assert student[3] == "print(z)"
+    assert student[4] == 'solved("f")\ncheck(z == 8, \'z is twice twice x\')'
+    assert student[5].startswith('exercise("w")\n') and student[6].startswith('solved("w")\n')
+    from sdd_edu.notebook import check
+
+    namespace["check"] = check
+    exec(student[2], namespace)
+    with pytest.raises(AssertionError, match="✗ exercise 'f' is not solved yet"):
+        exec(student[4], namespace)
+    exec(student[4].split("\n", 1)[1], namespace)  # the fallback is right: the check itself passes
+
+
+def test_names_are_unique_within_a_notebook():
+    block = "# BEGIN SOLUTION (hint: h)\nbest = 1\n# END SOLUTION (fallback: best = 1)"
+    nb = exercise_notebook("from sdd_edu.notebook import check", block, block, "check(best == 1, 'best')")
+    assert exercise_names(nb) == {2: ["best"], 3: ["best (2)"]}
+    assert [c.source.split("\n")[0] for c in student_edition(nb).cells[2:]] == \
+        ['exercise("best")', 'exercise("best (2)")', 'solved("best")']
+    assert student_edition(nb).cells[4].source.startswith('solved("best")\nsolved("best (2)")\ncheck(')
+
+
+def test_the_exercise_check_catches_a_fallback_that_cannot_stand():
+    nb = exercise_notebook("# BEGIN SOLUTION (hint: h)\na = 1\nb = 2\n# END SOLUTION (fallback: a = 1)",
+                           "check(a + b == 3, 'a and b')")
+    assert exercise_problems(nb) == ["code cell 0: the fallback leaves b unbound, which later code reads"]
+    nb.cells[1].source = nb.cells[1].source.replace("(fallback: a = 1)", "(fallback: a, b = 1, 2)")
+    assert exercise_problems(nb) == []
+    nb.cells[1].source = nb.cells[1].source.replace("(fallback: a, b = 1, 2)", "(fallback: return 1, 2)")
+    assert exercise_problems(nb) == ["code cell 0: a 'return' fallback outside a function"]
+    nb.cells[1].source = nb.cells[1].source.replace("(fallback: return 1, 2)", "(fallback: a, b = 1, 2)")
+    nb.cells[2].source = "print(a + b)"
+    assert exercise_problems(nb) == ["code cell 0: no later cell calls check(, so nothing would say the exercise "
+                                     "is unsolved"]
+    loop = ("def mean(xs):\n"
+            "    total, count = 0, 0\n"
+            "    for x in xs:\n"
+            "        # BEGIN SOLUTION (hint: h)\n"
+            "        total += x\n"
+            "        count += 1\n"
+            "        # END SOLUTION (fallback: total = total + x)\n"
+            "    return total / count")
+    nb = exercise_notebook(loop, "check(mean([1, 2]) == 1.5, 'mean')")
+    assert exercise_problems(nb) == ["code cell 0: the fallback leaves count unbound, which later code reads"]
+
+
 def test_the_exercise_check_catches_a_check_that_cannot_fail():
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("answer = 41"),
@@ -52,12 +191,13 @@ def test_every_exercise_of_the_series_fails_on_its_stub(path):
     nb = nbformat.read(path, as_version=4)
     blocks = [b for c in nb.cells if c.cell_type == "code" for b in solution_blocks(c.source)]
     assert blocks, f"{path.name} has no marked solution"
-    assert all(hint for *_, hint in blocks), "every solution block carries a hint for the stub"
+    assert all(b.hint for b in blocks), "every solution block carries a hint for the stub"
     assert exercise_problems(nb) == []
     student = student_edition(nb)
     nbformat.validate(student)
     assert structure_problems(student) == []
-    stubs = [c.source for c in student.cells if c.cell_type == "code" and "raise NotImplementedError" in c.source]
+    stubs = [c.source for c in student.cells if c.cell_type == "code"
+             and ("raise NotImplementedError" in c.source or "unsolved(" in c.source)]
     assert len(stubs) == len([c for c in nb.cells if c.cell_type == "code" and solution_blocks(c.source)])
     for solved, stub in zip(nb.cells, student.cells):
         if solved.cell_type != "code" or not solution_blocks(solved.source):
@@ -70,12 +210,33 @@ def test_every_exercise_of_the_series_fails_on_its_stub(path):
     assert "BEGIN SOLUTION" not in "".join(c.source for c in student.cells)
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_exercise_of_the_series_falls_back_and_its_check_cell_asks_whether_it_is_solved(path):
+    nb = nbformat.read(path, as_version=4)
+    blocks = [b for c in nb.cells if c.cell_type == "code" for b in solution_blocks(c.source)]
+    assert all(b.fallback for b in blocks), "every solution block names sdd-edu's answer for an unsolved stub"
+    student = student_edition(nb).cells
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    assert re.search(r"^from sdd_edu\.notebook import .*\bexercise, solved, unsolved$", student[code[0]].source, re.M)
+    assert "\nfrom sdd_edu import course\n" in student[code[0]].source
+    asked = {}
+    for i, names in exercise_names(nb).items():
+        assert student[i].source.startswith("".join(f'exercise("{n}")\n' for n in names))
+        assert all(f'unsolved("{n}", lambda: ' in student[i].source for n in names)
+        assert "raise NotImplementedError" not in student[i].source
+        checks = next(j for j in code if j > i and "check(" in nb.cells[j].source)
+        asked.setdefault(checks, []).extend(names)
+    assert len(set(sum(asked.values(), []))) == len(blocks)  # a name per exercise, unique in its notebook
+    for j, names in asked.items():  # the check cell starts with a solved line for each exercise before it
+        assert student[j].source == "".join(f'solved("{n}")\n' for n in names) + nb.cells[j].source
+
+
 def test_make_student_writes_the_edition(tmp_path):
     assert main(["student", str(tmp_path), *map(str, NOTEBOOKS)]) == 0
     written = sorted(p.name for p in tmp_path.glob("*.ipynb"))
     assert written == [p.name for p in NOTEBOOKS]
     assert sum(len([c for c in nbformat.read(tmp_path / n, as_version=4).cells
-                    if "raise NotImplementedError" in c.source]) for n in written) >= 15
+                    if "unsolved(" in c.source]) for n in written) >= 24
 
 
 def test_text_meant_for_one_edition_is_resolved_in_the_student_edition():
