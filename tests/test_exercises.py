@@ -2,9 +2,12 @@
 
 Each case runs an exercise's cell with its solution block replaced, then the check cell after it, in a
 namespace set up with cheap stand-ins for what the notebook computed before (no model is loaded):
-the solution passes, the stub fails, and every mutant fails its checks.
+the solution passes, the stub fails, and every mutant fails its checks.  The student edition's cells run
+too: the stub gives sdd-edu's answer (``sdd_edu.course``), so that the cell and the checks' computations
+work, while the check cell's ``solved`` line says the exercise is unsolved until the solution is in.
 """
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -406,6 +409,28 @@ def test_the_solution_passes_and_the_stub_fails(name):
     run_exercise(EXERCISES[name])
     with pytest.raises((NotImplementedError, AssertionError)):
         run_exercise(EXERCISES[name], stub=True)
+
+
+@pytest.mark.parametrize("name", EXERCISES)
+def test_the_student_edition_runs_on_the_fallback_and_its_check_says_unsolved(name, capsys):
+    ex = EXERCISES[name]
+    imports, cell, checks = student_cells(ex)
+    exercise_name = re.match(r'solved\("(.+)"\)\n', checks).group(1)
+    assert cell.startswith(f'exercise("{exercise_name}")\n') and f'unsolved("{exercise_name}", lambda: ' in cell
+    namespace: dict = {}
+    exec(ex.setup, namespace)
+    exec(imports, namespace)
+    exec(cell, namespace)  # the stub's cell runs: the fallback gives its values
+    with pytest.raises(AssertionError, match=f"^✗ exercise '{re.escape(exercise_name)}' is not solved yet"):
+        exec(checks, namespace)
+    # without its solved line the check cell passes: the fallback is a right answer, and later cells work
+    exec(checks.split("\n", 1)[1], namespace)
+    notice = f"⚠ exercise '{exercise_name}' is not solved yet: the cells below use sdd-edu's own answer"
+    assert capsys.readouterr().out.count(notice) == 1  # once, whether the stub ran in its cell or in the checks
+    # the solution written in the student's cell (its first line kept), the cell run again: the checks pass
+    exec(cell.split("\n", 1)[0] + "\n" + exercise_cells(ex)[0], namespace)
+    exec(checks, namespace)
+    assert notice not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name, mutant", [(n, m) for n, ex in EXERCISES.items() for m in ex.mutants])
