@@ -186,7 +186,132 @@ with torch.inference_mode():
                                attention_mask=mask)[0]
 """
 
+SETUP_01_CACHE = SETUP_01 + """
+from sdd_edu.model import attention
+def gqa(q, k, v):  # exercise 2's, right
+    return attention(q[None], k[None], v[None], None)[0]
+prompt_ids, true_next = [5, 17, 33, 2, 40, 11, 8], 21
+layer = model.blocks[0]
+P = len(prompt_ids)
+seen = {}
+with torch.inference_mode():
+    cache = model.new_cache(P + 1)
+    model(torch.tensor([prompt_ids]), cache)  # prefill: slots 0 .. P-1
+    hook = layer.attn.register_forward_hook(lambda module, args, out: seen.update(x=args[0], out=out))
+    model(torch.tensor([[true_next]]), cache)  # the next token, at position P
+    hook.remove()
+past_k, past_v = cache.k[0, 0, :, :P], cache.v[0, 0, :, :P]
+"""
+
+CACHE_BLOCK = """qkv = attn.qkv(x).view(nh + 2 * nkv, hs)
+q, k, v = qkv[:nh], qkv[nh:nh + nkv], qkv[nh + nkv:]
+angles = {position} * theta ** (-torch.arange(0, hs, 2) / hs)
+cos, sin = angles.cos(), angles.sin()
+def rotate(t):
+    t1, t2 = t[..., :hs // 2], t[..., hs // 2:]
+    return torch.cat([{turn}], dim=-1)
+keys = torch.cat([past_k, {k}[:, None]], dim=1)
+values = torch.cat([past_v, v[:, None]], dim=1)
+return attn.out(gqa(rotate(q)[:, None], keys, values).reshape(1, 1, nh * hs))"""
+RIGHT_CACHE = dict(position="position", turn="t1 * cos - t2 * sin, t2 * cos + t1 * sin", k="rotate(k)")
+
+SETUP_04_DECODE = """
+import torch
+import sdd_edu
+from sdd_edu import course
+from sdd_edu.decoding import baseline_decode, make_drafter
+from sdd_edu.decoding.tree import tree_attention_mask
+from sdd_edu.ladders import make_ladder
+from sdd_edu.ngram import KatzTrigram
+from sdd_edu.notebook import check
+from sdd_edu.sampling import Sampling
+from tests.test_speculative import random_lm, random_streams
+def pick(full, quick):  # quick mode's sizes
+    return quick
+target, draft = random_lm(1), random_lm(1)  # the draft: the target a little perturbed, so some guesses are right
+torch.manual_seed(3)
+with torch.no_grad():
+    for w in draft.model.parameters():
+        w.add_(torch.randn_like(w) * 0.05)
+ladder = make_ladder(target, draft, KatzTrigram.fit(random_streams(61, 0), 61), name="tiny")
+model = target.model
+prompt_ids = [3, 14, 15, 9, 2, 6, 5]
+def tree_mask(parents, cached):  # exercise 1's, right
+    return tree_attention_mask(parents, cached=cached, chain=1)[0]
+greedy_walk = course.greedy_walk  # section 4's, right
+"""
+
+DECODE_BLOCK = """tree = drafter.get_candidates(context, Sampling(), None)
+start = cache.length
+mask = tree_mask(tree.parents, start)
+_, pos = tree_attention_mask(tree.parents, cached=start, chain=1)
+x = torch.tensor([[context[-1]] + tree.tokens], device=model.device)
+logits = model(x, cache, position_ids=pos.to(model.device), attention_mask=mask.to(model.device))[0]
+forwards += 1
+accepted, next_token = greedy_walk(tree, logits)
+{commit}
+context += [tree.tokens[i] for i in accepted] + [next_token]
+{update}"""
+RIGHT_DECODE = dict(commit="cache.keep(start, [0] + [1 + i for i in accepted])",
+                    update="drafter.update(context, tree, accepted)")
+
+SETUP_05_CHAIN = """
+import torch
+from sdd_edu.decoding import baseline_decode, make_drafter
+from sdd_edu.decoding.tree import tree_attention_mask
+from sdd_edu.ladders import make_ladder
+from sdd_edu.ngram import KatzTrigram
+from sdd_edu.notebook import check
+from sdd_edu.sampling import Sampling
+from tests.test_speculative import random_lm
+target, draft = random_lm(1), random_lm(2, n_layer=1)
+# the trigram learns the draft's own greedy continuations, so that it guesses some of the draft's tokens
+prompts = [[s, 7 * s % 61] for s in range(0, 61, 2)]
+trigram = KatzTrigram.fit([p + baseline_decode(draft, p, 24, stop_at_eos=False).token_ids for p in prompts], 61)
+ladder = make_ladder(target, draft, trigram, name="tiny")
+prompt_ids, fanout = [0, 0, 32, 46, 24], (3, 2, 1, 1, 1, 1)  # the draft's chain: 4 tokens, the first 3 guessed
+guesser = make_drafter(ladder, "staged", ngram_fanout=fanout, lookup=False, width=4, depth=6, budget=16)
+guesser.begin(prompt_ids, len(prompt_ids) + 64)
+g_tokens, g_parents = guesser.guess(prompt_ids)
+P = len(prompt_ids)
+mask, positions = tree_attention_mask(g_parents, cached=0, chain=P)
+with torch.inference_mode():
+    draft_logits = draft.model(torch.tensor([prompt_ids + g_tokens]), position_ids=positions, attention_mask=mask)[0]
+root_dist, guessed_dists = draft_logits[P - 1].softmax(-1), draft_logits[P:].softmax(-1)
+"""
+
+CHAIN_BLOCK = """while len(chain) < depth:
+    token = int(dist.argmax())
+    {append}
+    guessed = [i for i, (p, t) in enumerate(zip(g_parents, g_tokens)) if {match}]
+    {count}
+    if not guessed:
+        break
+    {late_append}
+    {late_count}
+    node, dist = guessed[0], guessed_dists[guessed[0]]"""
+RIGHT_CHAIN = dict(append="chain.append(token)", match="p == node and t == token", count="", late_append="",
+                   late_count="free += 1")
+
 EXERCISES = {
+    "01 attention with the cache": Exercise("01_engine_and_kv_cache", "attn.qkv(x).view", SETUP_01_CACHE, {
+        "k left unrotated": CACHE_BLOCK.format(**{**RIGHT_CACHE, "k": "k"}),
+        "rotated at the position before": CACHE_BLOCK.format(**{**RIGHT_CACHE, "position": "(position - 1)"}),
+        "turned the other way": CACHE_BLOCK.format(**{**RIGHT_CACHE, "turn": "t1 * cos + t2 * sin, t2 * cos - t1 * sin"}),
+    }),
+    "04 the whole loop": Exercise("04_token_trees", "draft a tree; one target forward", SETUP_04_DECODE, {
+        "only the root kept in the cache": DECODE_BLOCK.format(**{**RIGHT_DECODE, "commit": "cache.truncate(start + 1)"}),
+        "the root dropped from the cache": DECODE_BLOCK.format(
+            **{**RIGHT_DECODE, "commit": "cache.keep(start, [1 + i for i in accepted])"}),
+        "node indices taken for tokens": DECODE_BLOCK.format(**RIGHT_DECODE).replace(
+            "[tree.tokens[i] for i in accepted]", "accepted"),
+    }),
+    "05 staged growth": Exercise("05_staged_speculative_decoding", "argmax of dist; look for i", SETUP_05_CHAIN, {
+        "every token counted free": CHAIN_BLOCK.format(**{**RIGHT_CHAIN, "count": "free += 1", "late_count": ""}),
+        "a guess anywhere in the subtree": CHAIN_BLOCK.format(**{**RIGHT_CHAIN, "match": "t == token"}),
+        "the unguessed token left out": CHAIN_BLOCK.format(
+            **{**RIGHT_CHAIN, "append": "", "late_append": "chain.append(token)"}),
+    }),
     "04 the greedy walk": Exercise("04_token_trees", "from ROOT, take the argmax of the node's row", SETUP_04_WALK, {
         "the first child, whatever the target says": (
             "node, accepted = ROOT, []\n"
