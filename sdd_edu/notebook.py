@@ -441,20 +441,23 @@ def exercise_problems(nb) -> list[str]:
 
     A block with a fallback: the stub gives sdd-edu's answer, and the guarantee is the ``solved(NAME)`` line
     the student edition puts first in the next code cell that calls ``check``.  So there must be such a cell;
-    a ``return`` fallback must stand in a function; and a fallback that binds names must bind each name the
-    block binds that code outside the block reads (the rest of the function, or the rest of the notebook).
+    a ``return`` fallback must stand in a function; a fallback that binds names must bind each name the
+    block binds that code outside the block reads (the rest of the function, or the rest of the notebook);
+    and, as ``solved`` stops the check cell before anything else in it runs, no later cell may read a name
+    that only the check cell binds.
 
     A block without one: the stub raises where the solution was, at once for a block at the top of a cell, at
     the first call for a block inside a function.  A later cell must call ``check`` on a global name that is
     bound only from that point on (so on the stub it is never bound), or call the function itself."""
     import ast
 
-    problems, bound_before = [], set()
+    problems, bound_before, asked = [], set(), set()
     cells = [c for c in nb.get("cells", []) if c.get("cell_type") == "code"]
     for k, cell in enumerate(cells):
         source = cell.get("source", "")
         blocks = solution_blocks(source)
-        checks = next((c.get("source", "") for c in cells[k + 1:] if "check(" in c.get("source", "")), "")
+        at = next((j for j in range(k + 1, len(cells)) if "check(" in cells[j].get("source", "")), None)
+        checks = cells[at].get("source", "") if at is not None else ""
         plain = [b for b in blocks if not b.fallback]  # the blocks whose stub raises
         if blocks:
             tree = ast.parse(source)
@@ -465,6 +468,12 @@ def exercise_problems(nb) -> list[str]:
             later = [ast.parse(c.get("source", "")) for c in cells[k + 1:]]
             for block in (b for b in blocks if b.fallback):
                 problems += [f"code cell {k}: {p}" for p in _fallback_problems(block, tree, later, bool(checks))]
+            if at is not None and at not in asked and len(plain) < len(blocks):  # the check cell gets solved(...)
+                asked.add(at)
+                lost = _read_before_bound(ast.parse(checks), later[at - k:])
+                if lost:
+                    problems.append(f"code cell {at}: checks an exercise and binds {', '.join(lost)}, which a later "
+                                    "cell reads: while the exercise is unsolved, solved(...) stops the cell first")
         if plain:
             first_line = plain[0].first + 1  # ast counts lines from 1
             enclosing = [f for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
@@ -485,6 +494,47 @@ def exercise_problems(nb) -> list[str]:
                                 f"({sorted(from_stub) or 'none'}), so the checks could pass on the stub")
         bound_before |= {name for name, _ in _global_bindings(ast.parse(source))}
     return problems
+
+
+def _read_before_bound(cell, later: list) -> list[str]:
+    """The names ``cell`` binds that one of the ``later`` cells (parsed, in order) reads before any cell after
+    ``cell`` binds them."""
+    import ast
+
+    pending, read = {name for name, _ in _global_bindings(cell)}, set()
+    for tree in later:
+        bound_at: dict[str, int] = {}
+        for name, line in _global_bindings(tree):
+            bound_at[name] = min(line, bound_at.get(name, line))
+        read |= {name for name, line in _global_reads(tree)
+                 if name in pending and line <= bound_at.get(name, line)}  # x = f(x) reads x first
+        pending -= set(bound_at)
+    return sorted(read)
+
+
+def _global_reads(tree) -> list[tuple[str, int]]:
+    """(name, line) of each global name a cell reads: a function's, lambda's or comprehension's own names
+    (its arguments, what it assigns) left out."""
+    import ast
+
+    scopes = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp,
+              ast.GeneratorExp)
+    out = []
+
+    def visit(node, local):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, scopes):
+                own = {n.id for n in ast.walk(child) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+                own |= {a.arg for a in ast.walk(child) if isinstance(a, ast.arg)}
+                visit(child, local | own)
+            elif isinstance(child, ast.Name) and isinstance(child.ctx, ast.Load):
+                if child.id not in local:
+                    out.append((child.id, child.lineno))
+            else:
+                visit(child, local)
+
+    visit(tree, frozenset())
+    return out
 
 
 def _fallback_problems(block: SolutionBlock, tree, later: list, has_checks: bool) -> list[str]:
@@ -514,7 +564,8 @@ def _fallback_problems(block: SolutionBlock, tree, later: list, has_checks: bool
         read = loads(function, lambda line: line not in inside)
     else:  # the globals the block binds, read after it in its cell or in a later cell
         bound = {name for name, line in _global_bindings(tree) if line in inside}
-        read = loads(tree, lambda line: line > block.last + 1).union(*map(loads, later))
+        read = loads(tree, lambda line: line > block.last + 1)
+        read |= {name for cell in later for name, _ in _global_reads(cell)}
     missing = sorted((bound & read) - set(targets))
     if missing:
         problems.append(f"the fallback leaves {', '.join(missing)} unbound, which later code reads")

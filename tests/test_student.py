@@ -176,6 +176,18 @@ def test_the_exercise_check_catches_a_fallback_that_cannot_stand():
     assert exercise_problems(nb) == ["code cell 0: the fallback leaves count unbound, which later code reads"]
 
 
+def test_the_exercise_check_catches_a_check_cell_that_later_cells_need():
+    """solved(NAME) stops an unsolved exercise's check cell at its first line: what the rest of it binds is
+    never bound, so a later cell must not read it (unless bound again first)."""
+    nb = exercise_notebook("# BEGIN SOLUTION (hint: h)\nw = 5\n# END SOLUTION (fallback: w = 5)",
+                           "import math\nref = math.floor(5.2)\ncheck(w == ref, 'w')",
+                           "ref = 4\nprint(ref, [math for math in range(2)])\ndef f(math):\n    return math")
+    assert exercise_problems(nb) == []  # ref bound again before it is read; the other maths are local
+    nb.cells[3].source = "print(math.pi)"
+    assert exercise_problems(nb) == ["code cell 1: checks an exercise and binds math, which a later cell reads: "
+                                     "while the exercise is unsolved, solved(...) stops the cell first"]
+
+
 def test_the_exercise_check_catches_a_check_that_cannot_fail():
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("answer = 41"),
