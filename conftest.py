@@ -20,3 +20,23 @@ def pytest_collection_modifyitems(items):
         if str(item.fspath).endswith(".ipynb"):
             item.add_marker(pytest.mark.notebooks)
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_collection_finish(session):
+    """Where tests/test_browser.py runs a notebook (in JupyterLab, with Chromium), nbval does not run it again:
+    every notebook runs once per suite, in the browser where there is one, else under nbval.
+
+    Called once collection is done, after ``-k``/``-m`` have deselected what they deselect: a notebook is
+    skipped here only if its browser run is still in the session."""
+    import pytest
+
+    from tests import browser
+
+    in_browser = {item.callspec.params["notebook"] for item in session.items
+                  if item.path.name == "test_browser.py" and item.originalname == "test_every_cell_runs"}
+    if not in_browser or not browser.enabled():
+        return
+    skip = pytest.mark.skip(reason="run in the browser by tests/test_browser.py")
+    for item in session.items:
+        if item.path.suffix == ".ipynb" and item.path.name in in_browser:
+            item.add_marker(skip)
