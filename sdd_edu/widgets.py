@@ -43,13 +43,16 @@ class View(widgets.VBox):
                  title: str = ""):
         self.controls = controls
         self.figure = go.Figure(figure) if figure is not None else None  # the last figure drawn
-        self.plot = widgets.Output(layout=widgets.Layout(width="100%"))
+        self.plot = widgets.Output()  # a width of 100% would add the area's padding: a scrollbar under the view
         self.message = widgets.HTML()
         self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(visibility="hidden"))
         self.ok = True
         rows = [widgets.HTML(f"<b>{html.escape(title)}</b>")] if title else []
         rows.append(widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap")))
         rows += [self.progress, self.message]
+        for child in extra:  # a table wider than a narrow pane scrolls in its own box instead of widening the view
+            if isinstance(child, widgets.HTML):
+                child.layout.max_width, child.layout.overflow = "100%", "auto"
         rows += list(extra)
         if self.figure is not None:
             rows.append(self.plot)
@@ -91,7 +94,9 @@ class View(widgets.VBox):
         self.figure = fig
         title = fig.layout.title.text or "a plotly figure"
         figure_json = json.loads(fig.to_json())
-        figure_json["config"] = {"responsive": True, "displaylogo": False}
+        # no "responsive": it sizes the plot to its container's height too, and an output's height is its content's,
+        # so after a resize the figure collapses; JupyterLab's renderer follows the width by itself
+        figure_json["config"] = {"displaylogo": False}
         # one output replaced at once: no flicker, and no display() call (which would print outside a kernel)
         self.plot.outputs = ({"output_type": "display_data", "metadata": {},
                               "data": {PLOTLY_MIME: figure_json, "text/plain": title.replace("<br>", " ")}},)
@@ -116,7 +121,9 @@ def _float(description: str, value: float, step: float = 0.1):
 def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     """An HTML table with padded cells; ``header`` and ``rows`` are HTML already."""
     line = lambda tag, cells: "<tr>" + "".join(f'<{tag} style="{CELL_STYLE}">{c}</{tag}>' for c in cells) + "</tr>"
-    return "<table>" + line("th", header) + "".join(line("td", row) for row in rows) + "</table>"
+    # in a box of its own that scrolls: a table wider than a narrow notebook pane does not widen the view
+    return ('<div style="overflow-x:auto;max-width:100%"><table>' + line("th", header)
+            + "".join(line("td", row) for row in rows) + "</table></div>")
 
 
 def _rate(x) -> str:

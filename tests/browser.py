@@ -273,7 +273,8 @@ def figure_fit(driver, view) -> dict:
         const area = view.closest('.jp-Cell').querySelector('.jp-Cell-outputArea');
         return {figure: Math.max(...parts.map(e => e.getBoundingClientRect().right)),
                 figure_width: plot.getBoundingClientRect().width, figure_height: plot.getBoundingClientRect().height,
-                area: area.getBoundingClientRect().right, area_width: area.getBoundingClientRect().width};""",
+                area: area.getBoundingClientRect().right, area_width: area.getBoundingClientRect().width,
+                overflow: view.scrollWidth - view.clientWidth};  // > 0: a horizontal scrollbar under the view""",
                                  view)
 
 

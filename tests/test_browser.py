@@ -210,6 +210,9 @@ def test_views_fit_the_notebook(notebook, driver):
                     problems.append(f"{function} at {width} px: the figure ends {fit['figure'] - fit['area']:.0f} px "
                                     f"right of the output area (figure {fit['figure_width']:.0f} px wide, output "
                                     f"area {fit['area_width']:.0f} px)")
+                if fit["overflow"] > 1:
+                    problems.append(f"{function} at {width} px: the view is {fit['overflow']:.0f} px wider than "
+                                    "its box (a horizontal scrollbar under it)")
                 if fit["figure_height"] < MIN_FIGURE_HEIGHT:  # a collapsed figure fits any width
                     problems.append(f"{function} at {width} px: the figure is {fit['figure_height']:.0f} px tall")
             notebook.console(driver, f"at {width} px")

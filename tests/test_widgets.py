@@ -58,7 +58,7 @@ def assert_reads_well_in_jupyterlab(view):
     assert layout.width is None and layout.autosize
     shown = view.plot.outputs[-1]["data"][PLOTLY_MIME]  # what the frontend draws is the figure kept
     assert len(view.plot.outputs) == 1 and shown["layout"]["title"]["text"] == layout.title.text
-    assert "width" not in shown["layout"] and shown["config"]["responsive"]
+    assert "width" not in shown["layout"] and "responsive" not in shown["config"]
     assert_title_clear_of_toolbar_and_panel_titles(view.figure)
     # a title in words: no nan or None, no dict, list or object repr
     assert not re.search(r"\bnan\b|\bNone\b|[{}\[\]]|\w\(", layout.title.text), layout.title.text
