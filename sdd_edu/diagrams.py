@@ -407,6 +407,6 @@ def staged_tree_diagram(step: dict | None = None, guesses=None, decode=None, roo
 
     rows = max(max(r for _, r in tree_layout(g_parents)) if g_parents else 0, max(r for _, r in where))
     n_kept = sum(kept)
-    return _finish(fig, title or f"Staged speculation: {n_kept} of {len(kept)} guesses kept, "
+    return _finish(fig, title or f"Staged: {n_kept} of {len(kept)} guesses kept, "
                                  f"{len(accepted)} of {n} nodes accepted + 1",
                    height=max(420, 220 + 34 * (rows + 1)), legend_rows=2, top=90)

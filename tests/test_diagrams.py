@@ -7,6 +7,7 @@ import torch
 from sdd_edu.decoding.tree import tree_attention_mask
 from sdd_edu.diagrams import example_staged_step, kv_cache_diagram, staged_tree_diagram, tree_mask_diagram
 from sdd_edu.errors import SddError
+from sdd_edu import plots
 from sdd_edu.plots import ORIGIN_COLORS
 
 PARENTS = [-1, 0, 0, -1, 3, 1, 5]  # two branches off the root, one of depth 4: not symmetric, so a transpose shows
@@ -28,7 +29,7 @@ def one_line_error(fn, *args, match=None, **kw):
 def assert_readable(fig):
     """Short title, legend below the plot (never over the title), a figure that stands alone."""
     assert isinstance(fig, go.Figure)
-    assert 0 < len(fig.layout.title.text) <= 80 and "<br>" not in fig.layout.title.text
+    assert 0 < len(fig.layout.title.text) <= plots.TITLE_CHARS and "<br>" not in fig.layout.title.text  # one line
     legend = fig.layout.legend  # below the plot: hanging from under the axes, or standing on the figure's bottom
     assert (legend.yanchor == "top" and legend.y < 0) or (legend.yref == "container" and legend.yanchor == "bottom"
                                                          and legend.y == 0)
