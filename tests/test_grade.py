@@ -1,0 +1,121 @@
+"""``python -m sdd_edu grade``: a folder of submitted student notebooks in, points per exercise out.
+
+The end-to-end test grades a small notebook made of notebook 03's own cells (its setup cell, the acceptance
+rule as a sampler, expected tokens per forward, each with its check), so that each submission's kernel runs
+in seconds: one student solved the sampler, one typed a plausible wrong rule and weakened its check, one
+handed in the stubs, one a file that is no notebook.
+"""
+
+import csv
+import json
+
+import nbformat
+import pytest
+
+from sdd_edu.cli import main
+from sdd_edu.grade import SOLVED_LINE, find_submissions, graded_copy
+from sdd_edu.notebook import student_edition
+from tests.test_exercises import EXERCISES, SETUP_03, SETUP_03_FORMULAS, TUTORIALS, exercise_cells
+
+SAMPLER, SUM = EXERCISES["03 the acceptance rule as a sampler"], EXERCISES["03 expected tokens per forward"]
+
+
+def small_tutorial():
+    """Notebook 03's setup cell, then two of its exercises with what they read and their check cells."""
+    real = nbformat.read(TUTORIALS / "03_speculative_decoding.ipynb", as_version=4)
+    first = next(c for c in real.cells if c.cell_type == "code")
+    sampler, sampler_checks, _ = exercise_cells(SAMPLER)
+    total, total_checks, _ = exercise_cells(SUM)
+    nb = nbformat.v4.new_notebook()
+    sources = [first.source, SETUP_03 + "import torch", sampler, sampler_checks,
+               SETUP_03_FORMULAS.replace("from sdd_edu.notebook import check\n", ""), total, total_checks]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Speculative sampling, in brief")] + \
+               [nbformat.v4.new_code_cell(s) for s in sources]
+    return nb
+
+
+def solve(student_nb, exercise: str, source: str):
+    """The student's notebook with ``exercise``'s cell holding ``source`` below its exercise(...) line."""
+    cell = next(c for c in student_nb.cells if c.cell_type == "code" and c.source.startswith(f'exercise("{exercise}")'))
+    cell.source = cell.source.split("\n", 1)[0] + "\n" + source
+    return student_nb
+
+
+def test_the_grader_restores_weakened_and_renumbered_check_cells():
+    tutorial = small_tutorial()
+    student = student_edition(tutorial)
+    checks = [c for c in student.cells if c.cell_type == "code" and SOLVED_LINE.match(c.source.split("\n")[0])]
+    assert len(checks) == 2
+    checks[0].source = 'solved("speculative_samples")\npass  # the checks deleted'
+    checks[1]["id"] = "made-elsewhere"  # a copy with new cell ids: found by its solved(...) line
+    graded, where = graded_copy(student, tutorial, "03")
+    assert graded.cells[where["speculative_samples"]].source.endswith(
+        next(c.source for c in student_edition(tutorial).cells if c.get("id") == checks[0].get("id")))
+    assert "check(" in graded.cells[where["by_hand"]].source
+    assert graded.cells[-1].source.endswith("print(hidden_report('03', globals()))")
+    del student.cells[student.cells.index(checks[1])]
+    assert graded_copy(student, tutorial, "03")[1]["by_hand"] is None
+
+
+def test_submissions_are_found_per_student_folder_or_by_file_name(tmp_path):
+    tutorials = tmp_path / "tutorials"
+    tutorials.mkdir()
+    nbformat.write(small_tutorial(), tutorials / "03_speculative_decoding.ipynb")
+    for path in ("alice/03_speculative_decoding.ipynb", "bob_03_speculative_decoding.ipynb", "carol-03_mine.ipynb",
+                 "alice/.ipynb_checkpoints/03_speculative_decoding-checkpoint.ipynb", "notes.ipynb"):
+        (tmp_path / "in" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / path).write_text("{}")
+    found, unmatched = find_submissions(tmp_path / "in", tutorials)
+    assert [(s.student, s.tutorial.name) for s in found] == [
+        ("alice", "03_speculative_decoding.ipynb"), ("bob", "03_speculative_decoding.ipynb"),
+        ("carol-03_mine", "03_speculative_decoding.ipynb")]
+    assert unmatched == ["notes.ipynb: no tutorial's name or number in the file's name"]
+
+
+def test_a_missing_folder_is_one_line(capsys, tmp_path):
+    assert main(["grade", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nowhere'} is not a folder of submitted notebooks"
+
+
+@pytest.mark.timeout(600)
+def test_a_folder_of_submissions_is_graded_per_exercise(tmp_path, capsys):
+    tutorials, submissions = tmp_path / "tutorials", tmp_path / "submitted"
+    tutorials.mkdir()
+    tutorial = small_tutorial()
+    nbformat.write(tutorial, tutorials / "03_speculative_decoding.ipynb")
+    sampler_solution = "\n".join(exercise_cells(SAMPLER)[0].split("\n"))
+    students = {
+        "alice": solve(student_edition(tutorial), "speculative_samples", sampler_solution),
+        "bob": solve(student_edition(tutorial), "speculative_samples", sampler_solution.replace(
+            "accepted = u * q[x] < p[x]", "accepted = u < p[x]")),  # p(x), not p(x)/q(x)
+        "carol": student_edition(small_tutorial()),  # made elsewhere: other cell ids
+    }
+    bob = students["bob"]
+    solve(bob, "by_hand", exercise_cells(SUM)[0])
+    weakened = next(c for c in bob.cells if c.source.startswith('solved("speculative_samples")'))
+    weakened.source = 'solved("speculative_samples")\ncheck(True, "looks fine")'  # restored by the grader
+    for name, nb in students.items():
+        (submissions / name).mkdir(parents=True)
+        nbformat.write(nb, submissions / name / "03_speculative_decoding.ipynb")
+    (submissions / "dave").mkdir()
+    (submissions / "dave" / "03_speculative_decoding.ipynb").write_text("not a notebook")
+
+    out = tmp_path / "grades" / "grades.csv"
+    assert main(["grade", str(submissions), "--tutorials", str(tutorials), "--out", str(out), "--timeout", "300"]) == 0
+    rows = {(r["student"], r["exercise"]): r for r in csv.DictReader(out.open())}
+    points = {key: (int(r["points"]), int(r["max_points"])) for key, r in rows.items()}
+    assert points == {
+        ("alice", "speculative_samples"): (2, 2), ("alice", "by_hand"): (0, 1),
+        ("bob", "speculative_samples"): (0, 2), ("bob", "by_hand"): (1, 1),
+        ("carol", "speculative_samples"): (0, 2), ("carol", "by_hand"): (0, 1),
+        ("dave", "speculative_samples"): (0, 2), ("dave", "by_hand"): (0, 1),
+    }
+    assert "not solved yet" in rows[("alice", "by_hand")]["note"]
+    assert "hidden: another p and q" in rows[("bob", "speculative_samples")]["note"]
+    assert "hidden: not solved" in rows[("carol", "speculative_samples")]["note"]
+    assert rows[("dave", "by_hand")]["note"].startswith("unreadable notebook")
+    printed = capsys.readouterr().out
+    assert "alice: 2/3 points" in printed and "bob: 1/3 points" in printed and "carol: 0/3 points" in printed
+    graded = nbformat.read(tmp_path / "grades" / "graded" / "bob" / "03_speculative_decoding.ipynb", as_version=4)
+    last = "".join(o.get("text", "") for o in graded.cells[-1].outputs)
+    assert json.loads(last.split("SDD_EDU_HIDDEN_TESTS ", 1)[1])["speculative_samples"]["passed"] is False
