@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.sdd-edu-installed
 
-.PHONY: setup demo test test-fast lab lab-instructor strip student bench engine-bench clean
+.PHONY: setup demo test test-fast lab lab-instructor strip student bench engine-bench site clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,13 @@ strip: $(STAMP)
 
 engine-bench: $(STAMP)
 	$(PY) -m sdd_edu engine-bench --json engine-bench.json
+
+# the course site in build/site/html: the notebooks executed into build/executed/ (quick mode; SITE_QUICK=0 runs the
+# full notebooks), skipping those executed there already and newer than their source, then Sphinx
+SITE_QUICK ?= 1
+site: $(STAMP)
+	$(PY) -m sdd_edu.site build --quick $(SITE_QUICK)
+	@echo "open build/site/html/index.html"
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
