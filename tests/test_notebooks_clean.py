@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from sdd_edu.notebook import KERNELSPEC, dirty_parts, language_info, normalise, strip, structure_problems, \
+from sdd_edu.notebook import INSTALL_CHECK, KERNELSPEC, dirty_parts, language_info, normalise, strip, structure_problems, \
     unnormalised_parts
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "tutorials").glob("*.ipynb"))
@@ -15,7 +15,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "tutorials").glob("*.i
 def well_formed():
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell("# 99 · Title\n\n**Learning objectives**\n\n- one\n\n**Run time**: 1 min"),
-                nbformat.v4.new_code_cell("x = 1"),
+                nbformat.v4.new_code_cell(INSTALL_CHECK + "x = 1"),
                 nbformat.v4.new_markdown_cell("## Exercises\n\n### Exercise 1"),
                 nbformat.v4.new_code_cell("check(x == 1, 'x')")]
     return nb
@@ -90,6 +90,8 @@ def test_the_checker_sees_a_missing_section():
     nb.cells.append(nbformat.v4.new_markdown_cell("## Summary"))
     problems = structure_problems(nb)
     assert len(problems) == 3 and "Learning objectives" in problems[0] and "Exercises" in problems[2]
+    nb.cells[1].source = "import sdd_edu\nx = 1"
+    assert structure_problems(nb)[0].startswith("the first code cell does not start with the install check")
 
 
 def test_strip_command_rewrites_a_dirty_file(tmp_path):

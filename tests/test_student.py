@@ -261,3 +261,29 @@ def test_text_meant_for_one_edition_is_resolved_in_the_student_edition():
         assert "<!-- instructor" not in markdown and "<!-- student" not in markdown, path.name
         for instructor_only in ("holds one answer", "cover it", "The answer below"):
             assert instructor_only not in markdown, (path.name, instructor_only)
+
+
+def test_a_hint_in_two_tiers_shows_the_nudge_on_the_stub_and_the_rest_collapsed_under_the_text():
+    block = ("# BEGIN SOLUTION (hint: what doubles a number?) (more: multiply by 2 (not add 2))\n"
+             "w = 2 * 5\n# END SOLUTION (fallback: w = 10)")
+    nb = exercise_notebook("from sdd_edu.notebook import check", block, "check(w == 10, 'w')")
+    assert solution_blocks(block)[0][3:] == ("what doubles a number?", "w = 10", "multiply by 2 (not add 2)")
+    student = student_edition(nb).cells
+    assert "# YOUR CODE HERE (hint: what doubles a number?)\n" in student[2].source
+    assert "multiply by 2" not in student[2].source
+    assert student[0].source.endswith("\n\n<details><summary>More help: <code>w</code></summary>\n\n"
+                                      "multiply by 2 (not add 2)\n\n</details>")
+    assert "<details>" not in nb.cells[0].source  # the instructor edition shows the solution, no help
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_second_tier_of_the_series_is_collapsed_in_the_student_edition(path):
+    nb = nbformat.read(path, as_version=4)
+    student = student_edition(nb)
+    text = "\n".join(c.source for c in student.cells if c.cell_type == "markdown")
+    code = "\n".join(c.source for c in student.cells if c.cell_type == "code")
+    for i, names in exercise_names(nb).items():
+        for name, block in zip(names, solution_blocks(nb.cells[i].source)):
+            if block.more:
+                assert f"<summary>More help: <code>{name}</code></summary>\n\n{block.more}\n\n" in text
+                assert block.more not in code
