@@ -32,7 +32,7 @@ LADDERS: dict[str, Ladder] = {l.name: l for l in [
     Ladder("embedded-lookup", EMBEDDED, None, "prompt-lookup",
            "SmolLM2-135M-Instruct with prompt lookup as its only draft", offline=True),
     Ladder("gpt2", "gpt2-large", "gpt2", "trigram",
-           "the paper's setup: GPT-2-L target, GPT-2 small draft, trigram (hub, GPU recommended)"),
+           "closest to the paper's setup: GPT-2-L target, GPT-2 small draft, trigram (hub, GPU recommended)"),
     Ladder("gpt2-distil", "gpt2-large", "distilgpt2", "trigram", "GPT-2-L target, DistilGPT-2 draft (hub)"),
     Ladder("codeparrot", "codeparrot/codeparrot", "codeparrot/codeparrot-small", "trigram",
            "GPT-2s trained on Python: 1.5B target, 110M draft (hub, GPU recommended)"),
