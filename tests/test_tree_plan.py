@@ -117,6 +117,14 @@ def test_a_plan_prices_its_table_as_predict_does_at_near_ties(method):
     assert tree_plan.predict(again, again["shape"]) == tree_plan.predict(plan, plan["shape"])
 
 
+@pytest.mark.parametrize("method", ["tree", "staged"])
+def test_a_plans_rate_of_a_tree_is_its_table_rows_price(plans, method):
+    """``tree_rate`` prices any tree as the programme priced its table: each row's tree at the row's tok/s."""
+    plan, rate = plans[method], tree_plan.tree_rate(plans[method])
+    for row in plan["table"]:
+        assert rate(row["parents"]) == pytest.approx(row["tokens_per_second"], rel=1e-12)
+
+
 def test_predictions_follow_the_model_for_any_shape(plans):
     plan = plans["tree"]
     for shape in ({"width": 1, "depth": 3, "budget": 3}, {"width": 2, "depth": 2, "budget": 4}):

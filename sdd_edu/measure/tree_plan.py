@@ -282,6 +282,16 @@ def predict(plan: dict, shape: dict) -> dict:
                                   "overhead_seconds", "seconds_per_step", "tokens_per_second")}
 
 
+def tree_rate(plan: dict):
+    """A function of a tree (a parents list, [] for a baseline step) giving its predicted tokens per second from
+    the plan's measurements, priced as the plan's programme prices its own trees (``autotree.price_tree``):
+    notebook 07's capstone hands it to the reader's own planner."""
+    from ..decoding.autotree import price_tree
+
+    p, target, costs = plan["rank_acceptance"], _curve(plan["target_ms"]), _costs(plan)
+    return lambda parents: price_tree(list(parents), p, target, **costs)["tokens_per_second"]
+
+
 def summary(plan: dict) -> str:
     """Two lines for a terminal: the chosen shape and the measurements it came from."""
     p = plan["predicted"]
