@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import io
 import os
 import re
 import shutil
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,6 +76,15 @@ def ran_in_quick_mode(nb) -> bool | None:
     return None
 
 
+def read(path: Path):
+    """A notebook, read without nbformat's schema validation (a second or so for an executed notebook of
+    5 MB): these notebooks were written by nbformat, by nbclient or JupyterLab."""
+    import nbformat
+
+    nb = nbformat.reader.reads(Path(path).read_text(encoding="utf-8"))  # what nbformat.read does, less validating
+    return nb if nb.nbformat == 4 else nbformat.read(path, as_version=4)
+
+
 def newer(executed: Path, source: Path) -> bool:
     """Whether ``executed`` exists and was written after ``source`` last changed."""
     return executed.is_file() and executed.stat().st_mtime > source.stat().st_mtime
@@ -82,11 +93,9 @@ def newer(executed: Path, source: Path) -> bool:
 def reusable(executed: Path, source: Path, quick: bool | None = None) -> bool:
     """Whether ``executed`` can stand for ``source`` on the site: newer than it, every code cell run without an
     error, and run in the mode asked for (``quick`` None: either mode)."""
-    import nbformat
-
     if not newer(executed, source):
         return False
-    nb = nbformat.read(executed, as_version=4)
+    nb = read(executed)
     code = [cell for cell in nb.cells if cell.cell_type == "code" and cell.source.strip()]
     if any(cell.get("execution_count") is None or any(out.get("output_type") == "error" for out in cell.outputs)
            for cell in code):
@@ -218,8 +227,8 @@ def assemble(paths: Paths, notebooks: dict[str, Path], src: Path) -> Path:
             _copy_if_changed(page, src / "docs" / page.name)
             wanted.add(f"docs/{page.name}")
     for name, executed in sorted(notebooks.items()):
-        page = for_the_page(nbformat.read(executed, as_version=4))
-        _write_if_changed(nbformat.writes(page) + "\n", src / "tutorials" / name)
+        page = for_the_page(read(executed))
+        _write_if_changed(nbformat.v4.writes(page) + "\n", src / "tutorials" / name)  # not validated again
         wanted.add(f"tutorials/{name}")
     for stale in [p for p in src.rglob("*") if p.is_file() and p.relative_to(src).as_posix() not in wanted]:
         stale.unlink()  # a page whose source is gone
@@ -228,16 +237,30 @@ def assemble(paths: Paths, notebooks: dict[str, Path], src: Path) -> Path:
 
 # ----------------------------------------------------------------------------- building
 
-def sphinx_build(paths: Paths, src: Path, out: Path, fresh: bool = False) -> tuple[subprocess.CompletedProcess, float]:
-    """sphinx-build over ``src`` into ``out``/html with docs/conf.py, warnings as errors; (the process, seconds).
-    ``fresh``: reread every page (an incremental build repeats no warning of a page it did not reread)."""
-    command = [sys.executable, "-m", "sphinx", "-b", "html", "-W", "--keep-going", "-q", "-c", str(paths.docs),
-               "-d", str(out / "doctrees"), str(src), str(out / "html")]
-    if fresh:
-        command.insert(3, "-E")
+def sphinx_build(paths: Paths, src: Path, out: Path, fresh: bool = False,
+                 in_process: bool = False) -> tuple[int, str, float]:
+    """sphinx-build over ``src`` into ``out``/html with docs/conf.py, warnings as errors: (its exit code, its
+    messages, seconds).  ``fresh``: reread every page (an incremental build repeats no warning of a page it did
+    not reread).  ``in_process``: in this Python rather than a new one, which saves importing Sphinx, myst-nb
+    and nbformat's validator again (seconds; the tests do it)."""
+    args = ["-b", "html", "-W", "--keep-going", "-q", "-c", str(paths.docs), "-d", str(out / "doctrees"),
+            str(src), str(out / "html")] + (["-E"] if fresh else [])
     start = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=paths.root)
-    return done, time.monotonic() - start
+    if in_process:
+        from sphinx.cmd.build import build_main
+
+        messages = io.StringIO()
+        with contextlib.redirect_stdout(messages), contextlib.redirect_stderr(messages), warnings.catch_warnings():
+            # the theme's and myst's own uses of APIs that Sphinx deprecates (a new Python shows none of them)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            code = build_main(args)
+        text = messages.getvalue()
+    else:
+        done = subprocess.run([sys.executable, "-m", "sphinx", *args], capture_output=True, text=True,
+                              cwd=paths.root)
+        code, text = done.returncode, done.stderr + done.stdout
+    return code, text, time.monotonic() - start
 
 
 @dataclasses.dataclass
@@ -252,10 +275,11 @@ class Built:
 
 
 def build(paths: Paths | None = None, quick: bool | None = True, executed: Path | None = None,
-          out: Path | None = None, fresh: bool = False, only: list[str] | None = None, log=print) -> Built:
+          out: Path | None = None, fresh: bool = False, only: list[str] | None = None, in_process: bool = False,
+          log=print) -> Built:
     """Execute what is not executed yet, assemble the sources, run sphinx-build into ``out``/html (default
     build/site/html).  ``only``: these notebooks alone (file names or stems) executed, the others on the site
-    as they are in tutorials/, without outputs.
+    as they are in tutorials/, without outputs.  ``fresh``, ``in_process``: as for ``sphinx_build``.
     Raises RuntimeError with Sphinx's messages where the build fails or warns."""
     paths = paths or Paths()
     out = Path(out) if out else paths.site
@@ -264,9 +288,9 @@ def build(paths: Paths | None = None, quick: bool | None = True, executed: Path 
     # the notebooks left out by ``only`` still get a page (without outputs): every link to them holds
     pages = {source.name: source for source in paths.notebooks()} | notebooks
     src = assemble(paths, pages, out / "src")
-    done, seconds = sphinx_build(paths, src, out, fresh=fresh)
-    if done.returncode != 0:
-        raise RuntimeError(f"sphinx-build failed ({done.returncode}) after {seconds:.1f} s:\n{done.stderr}{done.stdout}")
+    code, messages, seconds = sphinx_build(paths, src, out, fresh=fresh, in_process=in_process)
+    if code != 0:
+        raise RuntimeError(f"sphinx-build failed ({code}) after {seconds:.1f} s:\n{messages}")
     log(f"sphinx-build: {seconds:.1f} s -> {out / 'html' / 'index.html'}")
     return Built(out / "html", notebooks, ran, seconds)
 
