@@ -8,7 +8,8 @@ selenium these tests skip (``SDD_EDU_BROWSER=1``, which CI sets, makes them fail
 
 The server serves a temporary copy of tutorials/, so nothing the browser saves reaches the repository.
 Screenshots of every view at both widths go to build/screenshots/ (``04_tree_view_800.png``), and of each
-after its control moved (``04_tree_view_1280_moved.png``).
+after its control moved (``04_tree_view_1280_moved.png``).  Each notebook that ran through is copied, as saved,
+to build/executed/, where tests/test_site.py builds the course site from it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tests import browser
 REPO = Path(__file__).resolve().parents[1]
 TUTORIALS = REPO / "tutorials"
 SCREENSHOTS = REPO / "build" / "screenshots"
+EXECUTED = REPO / "build" / "executed"  # each notebook as Run All left it: the course site reuses it (sdd_edu/site.py)
 NOTEBOOKS = sorted(p.name for p in TUTORIALS.glob("*.ipynb"))
 WIDTHS = (1280, 800)
 MIN_FIGURE_HEIGHT = 150  # px: every figure of the views is drawn taller
@@ -122,6 +124,9 @@ def notebook(request, lab, driver):
     run.seconds = time.monotonic() - opened
     browser.save(driver)
     run.saved = nbformat.read(lab.root / name, as_version=4)
+    if run.ran_through():  # tests/test_site.py and `make site` build the site from it instead of running it again
+        EXECUTED.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(lab.root / name, EXECUTED / name)
     run.console(driver, "Run All")
     print(f"{name}: opened in {opened - start:.1f} s, Run All {run.seconds:.1f} s")  # shown with -s
     yield run
