@@ -20,6 +20,7 @@ natural other way.  In the order of the series:
   03  speculative_samples             ``speculative_samples``: min(1, p/q) as a keep probability
   03  by_hand                         ``expected_tokens_per_forward`` (the closed form)
   03  best_gamma                      ``best_draft_length``
+  04  grow_tree                       ``grown_tree``: the package's ``Drafter._grow`` on a made-up draft
   04  tree_mask                       ``tree_attention_mask`` (its mask)
   04  depth                           ``TokenTree.depth``
   04  greedy_walk                     ``greedy_walk``: the package's ``verify``, greedy
@@ -148,6 +149,26 @@ def best_draft_length(speedup_of: Callable[[int], float], lengths: Iterable[int]
 
 
 # ----------------------------------------------------------------------------- 04 · token trees
+
+def grown_tree(child_probs: Callable[[tuple], list], budget: int, max_depth: int) -> tuple[list[int], list[int]]:
+    """The tree the package's drafters grow (``Drafter._grow``, best-first), as (parents, ranks), from a made-up
+    draft: ``child_probs(path)`` gives the probabilities of the children (ranks 1, 2, ...) below the node that
+    ``path``, its ranks from the root, reaches.  An n-gram drafter runs on a table whose token r - 1 is rank r."""
+    from .decoding.drafters import NgramDrafter
+
+    width = len(child_probs(()))
+
+    class MadeUpDraft:  # the n-gram interface: the next distribution after a context (the root, then the path)
+        @staticmethod
+        def next_distribution(context):
+            return list(child_probs(tuple(t + 1 for t in context[1:])))
+
+    if width == 1:  # a chain drafter's depth follows its budget: the depth limit caps the budget instead
+        budget = min(budget, max_depth)
+    drafter = NgramDrafter(MadeUpDraft(), width, width=width, depth=max_depth, budget=budget)
+    tree = drafter.get_candidates([0], Sampling(), None)
+    return tree.parents, [t + 1 for t in tree.tokens]
+
 
 def greedy_walk(tree: TokenTree, logits) -> tuple[list[int], int]:
     """The accepted nodes and the target's next token: the package's ``verify``, greedy."""

@@ -254,6 +254,36 @@ def _my_decode(my_decode, ns) -> None:
             f"{ref.stats.target_forwards}"
 
 
+def _made_up_draft(width: int, seed: int):
+    """child_probs(path) of a made-up draft: ``width`` children below every node, likeliest first, drawn once per
+    path (float32 values, exact for the package's n-gram table)."""
+    import torch
+
+    g, draws = torch.Generator().manual_seed(seed), {}
+
+    def child_probs(path):
+        path = tuple(path)
+        if path not in draws:
+            draws[path] = torch.randn(2 * width, generator=g).mul(1.5).softmax(-1).topk(width).values.tolist()
+        return list(draws[path])
+
+    return child_probs
+
+
+def _grow_tree(grow_tree, ns) -> None:
+    from .course import grown_tree
+
+    for width, seed in ((2, 31), (4, 37), (3, 41)):
+        child_probs = _made_up_draft(width, seed)
+        for budget, max_depth in ((1, 3), (3, 1), (9, 3), (14, 2), (20, 20)):
+            got = grow_tree(child_probs, budget, max_depth)
+            got = ([int(x) for x in got[0]], [int(x) for x in got[1]])
+            right = grown_tree(child_probs, budget, max_depth)
+            assert got == right, \
+                f"another made-up draft ({width} children a node), budget {budget}, depth {max_depth}: parents " \
+                f"{got[0]}, ranks {got[1]}; the package grows parents {right[0]}, ranks {right[1]}"
+
+
 def _free_chain(free_chain, ns) -> None:
     import torch
 
@@ -289,6 +319,7 @@ HIDDEN = [
     Hidden("01", "attention_with_cache", _attention_with_cache),
     Hidden("01", "entropy", _entropy),
     Hidden("03", "speculative_samples", _speculative_samples),
+    Hidden("04", "grow_tree", _grow_tree),
     Hidden("04", "tree_mask", _tree_mask),
     Hidden("04", "depth", _depth),
     Hidden("04", "greedy_walk", _greedy_walk),

@@ -294,7 +294,38 @@ CHAIN_BLOCK = """while len(chain) < depth:
 RIGHT_CHAIN = dict(append="chain.append(token)", match="p == node and t == token", count="", late_append="",
                    late_count="free += 1")
 
+SETUP_04_GROW = SETUP_04 + """
+from sdd_edu import course
+p = [0.5, 0.2, 0.1, 0.06, 0.04, 0.02, 0.01, 0.0]  # per-rank acceptance, as section 1 measures it
+"""
+
+GROW_BLOCK = """parents, ranks, reach, paths = [], [], [], []
+frontier = [(-q, 1, r, -1, r) for r, q in enumerate(child_probs(()), 1)]
+heapq.heapify(frontier)
+offered = len(frontier)
+while frontier and len(parents) {within} budget:
+    neg, depth, _, parent, rank = {pop}
+    node = len(parents)
+    parents.append(parent); ranks.append(rank); reach.append(-neg)
+    paths.append((paths[parent] if parent != -1 else ()) + (rank,))
+    if {deeper}:
+        for r, q in enumerate(child_probs(paths[node]), 1):
+            item = (-({score}), depth + 1, offered, node, r)
+            {push}
+            offered += 1
+return parents, ranks"""
+RIGHT_GROW = dict(within="<", pop="heapq.heappop(frontier)", deeper="depth < max_depth", score="reach[node] * q",
+                  push="heapq.heappush(frontier, item)")
+
 EXERCISES = {
+    "04 best-first tree growth": Exercise("04_token_trees", "a frontier of candidates, each with its probability",
+                                          SETUP_04_GROW, {
+        "breadth-first: the oldest candidate first": GROW_BLOCK.format(
+            **{**RIGHT_GROW, "pop": "frontier.pop(0)", "push": "frontier.append(item)"}),
+        "the child's own probability, not its path's": GROW_BLOCK.format(**{**RIGHT_GROW, "score": "q"}),
+        "one node over the budget": GROW_BLOCK.format(**{**RIGHT_GROW, "within": "<="}),
+        "no depth limit": GROW_BLOCK.format(**{**RIGHT_GROW, "deeper": "True"}),
+    }),
     "01 attention with the cache": Exercise("01_engine_and_kv_cache", "attn.qkv(x).view", SETUP_01_CACHE, {
         "k left unrotated": CACHE_BLOCK.format(**{**RIGHT_CACHE, "k": "k"}),
         "rotated at the position before": CACHE_BLOCK.format(**{**RIGHT_CACHE, "position": "(position - 1)"}),
