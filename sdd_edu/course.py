@@ -24,6 +24,7 @@ natural other way.  In the order of the series:
   04  tree_mask                       ``tree_attention_mask`` (its mask)
   04  depth                           ``TokenTree.depth``
   04  greedy_walk                     ``greedy_walk``: the package's ``verify``, greedy
+  04  keep                            ``keep``: ``KVCache.keep``'s ``index_select``, on k and v
   04  multi_candidate                 ``multi_candidate_step``
   04  sees, ex_positions              ``sees_and_positions``: ``TokenTree.path`` and ``depth``
   04  my_prediction                   ``expected_accepted`` (ranks in sibling order)
@@ -174,6 +175,15 @@ def greedy_walk(tree: TokenTree, logits) -> tuple[list[int], int]:
     """The accepted nodes and the target's next token: the package's ``verify``, greedy."""
     verdict = verify(tree, logits, Sampling(), None)
     return verdict.accepted, verdict.next_token
+
+
+def keep(k, v, start: int, slots) -> int:
+    """``KVCache.keep`` on a cache's keys and values (layers, batch, kv heads, slots, head dim): slot start + s of
+    each s in ``slots`` moved, in order, to start, start + 1, ...; the cache's new length."""
+    index = torch.tensor([start + int(s) for s in slots], dtype=torch.long, device=k.device)
+    for t in (k, v):
+        t[:, :, :, start:start + len(index)] = t.index_select(3, index)  # index_select copies: overlaps are safe
+    return start + len(index)
 
 
 def multi_candidate_step(p_now, q_now, out, x, generator, replacement: bool = False, renormalise_q: bool = True):

@@ -284,6 +284,29 @@ def _grow_tree(grow_tree, ns) -> None:
                 f"{got[0]}, ranks {got[1]}; the package grows parents {right[0]}, ranks {right[1]}"
 
 
+def _keep(keep, ns) -> None:
+    import torch
+
+    from .model import KVCache, ModelConfig
+
+    config = ModelConfig(family="llama", vocab_size=10, n_layer=3, n_head=4, n_kv_head=2, d_model=24, d_ff=32,
+                         max_seq_len=64)
+    cases = [(0, [0, 3, 4], 10), (7, [0, 2, 3, 6], 15), (5, [0], 8), (4, [], 9), (2, [0, 1, 2], 6),
+             (9, [0, 4, 1], 14), (3, [0, 1, 5, 6, 10], 16)]  # (start, slots, the slots written)
+    for start, slots, written in cases:
+        ref, mine = KVCache(config, 24, batch_size=2), KVCache(config, 24, batch_size=2)
+        ref.kv.copy_(torch.randn(ref.kv.shape, generator=torch.Generator().manual_seed(start + written)))
+        mine.kv.copy_(ref.kv)
+        ref.length = mine.length = written
+        length = keep(mine.k, mine.v, start, list(slots))  # on the cache's own views, as the notebook calls it
+        ref.keep(start, list(slots))
+        n = ref.length
+        assert length == n, f"another cache, start {start}, slots {slots}: length {length}, KVCache.keep gives {n}"
+        assert torch.equal(mine.kv[:, :, :, :n], ref.kv[:, :, :, :n]), \
+            f"another cache (2 sequences, 3 layers), start {start}, slots {slots}: the first {n} slots differ " \
+            "from KVCache.keep's"
+
+
 def _free_chain(free_chain, ns) -> None:
     import torch
 
@@ -323,6 +346,7 @@ HIDDEN = [
     Hidden("04", "tree_mask", _tree_mask),
     Hidden("04", "depth", _depth),
     Hidden("04", "greedy_walk", _greedy_walk),
+    Hidden("04", "keep", _keep),
     Hidden("04", "multi_candidate", _multi_candidate),
     Hidden("04", "my_decode", _my_decode),
     Hidden("05", "free_chain", _free_chain),

@@ -317,6 +317,34 @@ return parents, ranks"""
 RIGHT_GROW = dict(within="<", pop="heapq.heappop(frontier)", deeper="depth < max_depth", score="reach[node] * q",
                   push="heapq.heappush(frontier, item)")
 
+SETUP_04_KEEP = """
+import torch
+from sdd_edu.decoding.tree import TokenTree, tree_attention_mask
+from sdd_edu.notebook import check
+from tests.test_speculative import random_lm
+model = random_lm(7).model  # a small random model stands in for the embedded target
+def prefilled_cache(ids, room):
+    cache = model.new_cache(len(ids) + room)
+    with torch.inference_mode():
+        model(torch.tensor([ids]), cache)
+    return cache
+context = [3, 14, 15, 9, 2]
+tree = TokenTree(tokens=[8, 21, 33, 5, 40], parents=[-1, -1, 0, 1, 2])
+accepted = [0, 2, 4]  # the path root -> 0 -> 2 -> 4: slots 0, 1, 3, 5 after start are kept
+cache = prefilled_cache(context[:-1], 1 + len(tree))
+start = cache.length
+mask, pos = tree_attention_mask(tree.parents, cached=start, chain=1)
+with torch.inference_mode():
+    model(torch.tensor([[context[-1]] + tree.tokens]), cache, position_ids=pos, attention_mask=mask)
+verified = cache.kv.clone()
+"""
+
+KEEP_BLOCK = """src = [{origin} for s in slots]{order}
+k[:, :, :, start:start + len(src)] = k[:, :, :, src]
+v[:, :, :, start:start + len(src)] = v[:, :, :, src]
+return {length}"""
+RIGHT_KEEP = dict(origin="start + s", order="", length="start + len(src)")
+
 EXERCISES = {
     "04 best-first tree growth": Exercise("04_token_trees", "a frontier of candidates, each with its probability",
                                           SETUP_04_GROW, {
@@ -325,6 +353,12 @@ EXERCISES = {
         "the child's own probability, not its path's": GROW_BLOCK.format(**{**RIGHT_GROW, "score": "q"}),
         "one node over the budget": GROW_BLOCK.format(**{**RIGHT_GROW, "within": "<="}),
         "no depth limit": GROW_BLOCK.format(**{**RIGHT_GROW, "deeper": "True"}),
+    }),
+    "04 keeping the accepted path": Exercise("04_token_trees", "the slots count from start", SETUP_04_KEEP, {
+        "slots counted from 0, not from start": KEEP_BLOCK.format(**{**RIGHT_KEEP, "origin": "s"}),
+        "the length without start": KEEP_BLOCK.format(**{**RIGHT_KEEP, "length": "len(src)"}),
+        "the kept slots in reverse order": KEEP_BLOCK.format(**{**RIGHT_KEEP, "order": "[::-1]"}),
+        "only the length set, nothing moved": "return start + len(slots)",
     }),
     "01 attention with the cache": Exercise("01_engine_and_kv_cache", "attn.qkv(x).view", SETUP_01_CACHE, {
         "k left unrotated": CACHE_BLOCK.format(**{**RIGHT_CACHE, "k": "k"}),
