@@ -39,9 +39,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 # the note that stands for an interactive view on the static page
-WIDGET_NOTE = ('<p class="sdd-widget-note"><em>An interactive view (ipywidgets) is drawn here when the notebook runs '
-               'in JupyterLab (<code>make lab</code>); a static page cannot run it.  Its figure without the '
-               'controls: <code>view.static()</code>.</em></p>')
+WIDGET_NOTE = ('<p class="sdd-widget-note"><em>An interactive view (<code>{name}</code>, ipywidgets) is drawn here '
+               'when the notebook runs in JupyterLab (<code>make lab</code>); a static page cannot run it.  Its '
+               'figure without the controls: <code>view.static()</code>.</em></p>')
+# a view's text/plain is its repr, a container's: ``LatencyDashboard(children=(HTML(value=...``; another widget
+# (tqdm's progress bars) shows its text there, as it was when first displayed
+VIEW_REPR = re.compile(r"^(\w+)\(children=")
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 PLOTLY_JS_MARK = "window.Plotly = Plotly"  # the end of plotly.js, which the "notebook" renderer embeds once
 CDN_SCRIPT = re.compile(r'<script src="https?://[^"]*"></script>')  # MathJax, in each of plotly's figures
@@ -170,7 +173,8 @@ def for_the_page(nb):
     """A copy of an executed notebook as the static page shows it.
 
     * Each interactive view's output becomes a note: a widget's own output is only its model's id, which
-      nothing on a static page can draw; and the saved widget state goes.
+      nothing on a static page can draw; and the saved widget state goes.  Other widgets (tqdm's progress
+      bars, which the text beside their id shows at 0%) go.
     * A plotly figure keeps its text/html (a div and the script that draws it with ``Plotly.newPlot``); its
       ``application/vnd.plotly.v1+json`` copy, which Sphinx cannot render, goes.  The output in which the
       ``notebook`` renderer embedded all of plotly.js (4.8 MB, once per notebook) goes too: docs/conf.py adds
@@ -184,7 +188,10 @@ def for_the_page(nb):
         for out in cell.get("outputs", []):
             data = out.get("data", {})
             if WIDGET_MIME in data:
-                out["data"] = {"text/html": WIDGET_NOTE}
+                view = VIEW_REPR.match(data.get("text/plain", ""))
+                if not view:
+                    continue
+                out["data"] = {"text/html": WIDGET_NOTE.format(name=view.group(1))}
                 out.get("metadata", {}).pop(WIDGET_MIME, None)
             elif PLOTLY_JS_MARK in data.get("text/html", ""):
                 continue

@@ -69,7 +69,7 @@ def test_notebook_page_shows_outputs(built, name):
     outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
     with_outputs = sum(bool(cell.get("outputs")) for cell in nb.cells if cell.cell_type == "code")
     figures = sum("plotly-graph-div" in out.get("data", {}).get("text/html", "") for out in outputs)
-    views = sum(out.get("data", {}).get("text/html") == site.WIDGET_NOTE for out in outputs)
+    views = sum('class="sdd-widget-note"' in out.get("data", {}).get("text/html", "") for out in outputs)
     areas = len(re.findall(r'<div class="cell_output\b', html))
     assert with_outputs and areas == with_outputs, \
         f"{areas} output areas on the page, {with_outputs} code cells with outputs in {name}"
