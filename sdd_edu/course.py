@@ -34,6 +34,8 @@ natural other way.  In the order of the series:
   05  tree_forwards, ...              ``draft_forwards_saved``: the runs' own counters
   06  step_seconds, estimate          ``tokens_per_second_estimate``
   06  break_even                      ``break_even``: a bisection
+  06  gpu_break_even, ...             ``chain_accounting``: ``break_even``, then the step in target forwards
+  06  weight_read_ms, ...             ``weights_share_of_token``
   07  best_gamma                      ``best_draft_length``
   07  acceptance, total_variation     ``acceptance_and_total_variation``
 ====  ==============================  =================================================================
@@ -288,6 +290,29 @@ def break_even(speedup: Callable[[float], float], tolerance: float = 1e-6) -> fl
         else:
             low = middle
     return high
+
+
+def chain_accounting(gamma: int, c: float, tokens_per_forward: float,
+                     measured_speedup: float) -> tuple[float, float, float]:
+    """A chain's accounting in target forwards, for a flat forward (verifying gamma + 1 tokens costs one
+    forward): the acceptance at which it breaks even, the speedup it predicts from measured tokens per target
+    forward, and the share of the step that work outside the forwards must take for the measured speedup.
+
+    The step's forwards cost gamma * c + 1 target forwards; at the measured speed a step takes
+    tokens_per_forward / measured_speedup of them, and the host has the rest."""
+    forwards = gamma * c + 1
+    acceptance = break_even(lambda a: expected_tokens_per_forward(a, gamma) / forwards)
+    step = tokens_per_forward / measured_speedup
+    return acceptance, tokens_per_forward / forwards, (step - forwards) / step
+
+
+def weights_share_of_token(parameters: float, bytes_per_weight: float, bandwidth: float,
+                           tokens_per_second: float) -> tuple[float, float, float]:
+    """Milliseconds to read a model's weights once at ``bandwidth`` bytes/s, milliseconds per generated token at
+    ``tokens_per_second``, and the share of the token's time that reading the weights explains."""
+    read_ms = 1000 * parameters * bytes_per_weight / bandwidth
+    token_ms = 1000 / tokens_per_second
+    return read_ms, token_ms, read_ms * tokens_per_second / 1000
 
 
 # ----------------------------------------------------------------------------- 07 · beyond the paper

@@ -113,6 +113,25 @@ greedy = {"staged": {"tokens_per_target_forward": 2.8, "tokens_per_second": 44.0
           "baseline": {"tokens_per_target_forward": 1.0, "tokens_per_second": 25.5, "time_split": {"target_seconds": 1.0}}}
 """
 
+SETUP_06_GPU = """
+from sdd_edu.measure.acceptance import expected_tokens_per_forward
+from sdd_edu.notebook import check
+def speedup(a, gamma=3, c=0.064, r=1.5):  # exercise 2's
+    return expected_tokens_per_forward(a, gamma) / (gamma * c + r)
+"""
+
+H100_BLOCK = """cost = {cost}
+gpu_break_even = next(a / 1000 for a in range(1001) if expected_tokens_per_forward(a / 1000, GAMMA_H100) >= cost)
+gpu_predicted = {predicted}
+host_share = {share}"""
+RIGHT_H100 = dict(cost="GAMMA_H100 * C_H100 + 1", predicted="TOKENS_PER_FORWARD / cost",
+                  share="1 - MEASURED_SPEEDUP / gpu_predicted")
+
+WEIGHTS_BLOCK = """weight_read_ms = 1000 * PARAMETERS * {bytes} / BANDWIDTH
+token_ms = 1000 / PAPER_BASELINE
+weights_share = {share}"""
+RIGHT_WEIGHTS = dict(bytes="2", share="weight_read_ms / token_ms")
+
 SETUP_07_GAMMA = """
 from sdd_edu.measure.acceptance import expected_tokens_per_forward
 from sdd_edu.notebook import check
@@ -509,6 +528,22 @@ EXERCISES = {
             "break_even = next(a / 1000 for a in range(1001) if speedup(a / 1000) > 0)"),
         "the draft's cost left out": (
             "break_even = next(a / 1000 for a in range(1001) if speedup(a / 1000, c=0) >= 1)"),
+    }),
+    "06 the H100 table's accounting": Exercise("06_reproducing_the_paper", "count a step in target forwards",
+                                               SETUP_06_GPU, {
+        "the draft cost counted once": H100_BLOCK.format(**{**RIGHT_H100, "cost": "C_H100 + 1"}),
+        "gamma + 1 draft forwards": H100_BLOCK.format(**{**RIGHT_H100, "cost": "(GAMMA_H100 + 1) * C_H100 + 1"}),
+        "exercise 2's CPU costs": H100_BLOCK.format(**{**RIGHT_H100, "cost": "GAMMA_H100 * 0.064 + 1.5"}),
+        "the speedup inverted": H100_BLOCK.format(**{**RIGHT_H100, "predicted": "cost / TOKENS_PER_FORWARD"}),
+        "the speedup lost, not a share of the step": H100_BLOCK.format(
+            **{**RIGHT_H100, "share": "gpu_predicted - MEASURED_SPEEDUP"}),
+    }),
+    "06 the paper's baseline and its weights": Exercise("06_reproducing_the_paper",
+                                                        "the weights' bytes over the bandwidth",
+                                                        "from sdd_edu.notebook import check", {
+        "4 bytes a weight (fp32)": WEIGHTS_BLOCK.format(**{**RIGHT_WEIGHTS, "bytes": "4"}),
+        "bits, not bytes": WEIGHTS_BLOCK.format(**{**RIGHT_WEIGHTS, "bytes": "16"}),
+        "the share inverted": WEIGHTS_BLOCK.format(**{**RIGHT_WEIGHTS, "share": "token_ms / weight_read_ms"}),
     }),
     "07 the draft length for this device": Exercise("07_beyond_the_paper", "the gamma in 1..4 with the largest",
                                                     SETUP_07_GAMMA, {
