@@ -36,7 +36,7 @@ natural other way.  In the order of the series:
   06  break_even                      ``break_even``: a bisection
   06  gpu_break_even, ...             ``chain_accounting``: ``break_even``, then the step in target forwards
   06  weight_read_ms, ...             ``weights_share_of_token``
-  07  best_gamma                      ``best_draft_length``
+  07  tokens_per_step, ...            ``chain_or_tree``: ``autotree.tokens_per_forward``, ``draft_forward_sizes``
   07  acceptance, total_variation     ``acceptance_and_total_variation``
 ====  ==============================  =================================================================
 """
@@ -48,6 +48,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from .decoding.autotree import draft_forward_sizes, tokens_per_forward
 from .decoding.autotree import expected_accepted  # noqa: F401  (04: expected accepted nodes)
 from .decoding.tree import ROOT, TokenTree, tree_attention_mask, verify  # noqa: F401  (04: mask, depth)
 from .measure.acceptance import expected_tokens_per_forward  # noqa: F401  (03: expected tokens per forward)
@@ -321,3 +322,26 @@ def acceptance_and_total_variation(p, q) -> tuple[float, float]:
     """Speculative sampling's acceptance, the overlap sum of min(p, q), and the total variation distance,
     the largest difference in probability the two give one set of tokens: p's excess over q, summed."""
     return float(torch.minimum(p, q).sum()), float((p - q).clamp_min(0).sum())
+
+
+def chain_or_tree(shapes: dict, rank_acceptance, c: float, r) -> tuple[dict, dict, str]:
+    """For each tree (its nodes' parents, -1 the root): the expected tokens one step emits under positional
+    acceptance, and the step's cost in one-token target forwards (a draft forward per level, ``c`` each, and
+    the verification over the root and the nodes, ``r[n]``); then the tree with the most tokens per cost."""
+    tokens = {name: tokens_per_forward(parents, rank_acceptance) for name, parents in shapes.items()}
+    cost = {name: len(draft_forward_sizes(parents)) * c + r[1 + len(parents)] for name, parents in shapes.items()}
+    return tokens, cost, max(shapes, key=lambda name: tokens[name] / cost[name])
+
+
+def planned_tree(rank_acceptance, rate: Callable[[list], float], max_nodes: int, max_depth: int) -> list[int]:
+    """The capstone: the tree of at most ``max_nodes`` nodes and ``max_depth`` levels with the largest
+    ``rate(parents)``, the empty tree (a baseline step) included.  For every size and depth limit, the tree that
+    accepts the most (the package's dynamic programme, ``autotree.optimal_tree``), priced by ``rate``; the
+    smaller tree wins a tie."""
+    best, best_rate = [], rate([])
+    for nodes in range(1, max_nodes + 1):
+        for depth in range(1, min(nodes, max_depth) + 1):
+            parents, _ = optimal_tree(rank_acceptance, nodes, depth)
+            if rate(parents) > best_rate * (1 + 1e-12):
+                best, best_rate = parents, rate(parents)
+    return best

@@ -132,11 +132,17 @@ token_ms = 1000 / PAPER_BASELINE
 weights_share = {share}"""
 RIGHT_WEIGHTS = dict(bytes="2", share="weight_read_ms / token_ms")
 
-SETUP_07_GAMMA = """
-from sdd_edu.measure.acceptance import expected_tokens_per_forward
+SETUP_07_SHAPES = """
 from sdd_edu.notebook import check
-c, r = 0.3, [0, 1.0, 1.2, 1.5, 1.9, 2.4, 3.0]  # r[n]: a target forward over n tokens, relative to one
+plan = {"rank_acceptance": [0.55, 0.2, 0.1, 0.03]}  # section 4's measurement
+c, r = 0.3, {1: 1.0, 2: 1.2, 3: 1.5, 4: 1.9, 5: 2.4}  # r[n]: a target forward over n tokens, relative to one
 """
+
+SHAPES_BLOCK = """p1, p2, p3 = p_rank
+tokens_per_step = {{"chain": {own}p1 + p1 ** 2 + p1 ** 3, "fork": {own}p1 + p2 + p1 ** 2, "fan": {own}p1 + p2 + p3}}
+step_cost = {{"chain": 3 * c + {verify}, "fork": {fork} * c + {verify}, "fan": {fan} * c + {verify}}}
+best_shape = max(SHAPES, key=lambda shape: tokens_per_step[shape]{per_cost})"""
+RIGHT_SHAPES = dict(own="1 + ", verify="r[4]", fork="2", fan="1", per_cost=" / step_cost[shape]")
 
 SETUP_01_GQA = """
 import math
@@ -545,10 +551,12 @@ EXERCISES = {
         "bits, not bytes": WEIGHTS_BLOCK.format(**{**RIGHT_WEIGHTS, "bytes": "16"}),
         "the share inverted": WEIGHTS_BLOCK.format(**{**RIGHT_WEIGHTS, "share": "token_ms / weight_read_ms"}),
     }),
-    "07 the draft length for this device": Exercise("07_beyond_the_paper", "the gamma in 1..4 with the largest",
-                                                    SETUP_07_GAMMA, {
-        "tokens per forward alone": "best_gamma = max(range(1, 5), key=lambda g: expected_tokens_per_forward(0.6, g))",
-        "the longest draft": "best_gamma = 4",
+    "07 a chain or a tree of three nodes": Exercise("07_beyond_the_paper", "one forward per level of the tree",
+                                                    SETUP_07_SHAPES, {
+        "the verification as one forward (notebook 03's model)": SHAPES_BLOCK.format(**{**RIGHT_SHAPES, "verify": "1"}),
+        "a draft forward per node": SHAPES_BLOCK.format(**{**RIGHT_SHAPES, "fork": "3", "fan": "3"}),
+        "the target's own token left out": SHAPES_BLOCK.format(**{**RIGHT_SHAPES, "own": ""}),
+        "the most tokens, the cost forgotten": SHAPES_BLOCK.format(**{**RIGHT_SHAPES, "per_cost": ""}),
     }),
     "02 intensity in bf16": Exercise("02_why_decoding_is_slow", "2 FLOPs per matrix weight", SETUP_02, {
         "the matrices alone": "flops_bf16 = 2 * matmul_weights\nbytes_bf16 = 2 * matmul_weights",
