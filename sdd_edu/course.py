@@ -331,17 +331,3 @@ def chain_or_tree(shapes: dict, rank_acceptance, c: float, r) -> tuple[dict, dic
     tokens = {name: tokens_per_forward(parents, rank_acceptance) for name, parents in shapes.items()}
     cost = {name: len(draft_forward_sizes(parents)) * c + r[1 + len(parents)] for name, parents in shapes.items()}
     return tokens, cost, max(shapes, key=lambda name: tokens[name] / cost[name])
-
-
-def planned_tree(rank_acceptance, rate: Callable[[list], float], max_nodes: int, max_depth: int) -> list[int]:
-    """The capstone: the tree of at most ``max_nodes`` nodes and ``max_depth`` levels with the largest
-    ``rate(parents)``, the empty tree (a baseline step) included.  For every size and depth limit, the tree that
-    accepts the most (the package's dynamic programme, ``autotree.optimal_tree``), priced by ``rate``; the
-    smaller tree wins a tie."""
-    best, best_rate = [], rate([])
-    for nodes in range(1, max_nodes + 1):
-        for depth in range(1, min(nodes, max_depth) + 1):
-            parents, _ = optimal_tree(rank_acceptance, nodes, depth)
-            if rate(parents) > best_rate * (1 + 1e-12):
-                best, best_rate = parents, rate(parents)
-    return best
