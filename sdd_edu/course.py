@@ -38,6 +38,7 @@ natural other way.  In the order of the series:
   06  weight_read_ms, ...             ``weights_share_of_token``
   07  tokens_per_step, ...            ``chain_or_tree``: ``autotree.tokens_per_forward``, ``draft_forward_sizes``
   07  acceptance, total_variation     ``acceptance_and_total_variation``
+  07  my_planner (the capstone)       ``planned_tree``: ``autotree.optimal_tree`` per size and depth, priced
 ====  ==============================  =================================================================
 """
 
@@ -49,7 +50,7 @@ from typing import Callable, Iterable
 import torch
 
 from .decoding.autotree import draft_forward_sizes, tokens_per_forward
-from .decoding.autotree import expected_accepted  # noqa: F401  (04: expected accepted nodes)
+from .decoding.autotree import expected_accepted, optimal_tree  # noqa: F401  (04: expected accepted nodes)
 from .decoding.tree import ROOT, TokenTree, tree_attention_mask, verify  # noqa: F401  (04: mask, depth)
 from .measure.acceptance import expected_tokens_per_forward  # noqa: F401  (03: expected tokens per forward)
 from .measure.roofline import forward_counts
@@ -331,3 +332,17 @@ def chain_or_tree(shapes: dict, rank_acceptance, c: float, r) -> tuple[dict, dic
     tokens = {name: tokens_per_forward(parents, rank_acceptance) for name, parents in shapes.items()}
     cost = {name: len(draft_forward_sizes(parents)) * c + r[1 + len(parents)] for name, parents in shapes.items()}
     return tokens, cost, max(shapes, key=lambda name: tokens[name] / cost[name])
+
+
+def planned_tree(rank_acceptance, rate: Callable[[list], float], max_nodes: int, max_depth: int) -> list[int]:
+    """The capstone: the tree of at most ``max_nodes`` nodes and ``max_depth`` levels with the largest
+    ``rate(parents)``, the empty tree (a baseline step) included.  For every size and depth limit, the tree that
+    accepts the most (the package's dynamic programme, ``autotree.optimal_tree``), priced by ``rate``; the
+    smaller tree wins a tie."""
+    best, best_rate = [], rate([])
+    for nodes in range(1, max_nodes + 1):
+        for depth in range(1, min(nodes, max_depth) + 1):
+            parents, _ = optimal_tree(rank_acceptance, nodes, depth)
+            if rate(parents) > best_rate * (1 + 1e-12):
+                best, best_rate = parents, rate(parents)
+    return best

@@ -336,6 +336,26 @@ def _free_chain(free_chain, ns) -> None:
                 f"the draft's chain is {list(right[0])} with {right[1]} free"
 
 
+def _my_planner(my_planner, ns) -> None:
+    from .decoding.autotree import best_tree, price_tree
+
+    for p_rank, slope, draft, most in (([0.45, 0.2, 0.1], 0.01, 2e-4, 16), ([0.8, 0.1], 0.04, 5e-5, 12),
+                                       ([0.3, 0.1, 0.05, 0.05], 0.0, 1e-4, 20)):
+        target = {n: 1e-3 * (1 + slope * (n - 1)) for n in (1, 64)}
+        draft_curve = {n: draft * (1 + slope * (n - 1)) for n in (1, 64)}
+
+        def rate(parents):
+            return price_tree(list(parents), p_rank, target, draft_curve)["tokens_per_second"]
+
+        best = best_tree(p_rank, target, draft_curve, max_nodes=most, max_depth=6)
+        mine = list(my_planner(p_rank, rate, most, 6))
+        assert len(mine) <= most and all(-1 <= par < i for i, par in enumerate(mine)), \
+            f"acceptance by rank {p_rank}: {mine} is no tree of at most {most} nodes"
+        assert rate(mine) >= 0.999 * best["tokens_per_second"], \
+            f"acceptance by rank {p_rank}, forward cost +{slope:.0%} a token: {len(mine)} nodes at " \
+            f"{rate(mine):.0f} tok/s, the package's planner {best['nodes']} at {best['tokens_per_second']:.0f}"
+
+
 HIDDEN = [
     Hidden("00", "on_tokens", _record_batches),
     Hidden("01", "gqa", _gqa),
@@ -350,6 +370,7 @@ HIDDEN = [
     Hidden("04", "multi_candidate", _multi_candidate),
     Hidden("04", "my_decode", _my_decode),
     Hidden("05", "free_chain", _free_chain),
+    Hidden("07", "my_planner", _my_planner),
 ]
 
 

@@ -370,6 +370,32 @@ v[:, :, :, start:start + len(src)] = v[:, :, :, src]
 return {length}"""
 RIGHT_KEEP = dict(origin="start + s", order="", length="start + len(src)")
 
+SETUP_07_CAPSTONE = """
+import heapq
+from sdd_edu.measure import tree_plan
+from sdd_edu.notebook import check
+# a plan's measurements set by hand (a CPU-like device: a forward costs more with every token)
+plan = tree_plan._choose({"method": "tree", "device": "by hand", "dtype": "torch.float32", "measured": "never",
+                          "rank_acceptance": [0.5, 0.2, 0.1], "target_ms": [0.0] + [10.0 + 1.5 * n for n in range(1, 9)],
+                          "draft_ms": [0.0] + [2.0 + 0.3 * n for n in range(1, 9)], "overhead_seconds": 0.002,
+                          "beam": 4, "guesses": 0, "rounds": 1, "staged_draft": None}, 7)
+"""
+
+GROWN_BEST_FIRST = """parents, chance, depth = [], [], []
+frontier = [(-p_rank[0], -1, 0)]
+while frontier and len(parents) < max_nodes:
+    minus_chance, parent, rank = heapq.heappop(frontier)
+    node = len(parents)
+    parents.append(parent)
+    chance.append(-minus_chance)
+    depth.append(1 if parent == -1 else depth[parent] + 1)
+    if rank + 1 < len(p_rank):
+        above = 1.0 if parent == -1 else chance[parent]
+        heapq.heappush(frontier, (-above * p_rank[rank + 1], parent, rank + 1))
+    if depth[node] < max_depth:
+        heapq.heappush(frontier, (-chance[node] * p_rank[0], node, 0))
+"""
+
 EXERCISES = {
     "04 best-first tree growth": Exercise("04_token_trees", "a frontier of candidates, each with its probability",
                                           SETUP_04_GROW, {
@@ -587,6 +613,15 @@ EXERCISES = {
             "tree_forwards = sum(s['draft_forwards'] for s in tree_run.trace)\n"
             "staged_forwards = sum(s['draft_forwards'] for s in staged_run.trace)\n"
             "saved_per_token = (tree_forwards - staged_forwards) / len(staged_run.trace)"),
+    }),
+    "07 the capstone: a tree planner": Exercise("07_beyond_the_paper", "which nodes should a tree hold",
+                                               SETUP_07_CAPSTONE, {
+        "the largest tree, best-first": GROWN_BEST_FIRST + "return parents",
+        "the best chain": "return max(([-1] + list(range(k - 1)) if k else [] for k in range(max_depth + 1)), key=rate)",
+        "the best fan below the root": "return max(([-1] * k for k in range(max_nodes + 1)), key=rate)",
+        "the most tokens per forward, the cost forgotten": (
+            "from sdd_edu.decoding.autotree import optimal_tree\n"
+            "return optimal_tree(p_rank, max_nodes, max_depth)[0]"),
     }),
     "07 acceptance is 1 - TV": Exercise("07_beyond_the_paper", "the sum of min(p, q)", SETUP_07, {
         "the identity, not the quantities": "acceptance, total_variation = 1.0, 0.0",
