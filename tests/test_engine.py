@@ -50,11 +50,16 @@ def test_parameter_count_matches_config(tiny_gpt2_dir, tiny_llama_dir):
 def test_embedded_logits_match_transformers_gguf(embedded):
     from sdd_edu.measure.engine_bench import load_reference
 
-    ref = load_reference("smollm2-135m", embedded)
+    ref = load_reference("smollm2-135m", embedded, kept=False)  # transformers reads the GGUF file itself
     ids = embedded.encode("def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n")
     expected = hf_logits(ref, ids)
     torch.testing.assert_close(embedded.model(torch.tensor([ids]))[0], expected, atol=2e-3, rtol=1e-4)
     assert embedded.config.vocab_size == 49152 and embedded.config.n_layer == 30
+    # the copy kept on disk for later loads (made now if no notebook or test made it before) is that reading
+    kept = load_reference("smollm2-135m", embedded)
+    assert type(kept) is type(ref) and kept.config.to_dict().keys() <= ref.config.to_dict().keys()
+    theirs, mine = ref.state_dict(), kept.state_dict()
+    assert theirs.keys() == mine.keys() and all(torch.equal(theirs[k], mine[k]) for k in theirs)
 
 
 @pytest.mark.slow

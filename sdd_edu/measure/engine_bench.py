@@ -13,20 +13,63 @@ from ..loading import EMBEDDED, LoadedModel, embedded_gguf_path, load_model
 from .timing import device_description, median
 
 
-def load_reference(name: str, like: LoadedModel):
-    """The same checkpoint in ``transformers`` (needs ``accelerate`` for the GGUF file)."""
+def load_reference(name: str, like: LoadedModel, kept: bool = True):
+    """The same checkpoint in ``transformers`` (needs ``accelerate`` for the GGUF file).
+
+    The embedded model is read from its GGUF file by ``transformers`` itself, independently of our loader; its
+    result is kept on disk (``_kept_reference``), so that later loads take a second instead of some fifteen.
+    ``kept=False`` reads the file again and keeps nothing (the tests compare the two)."""
     from transformers import AutoModelForCausalLM
 
     kw = dict(dtype=like.dtype)
     if name == EMBEDDED:
         path = embedded_gguf_path()
-        try:
-            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, **kw)
-        except ImportError as exc:
-            raise SddError(f"transformers could not load the GGUF file: {exc}") from None
+        folder = _kept_reference(path, like.dtype)
+        if kept and (folder / "model.safetensors").exists():
+            model = AutoModelForCausalLM.from_pretrained(str(folder), **kw)
+        else:
+            try:
+                model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, **kw)
+            except ImportError as exc:
+                raise SddError(f"transformers could not load the GGUF file: {exc}") from None
+            if kept:
+                _keep_reference(model, folder)
     else:
         model = AutoModelForCausalLM.from_pretrained(like.source.removeprefix("hub:"), **kw)
     return model.to(like.device).eval()
+
+
+def _kept_reference(gguf_path, dtype):
+    """Where ``transformers``' own reading of the GGUF file is kept: per file, dtype and ``transformers`` version
+    (another version reads the file again, with its own dequantisation)."""
+    import transformers
+
+    from ..loading import cache_dir
+
+    tag = f"{gguf_path.stem}-{str(dtype).replace('torch.', '')}-transformers-{transformers.__version__}"
+    return cache_dir() / "transformers-reference" / tag
+
+
+def _keep_reference(model, folder) -> None:
+    """Save the dequantised model as a plain checkpoint (``save_pretrained`` refuses a model read from GGUF):
+    its config without the GGUF quantisation note, its weights with safetensors, written beside the folder and
+    renamed into place, so that a reader never sees half of it.  A failure to write only costs the next load."""
+    import json
+    import os
+    import shutil
+
+    from safetensors.torch import save_model
+
+    staging = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        (staging / "config.json").write_text(json.dumps(config, indent=1))
+        save_model(model, str(staging / "model.safetensors"))  # tied embeddings and head: stored once
+        staging.rename(folder)
+    except OSError:  # no room, no permission, or another process kept it first
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 @torch.inference_mode()
