@@ -458,9 +458,9 @@ def default_tutorials() -> Path:
     return Path(__file__).resolve().parents[1] / "tutorials"
 
 
-def find_submissions(folder: Path, tutorials: Path) -> tuple[list[Submission], list[str]]:
+def find_submissions(folder: Path, tutorials: Path, skip: Path | None = None) -> tuple[list[Submission], list[str]]:
     """The submitted notebooks under ``folder``, each matched to its tutorial by its file name; and a line for
-    each notebook that matches none."""
+    each notebook that matches none.  ``skip``: a folder left out (the graded notebooks of an earlier run)."""
     known = sorted(tutorials.glob("[0-9][0-9]_*.ipynb"))
     if not known:
         raise SddError(f"no tutorials (NN_name.ipynb) in {tutorials}: pass the series' folder with --tutorials")
@@ -468,6 +468,8 @@ def find_submissions(folder: Path, tutorials: Path) -> tuple[list[Submission], l
     for path in sorted(folder.rglob("*.ipynb")):
         relative = path.relative_to(folder)
         if any(part.startswith(".") for part in relative.parts):  # .ipynb_checkpoints and the like
+            continue
+        if skip is not None and path.resolve().is_relative_to(skip.resolve()):
             continue
         tutorial = next((t for t in known if t.stem in path.stem), None)
         if tutorial is None:
@@ -650,7 +652,7 @@ def grade_folder(folder, out: Path | None = None, tutorials: Path | None = None,
         raise SddError(f"{folder} is not a folder of submitted notebooks")
     tutorials = Path(tutorials) if tutorials else default_tutorials()
     out = Path(out) if out else folder / "grades.csv"
-    submissions, unmatched = find_submissions(folder, tutorials)
+    submissions, unmatched = find_submissions(folder, tutorials, skip=out.parent / "graded")
     for line in unmatched:
         echo(f"skipped {line}")
     if not submissions:

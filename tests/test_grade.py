@@ -62,10 +62,11 @@ def test_submissions_are_found_per_student_folder_or_by_file_name(tmp_path):
     tutorials.mkdir()
     nbformat.write(small_tutorial(), tutorials / "03_speculative_decoding.ipynb")
     for path in ("alice/03_speculative_decoding.ipynb", "bob_03_speculative_decoding.ipynb", "carol-03_mine.ipynb",
-                 "alice/.ipynb_checkpoints/03_speculative_decoding-checkpoint.ipynb", "notes.ipynb"):
+                 "alice/.ipynb_checkpoints/03_speculative_decoding-checkpoint.ipynb", "notes.ipynb",
+                 "graded/alice/03_speculative_decoding.ipynb"):
         (tmp_path / "in" / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "in" / path).write_text("{}")
-    found, unmatched = find_submissions(tmp_path / "in", tutorials)
+    found, unmatched = find_submissions(tmp_path / "in", tutorials, skip=tmp_path / "in" / "graded")
     assert [(s.student, s.tutorial.name) for s in found] == [
         ("alice", "03_speculative_decoding.ipynb"), ("bob", "03_speculative_decoding.ipynb"),
         ("carol-03_mine", "03_speculative_decoding.ipynb")]
