@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 import signal
 import sys
@@ -551,6 +550,8 @@ def grade_submission(submission: Submission, out_folder: Path, timeout: int, qui
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
+    from .notebook import environment
+
     tutorial_nb = nbformat.read(submission.tutorial, as_version=4)
     number = submission.tutorial.name[:2]
     try:
@@ -562,22 +563,14 @@ def grade_submission(submission: Submission, out_folder: Path, timeout: int, qui
                 for n, h in names]
     nb, where = graded_copy(submitted, tutorial_nb, number)
     problem = ""
-    work = Path(tempfile.mkdtemp(prefix="sdd-edu-grade-"))
-    environment = {"SDD_EDU_QUICK": "1" if quick else "0"}
-    saved = {k: os.environ.get(k) for k in environment}
-    os.environ.update(environment)
-    try:
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
-                                resources={"metadata": {"path": str(work)}})
-        client.execute()
-    except (CellTimeoutError, DeadKernelError, RuntimeError) as e:
-        problem = f"the run stopped: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with tempfile.TemporaryDirectory(prefix="sdd-edu-grade-") as work, \
+            environment(SDD_EDU_QUICK="1" if quick else "0"):  # the kernel starts in both
+        try:
+            client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
+                                    resources={"metadata": {"path": work}})
+            client.execute()
+        except (CellTimeoutError, DeadKernelError, RuntimeError) as e:
+            problem = f"the run stopped: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
     target = out_folder / submission.student / submission.path.name
     target.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, target)

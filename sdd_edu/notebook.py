@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from contextlib import contextmanager
 from types import CodeType, SimpleNamespace
 from typing import NamedTuple
 
@@ -122,6 +123,21 @@ def _usable_cores() -> int:
         return len(os.sched_getaffinity(0))  # a container's share, not the host's count
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+@contextmanager
+def environment(**values: str):
+    """Environment variables set for the ``with`` block (a kernel started in it inherits them), then restored."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def pick(full, quick):

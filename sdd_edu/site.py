@@ -36,6 +36,8 @@ import time
 import warnings
 from pathlib import Path
 
+from .notebook import environment
+
 REPO = Path(__file__).resolve().parents[1]
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 # the note that stands for an interactive view on the static page
@@ -107,20 +109,6 @@ def reusable(executed: Path, source: Path, quick: bool | None = None) -> bool:
     return quick is None or mode is None or mode == quick
 
 
-@contextlib.contextmanager
-def _environment(**values: str):
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def execute(source: Path, target: Path, quick: bool = True, timeout: int = 1200) -> float:
     """Run ``source`` top to bottom with nbclient in a scratch folder (whatever a notebook writes stays out of
     the repository) and write it, outputs included, to ``target``; return the seconds it took.  A cell that
@@ -131,7 +119,7 @@ def execute(source: Path, target: Path, quick: bool = True, timeout: int = 1200)
     nb = nbformat.read(source, as_version=4)
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sdd-edu-site-") as scratch, \
-            _environment(SDD_EDU_QUICK="1" if quick else "0", PYDEVD_DISABLE_FILE_VALIDATION="1"):
+            environment(SDD_EDU_QUICK="1" if quick else "0", PYDEVD_DISABLE_FILE_VALIDATION="1"):
         client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
                                          resources={"metadata": {"path": scratch}})
         client.execute()

@@ -12,8 +12,8 @@ LAYERS = {  # module (dotted, without "sdd_edu.") -> layer
     **{m: 0 for m in ("errors", "model", "fast", "loading", "sampling", "ngram", "data", "ladders", "draft_data")},
     "decoding": 1,
     "measure": 2,
-    **{m: 3 for m in ("plots", "widgets", "report", "diagrams", "cli", "notebook", "course", "grade", "__main__",
-                      "train_draft", "")},
+    **{m: 3 for m in ("plots", "widgets", "report", "diagrams", "cli", "notebook", "course", "grade", "site",
+                      "__main__", "train_draft", "")},
 }
 NAMES = ["the model", "decoding", "measuring", "views and the command line"]
 
