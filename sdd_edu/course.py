@@ -181,6 +181,13 @@ def greedy_walk(tree: TokenTree, logits) -> tuple[list[int], int]:
     return verdict.accepted, verdict.next_token
 
 
+def sampled_walk(tree: TokenTree, logits, sampling: Sampling, generator) -> tuple[list[int], int]:
+    """The accepted nodes and the token drawn after them, under sampling: the package's ``verify`` with
+    recursive rejection sampling at every node."""
+    verdict = verify(tree, logits, sampling, generator)
+    return verdict.accepted, verdict.next_token
+
+
 def keep(k, v, start: int, slots) -> int:
     """``KVCache.keep`` on a cache's keys and values (layers, batch, kv heads, slots, head dim): slot start + s of
     each s in ``slots`` moved, in order, to start, start + 1, ...; the cache's new length."""

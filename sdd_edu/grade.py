@@ -234,6 +234,34 @@ def _multi_candidate(multi_candidate, ns) -> None:
             "do not follow p"
 
 
+def _sampled_walk(sampled_walk, ns) -> None:
+    import torch
+
+    from .decoding.tree import ROOT, TokenTree, verify
+    from .sampling import Sampling
+
+    g = torch.Generator().manual_seed(29)
+    for case in range(120):  # other trees, vocabularies and samplings than the notebook's
+        vocab = 5 + case % 7
+        tree, frontier = TokenTree(), [ROOT]
+        while frontier and len(tree) < 1 + case % 10:
+            node = frontier.pop(0)
+            q = torch.softmax(torch.randn(vocab, generator=g) * 2.5, 0)
+            tree.child_dists[node] = q
+            for token in torch.multinomial(q, 1 + case % 3, replacement=False, generator=g).tolist():
+                frontier.append(tree.add(token, node))
+        # the target near the draft at half the nodes, so that walks go deep
+        logits = torch.randn(1 + len(tree), vocab, generator=g) * (0.5 if case % 2 else 2.0)
+        sampling = (Sampling(temperature=1.0), Sampling(temperature=0.8, top_p=0.9),
+                    Sampling(temperature=1.2, top_k=4))[case % 3]
+        accepted, next_token = sampled_walk(tree, logits, sampling, torch.Generator().manual_seed(100 + case))
+        right = verify(tree, logits, sampling, torch.Generator().manual_seed(100 + case))
+        assert (list(accepted), int(next_token)) == (right.accepted, right.next_token), \
+            f"a random tree (parents {tree.parents}, tokens {tree.tokens}), {sampling}: accepted {list(accepted)}, " \
+            f"then {int(next_token)}; from the same random numbers recursive rejection sampling accepts " \
+            f"{right.accepted}, then {right.next_token}"
+
+
 def _my_decode(my_decode, ns) -> None:
     from .decoding import baseline_decode, generate
 
@@ -368,6 +396,7 @@ HIDDEN = [
     Hidden("04", "keep", _keep),
     Hidden("04", "multi_candidate", _multi_candidate),
     Hidden("04", "my_decode", _my_decode),
+    Hidden("04", "sampled_walk", _sampled_walk),
     Hidden("05", "free_chain", _free_chain),
     Hidden("07", "my_planner", _my_planner),
 ]

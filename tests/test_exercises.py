@@ -396,6 +396,35 @@ while frontier and len(parents) < max_nodes:
         heapq.heappush(frontier, (-chance[node] * p_rank[0], node, 0))
 """
 
+SETUP_04_SAMPLED = """
+import torch
+from sdd_edu import course
+from sdd_edu.decoding.tree import ROOT, TokenTree, verify
+from sdd_edu.notebook import check
+from sdd_edu.sampling import Sampling
+def normalised(x):  # section 9's
+    return x / x.sum(-1, keepdim=True).clamp_min(1e-300)
+"""
+
+SAMPLED_WALK_BLOCK = """node, accepted = ROOT, []
+while True:
+    p = probabilities(logits[0 if node == ROOT else 1 + node], sampling).double()
+    kept = None
+    if tree.children(node):
+        q = tree.child_dists[node].double().clone()
+        for child in tree.children(node):
+            x = tree.tokens[child]
+            if float(torch.rand((), generator=generator)) * q[x] < p[x]:
+                kept = child
+                break
+            {after_rejection}
+    if kept is None:
+        return accepted, {last}
+    accepted.append(kept)
+    node = kept"""
+RIGHT_SAMPLED_WALK = dict(after_rejection="p = normalised((p - q).clamp_min(0))\n            q[x] = 0\n            "
+                                          "q = normalised(q)", last="sample(p, generator)")
+
 EXERCISES = {
     "04 best-first tree growth": Exercise("04_token_trees", "a frontier of candidates, each with its probability",
                                           SETUP_04_GROW, {
@@ -443,6 +472,23 @@ EXERCISES = {
             "    match = [c for c in tree.children(node) if tree.tokens[c] == best]\n"
             "    if not match:\n"
             "        return accepted, best\n"
+            "    node = match[0]\n"
+            "    accepted.append(node)"),
+    }),
+    "04 the sampled walk": Exercise("04_token_trees", "section 9's rule for one trial", SETUP_04_SAMPLED, {
+        "p not corrected after a rejection": SAMPLED_WALK_BLOCK.format(**{
+            **RIGHT_SAMPLED_WALK, "after_rejection": "q[x] = 0\n            q = normalised(q)"}),
+        "q kept whole after a rejection": SAMPLED_WALK_BLOCK.format(**{
+            **RIGHT_SAMPLED_WALK, "after_rejection": "p = normalised((p - q).clamp_min(0))"}),
+        "the target's argmax when no child is kept": SAMPLED_WALK_BLOCK.format(**{
+            **RIGHT_SAMPLED_WALK, "last": "int(p.argmax())"}),
+        "the paper's rule: y ~ p, then the child holding y": (
+            "node, accepted = ROOT, []\n"
+            "while True:\n"
+            "    y = sample(probabilities(logits[0 if node == ROOT else 1 + node], sampling), generator)\n"
+            "    match = [c for c in tree.children(node) if tree.tokens[c] == y]\n"
+            "    if not match:\n"
+            "        return accepted, y\n"
             "    node = match[0]\n"
             "    accepted.append(node)"),
     }),

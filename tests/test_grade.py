@@ -13,7 +13,7 @@ import nbformat
 import pytest
 
 from sdd_edu.cli import main
-from sdd_edu.grade import SOLVED_LINE, find_submissions, graded_copy
+from sdd_edu.grade import HIDDEN, SOLVED_LINE, find_submissions, graded_copy
 from sdd_edu.notebook import student_edition
 from tests.test_exercises import EXERCISES, SETUP_03, SETUP_03_FORMULAS, TUTORIALS, exercise_cells
 
@@ -120,3 +120,59 @@ def test_a_folder_of_submissions_is_graded_per_exercise(tmp_path, capsys):
     graded = nbformat.read(tmp_path / "grades" / "graded" / "bob" / "03_speculative_decoding.ipynb", as_version=4)
     last = "".join(o.get("text", "") for o in graded.cells[-1].outputs)
     assert json.loads(last.split("SDD_EDU_HIDDEN_TESTS ", 1)[1])["speculative_samples"]["passed"] is False
+
+
+def _top_level_names(source: str) -> set:
+    """The names a cell binds in the kernel's globals: assignments, loop targets, definitions, imports, also
+    inside top-level loops, conditions and with blocks (a comprehension's names stay inside it)."""
+    import ast
+
+    names: set = set()
+
+    def bind(target):
+        if isinstance(target, ast.Name):
+            names.add(target.id)
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            for element in target.elts:
+                bind(element)
+        elif isinstance(target, ast.Starred):
+            bind(target.value)
+
+    def walk(body):
+        for node in body:
+            if isinstance(node, ast.Assign):
+                for target in node.targets:
+                    bind(target)
+            elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+                bind(node.target)
+            elif isinstance(node, (ast.For, ast.While, ast.If)):
+                if isinstance(node, ast.For):
+                    bind(node.target)
+                walk(node.body)
+                walk(node.orelse)
+            elif isinstance(node, ast.With):
+                for item in node.items:
+                    if item.optional_vars is not None:
+                        bind(item.optional_vars)
+                walk(node.body)
+            elif isinstance(node, ast.Try):
+                for part in (node.body, node.orelse, node.finalbody, *[h.body for h in node.handlers]):
+                    walk(part)
+            elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+
+    walk(ast.parse("\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))).body)
+    return names
+
+
+@pytest.mark.parametrize("number", sorted({h.notebook for h in HIDDEN}))
+def test_no_later_cell_rebinds_a_hidden_tested_function(number):
+    """The hidden tests run on the kernel's globals at the end of the notebook: a later `keep = ...` or
+    `for width, depth, budget in ...` would hand them a tensor or a number in place of the student's function."""
+    path, = TUTORIALS.glob(f"{number}_*.ipynb")
+    cells = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    for hidden in (h for h in HIDDEN if h.notebook == number):
+        binding = [i for i, source in enumerate(cells) if hidden.name in _top_level_names(source)]
+        assert len(binding) == 1, f"{path.name}: {hidden.name} is bound in code cells {binding}, not once"
