@@ -13,6 +13,7 @@ import ast
 import sysconfig
 import textwrap
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -23,9 +24,10 @@ from .sampling import Sampling
 SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "__pycache__"}
 
 
-def stdlib_function_prompts(max_prompt_chars: int = 1200) -> list[str]:
-    """Signature + docstring of every documented function in the standard library, HumanEval-style."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+def stdlib_function_prompts(max_prompt_chars: int = 1200, root: Optional[Path] = None) -> list[str]:
+    """Signature + docstring of every documented function in the standard library (or the Python files under
+    ``root``), HumanEval-style."""
+    root = Path(root) if root is not None else Path(sysconfig.get_paths()["stdlib"])
     prompts = []
     for path in sorted(root.rglob("*.py")):
         if SKIP_DIRS & set(path.relative_to(root).parts):

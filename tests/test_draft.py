@@ -1,8 +1,6 @@
 """The embedded draft: reduced head, training script, shipped weights and the Hugging Face export."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -28,21 +26,32 @@ def test_reduced_head_gives_zero_probability_outside_it():
 
 
 @pytest.mark.slow
-def test_training_script_runs_a_few_steps_and_resumes(tmp_path):
-    """data -> train (tiny configuration, two short runs: the second resumes) -> checkpoint."""
-    env_py = [sys.executable, "-m", "sdd_edu.train_draft", "--work", str(tmp_path)]
-    out = subprocess.run(env_py + ["data", "--limit", "4", "--batch", "2", "--new-tokens", "6"],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert len(list((tmp_path / "data").glob("shard-*.npz"))) == 2
+def test_training_script_runs_a_few_steps_and_resumes(tmp_path, monkeypatch, capsys):
+    """data -> train (tiny configuration, two short runs: the second resumes) -> checkpoint, run in this process.
+    The prompts come from two of the standard library's files: parsing all of it takes ten seconds here."""
+    import sysconfig
+    from pathlib import Path
+
+    from sdd_edu import draft_data
+    from sdd_edu.train_draft import main
+
+    some = tmp_path / "stdlib"
+    some.mkdir()
+    for name in ("textwrap.py", "fnmatch.py"):
+        (some / name).write_text((Path(sysconfig.get_paths()["stdlib"]) / name).read_text(encoding="utf-8"))
+    real = draft_data.stdlib_function_prompts
+    monkeypatch.setattr(draft_data, "stdlib_function_prompts", lambda: real(root=some))
+    assert len(real(root=some)) >= 4
+    work = ["--work", str(tmp_path / "work")]
+    assert main(work + ["data", "--limit", "4", "--batch", "2", "--new-tokens", "6", "--dtype", "fp32"]) == 0
+    assert len(list((tmp_path / "work" / "data").glob("shard-*.npz"))) == 2
     tiny = ["train", "--layers", "1", "--width", "32", "--ff", "48", "--head-size", "256", "--batch-tokens", "512"]
-    out = subprocess.run(env_py + tiny + ["--epochs", "1"], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    first = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    out = subprocess.run(env_py + tiny + ["--epochs", "2"], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "resumed at step" in out.stdout
-    second = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert main(work + tiny + ["--epochs", "1"]) == 0
+    first = torch.load(tmp_path / "work" / "checkpoint.pt", weights_only=False)
+    capsys.readouterr()
+    assert main(work + tiny + ["--epochs", "2"]) == 0
+    assert "resumed at step" in capsys.readouterr().out
+    second = torch.load(tmp_path / "work" / "checkpoint.pt", weights_only=False)
     assert second["step"] == 2 * first["step"] > 0
     # each session is recorded for the model card
     assert [(h["from_step"], h["to_step"]) for h in second["history"]] == [(0, first["step"]),
