@@ -50,6 +50,7 @@ from typing import Callable, Iterable
 import torch
 
 from .decoding.autotree import draft_forward_sizes, tokens_per_forward
+from .decoding.drafters import Drafter
 from .decoding.autotree import expected_accepted, optimal_tree  # noqa: F401  (04: expected accepted nodes)
 from .decoding.tree import ROOT, TokenTree, tree_attention_mask, verify  # noqa: F401  (04: mask, depth)
 from .measure.acceptance import expected_tokens_per_forward  # noqa: F401  (03: expected tokens per forward)
@@ -151,6 +152,26 @@ def best_draft_length(speedup_of: Callable[[int], float], lengths: Iterable[int]
         if s > best_speedup:
             best, best_speedup = gamma, s
     return best
+
+
+def draft_step(model, cache: KVCache, seen: list[int], context: list[int], gamma: int) -> list[int]:
+    """``gamma`` tokens drafted greedily after ``context`` through the draft's own cache, which holds ``seen``:
+    rolled back to the prefix it shares with the context (never its last token), the rest of the context read
+    in one forward, then one forward per drafted token but the last; ``seen`` follows the cache."""
+    shared = 0
+    while shared < min(len(seen), len(context) - 1) and seen[shared] == context[shared]:
+        shared += 1
+    cache.truncate(shared)
+    del seen[shared:]
+    feed, drafted = context[shared:], []
+    with torch.inference_mode():
+        while len(drafted) < gamma:
+            if drafted:
+                feed = drafted[-1:]
+            logits = model(torch.tensor([feed], device=model.device), cache)[0, -1]
+            seen += feed
+            drafted.append(int(logits.argmax()))
+    return drafted
 
 
 # ----------------------------------------------------------------------------- 04 · token trees
@@ -266,6 +287,27 @@ def free_chain(root_dist, guessed_dists, g_tokens: list[int], g_parents: list[in
         free += 1
         dist = guessed_dists[node]
     return chain, free
+
+
+def staged_tree(root_dist, guessed_dists, g_tokens: list[int], g_parents: list[int], width: int, depth: int,
+                budget: int) -> tuple[list[int], list[int]]:
+    """The staged drafter's tree from its one draft forward (``rounds=0``): the package's best-first growth
+    (``Drafter._grow``), where a node's distribution is known when the n-gram guessed its whole path."""
+    guessed: dict[tuple[int, int], int] = {}
+    for i, key in enumerate(zip(g_parents, g_tokens)):
+        guessed.setdefault(key, i)
+
+    class OneForward(Drafter):
+        def _known_dist(self, tree, node, context, sampling):
+            place = ROOT
+            for i in tree.path(node):
+                place = guessed.get((place, tree.tokens[i]))
+                if place is None:
+                    return None
+            return guessed_dists[place]
+
+    tree = OneForward(width=width, depth=depth, budget=budget)._grow(root_dist, [], Sampling(), None, rounds=0)
+    return tree.tokens, tree.parents
 
 
 def draft_forwards_saved(tree_run, staged_run) -> tuple[int, int, float]:

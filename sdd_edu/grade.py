@@ -50,6 +50,8 @@ class Hidden:
     notebook: str  # "04"
     name: str  # the exercise's name: the function the student writes
     test: Callable
+    # the package's own answers the function may not call (sdd_edu.course, the course's answers, for every one)
+    forbidden: tuple = ()
 
 
 def _close(a, b, atol=1e-5) -> bool:
@@ -281,6 +283,39 @@ def _my_decode(my_decode, ns) -> None:
             f"{ref.stats.target_forwards}"
 
 
+def _staged_tree(staged_tree, ns) -> None:
+    import torch
+
+    from .course import staged_tree as reference
+
+    def paths(tokens, parents):
+        out = []
+        for token, parent in zip(tokens, parents):
+            out.append((out[parent] if parent >= 0 else ()) + (int(token),))
+        return sorted(out)
+
+    g = torch.Generator().manual_seed(31)
+    for case in range(8):  # a made-up draft and n-gram: the n-gram guesses the draft's likeliest tokens often
+        vocab = 12 + case
+        dists = torch.softmax(torch.randn(40, vocab, generator=g) * 2.5, -1)
+        root_dist, guessed_dists = dists[0], dists[1:]
+        g_tokens, g_parents, place, row = [], [], -1, 0
+        for fan in (4, 3, 2, 1, 1)[:2 + case % 4]:
+            first = len(g_tokens)
+            likely = torch.argsort(root_dist if place == -1 else guessed_dists[place], descending=True).tolist()
+            picks = likely[case % 2:case % 2 + fan]  # the draft's top choices, the first one skipped in odd cases
+            g_tokens += picks
+            g_parents += [place] * len(picks)
+            place = first
+        for width, depth, budget in ((2, 4, 6), (3, 3, 9), (4, 5, 7)):
+            mine = staged_tree(root_dist, guessed_dists, g_tokens, g_parents, width, depth, budget)
+            right = reference(root_dist, guessed_dists, g_tokens, g_parents, width, depth, budget)
+            assert paths(*mine) == paths(*right), \
+                f"a made-up draft and guesses (tokens {g_tokens}, parents {g_parents}), width {width}, depth " \
+                f"{depth}, budget {budget}: {len(mine[0])} nodes, not the staged drafter's {len(right[0])} " \
+                "(or not the same ones)"
+
+
 def _made_up_draft(width: int, seed: int):
     """child_probs(path) of a made-up draft: ``width`` children below every node, likeliest first, drawn once per
     path (float32 values, exact for the package's n-gram table)."""
@@ -295,6 +330,60 @@ def _made_up_draft(width: int, seed: int):
         return list(draws[path])
 
     return child_probs
+
+
+def _draft_step(draft_step, ns) -> None:
+    import torch
+
+    from .decoding import baseline_decode
+    from .loading import LoadedModel
+    from .model import ModelConfig, Transformer
+
+    def tiny(seed):
+        torch.manual_seed(seed)
+        config = ModelConfig(family="llama", vocab_size=50, n_layer=2, n_head=4, n_kv_head=2, d_model=32, d_ff=48,
+                             max_seq_len=256)
+        model = Transformer(config).eval().requires_grad_(False)
+        with torch.no_grad():  # weights large enough that the greedy text does not repeat one token
+            for w in model.parameters():
+                w.normal_(0, 0.5)
+        return LoadedModel(f"tiny-{seed}", model, None, "grader")
+
+    target, draft = tiny(41), tiny(41)
+    noise = torch.Generator().manual_seed(42)
+    with torch.no_grad():  # the draft near the target: it agrees at 60 to 80% of the positions
+        for w in draft.model.parameters():
+            w.add_(torch.randn(w.shape, generator=noise) * 0.02)
+    for gamma, prompt in ((2, [5, 9, 1, 33]), (4, [7, 7, 2, 40, 11, 3, 18])):
+        truth = baseline_decode(target, prompt, 40, stop_at_eos=False).token_ids
+        net = draft.model
+        cache, fed = net.new_cache(200), []
+        hook = net.register_forward_pre_hook(lambda module, args: fed.append(args[0].shape[1]))
+        seen, context, held = [], list(prompt), []
+        try:
+            while len(context) - len(prompt) < 30:
+                fed.clear()
+                drafted = list(draft_step(net, cache, seen, context, gamma))
+                reads = sum(fed)
+                shared = next((i for i, (a, b) in enumerate(zip(held, context[:-1])) if a != b),
+                              min(len(held), len(context) - 1))
+                right = baseline_decode(draft, context, gamma, stop_at_eos=False).token_ids
+                where = f"gamma {gamma}, after {len(context) - len(prompt)} new tokens"
+                assert drafted == right, f"{where}: drafted {drafted}, the draft's greedy continuation is {right}"
+                held = context + drafted[:-1]
+                assert list(seen) == held and cache.length == len(held), \
+                    f"{where}: the cache holds {cache.length} tokens, seen {len(seen)}; it should hold {len(held)}: " \
+                    "the context and the drafts but the last"
+                assert reads == len(context) - shared + gamma - 1, \
+                    f"{where}: the draft read {reads} tokens; {len(context) - shared} were unread and " \
+                    f"{gamma - 1} drafts are fed back"
+                done = len(context) - len(prompt)
+                accepted = 0
+                while accepted < gamma and drafted[accepted] == truth[done + accepted]:
+                    accepted += 1
+                context += drafted[:accepted] + [truth[done + accepted]]
+        finally:
+            hook.remove()
 
 
 def _grow_tree(grow_tree, ns) -> None:
@@ -385,20 +474,22 @@ def _my_planner(my_planner, ns) -> None:
 
 HIDDEN = [
     Hidden("00", "on_tokens", _record_batches),
-    Hidden("01", "gqa", _gqa),
+    Hidden("01", "gqa", _gqa, ("attention", "scaled_dot_product_attention")),
     Hidden("01", "attention_with_cache", _attention_with_cache),
     Hidden("01", "entropy", _entropy),
     Hidden("03", "speculative_samples", _speculative_samples),
-    Hidden("04", "grow_tree", _grow_tree),
-    Hidden("04", "tree_mask", _tree_mask),
-    Hidden("04", "depth", _depth),
-    Hidden("04", "greedy_walk", _greedy_walk),
+    Hidden("03", "draft_step", _draft_step),
+    Hidden("04", "grow_tree", _grow_tree, ("_grow", "optimal_tree")),
+    Hidden("04", "tree_mask", _tree_mask, ("tree_attention_mask",)),
+    Hidden("04", "depth", _depth, ("TokenTree",)),
+    Hidden("04", "greedy_walk", _greedy_walk, ("verify",)),
     Hidden("04", "keep", _keep),
     Hidden("04", "multi_candidate", _multi_candidate),
-    Hidden("04", "my_decode", _my_decode),
-    Hidden("04", "sampled_walk", _sampled_walk),
+    Hidden("04", "my_decode", _my_decode, ("verify", "generate", "greedy_tree_step")),
+    Hidden("04", "sampled_walk", _sampled_walk, ("verify", "_recursive_rejection")),
     Hidden("05", "free_chain", _free_chain),
-    Hidden("07", "my_planner", _my_planner),
+    Hidden("05", "staged_tree", _staged_tree, ("_grow",)),
+    Hidden("07", "my_planner", _my_planner, ("optimal_tree", "plan_tree", "_choose")),
 ]
 
 
@@ -425,7 +516,7 @@ def hidden_results(notebook: str, namespace: dict, seconds: int = TEST_SECONDS) 
     """Each hidden-tested exercise of ``notebook`` ("04"): {"passed": bool, "note": why not}, run on the
     functions the student defined in ``namespace`` (a kernel's globals).  A function that still holds its stub
     fails without running."""
-    from .notebook import calls_unsolved
+    from .notebook import calls_unsolved, names_used
 
     results = {}
     for hidden in (h for h in HIDDEN if h.notebook == notebook):
@@ -436,6 +527,10 @@ def hidden_results(notebook: str, namespace: dict, seconds: int = TEST_SECONDS) 
             continue
         if calls_unsolved(code, hidden.name):
             results[hidden.name] = {"passed": False, "note": "not solved: the stub gives sdd-edu's answer"}
+            continue
+        answers = sorted(({"course"} | set(hidden.forbidden)) & names_used(code))
+        if answers:
+            results[hidden.name] = {"passed": False, "note": f"calls the package's own answer: {', '.join(answers)}"}
             continue
         try:
             with _time_limit(seconds):

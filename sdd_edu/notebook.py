@@ -500,6 +500,18 @@ def solved(name: str) -> None:
     if stub:
         raise AssertionError(f"✗ exercise {name!r} is not solved yet: the cells above used sdd-edu's own answer"
                              "\nHint: write yours in place of the unsolved(...) line, run that cell, then this one")
+    if isinstance(code, CodeType) and "course" in names_used(code):
+        raise AssertionError(f"✗ exercise {name!r} calls sdd_edu.course, the course's own answers"
+                             "\nHint: write the function yourself; the course's answer is only the stub's fallback")
+
+
+def names_used(code: CodeType) -> set:
+    """The global and attribute names ``code`` (and every function defined in it) refers to."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            names |= names_used(const)
+    return names
 
 
 def calls_unsolved(code: CodeType, name: str) -> bool:

@@ -7,6 +7,7 @@ too: the stub gives sdd-edu's answer (``sdd_edu.course``), so that the cell and 
 work, while the check cell's ``solved`` line says the exercise is unsolved until the solution is in.
 """
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -425,6 +426,72 @@ while True:
 RIGHT_SAMPLED_WALK = dict(after_rejection="p = normalised((p - q).clamp_min(0))\n            q[x] = 0\n            "
                                           "q = normalised(q)", last="sample(p, generator)")
 
+SETUP_05_TREE = """
+import torch
+from sdd_edu.notebook import check
+# a made-up confident draft (as the real one is) and an n-gram that guesses its likeliest tokens: the growth's
+# order, its scores and its depth limit all show in the trees
+g = torch.Generator().manual_seed(3)
+dists = torch.softmax(torch.randn(40, 30, generator=g) * 2.5, -1)
+root_dist, guessed_dists = dists[0], dists[1:]
+g_tokens, g_parents, place = [], [], -1
+for fan in (4, 3, 2, 1, 1):
+    first = len(g_tokens)
+    likely = torch.argsort(root_dist if place == -1 else guessed_dists[place], descending=True).tolist()
+    g_tokens += likely[:fan]
+    g_parents += [place] * fan
+    place = first
+"""
+
+STAGED_TREE_BLOCK = """frontier, found = [], 0
+
+def offer(dist, score, level, node, place):
+    nonlocal found
+    top = torch.topk(dist, width)
+    for prob, token in zip(top.values.tolist(), top.indices.tolist()):
+        heapq.heappush(frontier, ({key}, level, found, node, place, token))
+        found += 1
+
+offer(root_dist, 1.0, 1, -1, -1)
+while frontier and len(tokens) < budget:
+    minus_score, level, _, parent, place, token = heapq.heappop(frontier)
+    node = len(tokens)
+    tokens.append(token)
+    parents.append(parent)
+    guess = next((i for i, (p, t) in enumerate(zip(g_parents, g_tokens)) if {match}), None)
+    if guess is not None{deeper}:
+        offer(guessed_dists[guess], -minus_score, level + 1, node, guess)"""
+RIGHT_STAGED_TREE = dict(key="-score * prob", match="p == place and t == token", deeper=" and level < depth")
+
+SETUP_03_DRAFT_CACHE = """
+import torch
+from sdd_edu.notebook import check
+from tests.test_speculative import random_lm
+def pick(full, quick):  # quick mode's sizes
+    return quick
+target, draft = random_lm(1), random_lm(1)  # the draft: the target a little perturbed, so that some drafts land
+torch.manual_seed(3)
+with torch.no_grad():
+    for w in draft.model.parameters():
+        w.add_(torch.randn_like(w) * 0.05)
+ids = [3, 14, 15, 9, 2, 6, 5]
+"""
+
+DRAFT_CACHE_BLOCK = """n = 0
+while n < min(len(seen), len(context) - 1) and seen[n] == context[n]:
+    n += 1
+{rollback}
+feed = context[n:]
+with torch.inference_mode():
+    while True:
+        logits = model(torch.tensor([feed], device=model.device), cache)[0, -1]
+        seen += feed
+        drafted.append(int(logits.argmax()))
+        if len(drafted) == gamma:
+            break
+        feed = drafted[-1:]"""
+RIGHT_DRAFT_CACHE = dict(rollback="cache.truncate(n)\ndel seen[n:]")
+
 EXERCISES = {
     "04 best-first tree growth": Exercise("04_token_trees", "a frontier of candidates, each with its probability",
                                           SETUP_04_GROW, {
@@ -492,6 +559,40 @@ EXERCISES = {
             "    node = match[0]\n"
             "    accepted.append(node)"),
     }),
+    "05 staged growth, a tree": Exercise("05_staged_speculative_decoding", "only a node the n-gram guessed",
+                                         SETUP_05_TREE, {
+        "breadth-first: the oldest candidate first": STAGED_TREE_BLOCK.format(**{**RIGHT_STAGED_TREE, "key": "found"}),
+        "a guess matched by its token alone, anywhere in the subtree": STAGED_TREE_BLOCK.format(
+            **{**RIGHT_STAGED_TREE, "match": "t == token"}),
+        "scored by the node's own probability, not its path's": STAGED_TREE_BLOCK.format(
+            **{**RIGHT_STAGED_TREE, "key": "-prob"}),
+        "no depth limit": STAGED_TREE_BLOCK.format(**{**RIGHT_STAGED_TREE, "deeper": ""}),
+    }),
+    "03 the draft's own cache": Exercise("03_speculative_decoding", "forget what the cache holds past the prefix",
+                                        SETUP_03_DRAFT_CACHE, {
+        "no rollback: the rejected drafts stay": DRAFT_CACHE_BLOCK.format(**{**RIGHT_DRAFT_CACHE, "rollback": ""}),
+        "the cache rolled back, seen not": DRAFT_CACHE_BLOCK.format(
+            **{**RIGHT_DRAFT_CACHE, "rollback": "cache.truncate(n)"}),
+        "everything read again at every step": DRAFT_CACHE_BLOCK.format(
+            **{**RIGHT_DRAFT_CACHE, "rollback": "n = 0\ncache.truncate(0)\ndel seen[:]"}),
+        "one token too many forgotten": DRAFT_CACHE_BLOCK.format(
+            **{**RIGHT_DRAFT_CACHE, "rollback": "n = max(n - 1, 0)\ncache.truncate(n)\ndel seen[n:]"}),
+        "the last drafted token fed too": (
+            "n = 0\n"
+            "while n < min(len(seen), len(context) - 1) and seen[n] == context[n]:\n"
+            "    n += 1\n"
+            "cache.truncate(n)\n"
+            "del seen[n:]\n"
+            "feed = context[n:]\n"
+            "with torch.inference_mode():\n"
+            "    for _ in range(gamma):\n"
+            "        logits = model(torch.tensor([feed], device=model.device), cache)[0, -1]\n"
+            "        seen += feed\n"
+            "        drafted.append(int(logits.argmax()))\n"
+            "        feed = drafted[-1:]\n"
+            "    model(torch.tensor([feed], device=model.device), cache)\n"
+            "    seen += feed"),
+    }),
     "00 a streaming callback": Exercise("00_setup_and_tour", "keep each batch of token ids", SETUP_00_STREAM, {
         "only the last batch": "batches[:] = [list(ids)]",
         "the first token of each batch": "batches.append(list(ids)[:1])",
@@ -523,6 +624,9 @@ EXERCISES = {
         "unscaled scores": (
             "g = nh // nkv\n"
             "w = (q.reshape(nkv, g * N, hs) @ k.transpose(-1, -2)).softmax(-1)\n"
+            "return (w @ v).reshape(nh, N, hs)"),
+        "group size and group count swapped": (
+            "w = (q.reshape(nh // nkv, nkv * N, hs) @ k.transpose(-1, -2) / math.sqrt(hs)).softmax(-1)\n"
             "return (w @ v).reshape(nh, N, hs)"),
     }),
     "04 the tree attention mask": Exercise("04_token_trees", "every row sees the cache and the root",
@@ -793,3 +897,17 @@ def test_the_hidden_tests_reject_the_mutants_too(name, mutant):
     ex = HIDDEN_CASES[name]
     result = hidden_results(ex.notebook[:2], run_exercise(ex, ex.mutants[mutant], checks_too=False))
     assert not result[exercise_name(ex)]["passed"], result
+
+
+@pytest.mark.parametrize("name", HIDDEN_CASES)
+def test_a_function_that_calls_the_course_answer_scores_nothing(name):
+    """The student edition imports sdd_edu.course for the stubs' fallbacks: a function that returns the course's
+    answer itself fails its solved(...) line and the hidden tests."""
+    ex = dataclasses.replace(HIDDEN_CASES[name], setup=HIDDEN_CASES[name].setup + "\nfrom sdd_edu import course\n")
+    block = exercise_cells(ex)[2]
+    assert "course." in block.fallback
+    namespace = run_exercise(ex, block.fallback, checks_too=False)
+    result = hidden_results(ex.notebook[:2], namespace)[exercise_name(ex)]
+    assert not result["passed"] and "course" in result["note"], result
+    with pytest.raises(AssertionError, match="calls sdd_edu.course"):
+        exec(f'from sdd_edu.notebook import solved\nsolved("{exercise_name(ex)}")', namespace)
