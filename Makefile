@@ -63,7 +63,10 @@ clean:
 # the student edition: every exercise's solution replaced by a stub (see sdd_edu/notebook.py), one notebook
 # rebuilt when its instructor source changed
 STUDENT := $(patsubst tutorials/%,student/%,$(wildcard tutorials/*.ipynb))
-student: $(STUDENT)
+student: $(STUDENT) student/README.md
+
+student/README.md: tutorials/README.md
+	mkdir -p student && cp $< $@
 
 student/%.ipynb: tutorials/%.ipynb $(STAMP)
 	$(PY) -m sdd_edu.notebook student student $<

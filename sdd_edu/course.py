@@ -20,6 +20,7 @@ natural other way.  In the order of the series:
   03  speculative_samples             ``speculative_samples``: min(1, p/q) as a keep probability
   03  by_hand                         ``expected_tokens_per_forward`` (the closed form)
   03  best_gamma                      ``best_draft_length``
+  03  draft_step                      ``draft_step``: a common prefix, ``truncate``, one forward per token
   04  grow_tree                       ``grown_tree``: the package's ``Drafter._grow`` on a made-up draft
   04  tree_mask                       ``tree_attention_mask`` (its mask)
   04  depth                           ``TokenTree.depth``
@@ -29,8 +30,10 @@ natural other way.  In the order of the series:
   04  sees, ex_positions              ``sees_and_positions``: ``TokenTree.path`` and ``depth``
   04  my_prediction                   ``expected_accepted`` (ranks in sibling order)
   04  my_decode                       ``greedy_tree_step``: one step of the package's loop
+  04  sampled_walk                    ``sampled_walk``: the package's ``verify``, sampled
   05  left, lower                     ``backed_off_masses``: the trigram's own probabilities
   05  free_chain                      ``free_chain``: a lookup by (parent, token)
+  05  staged_tree                     ``staged_tree``: ``Drafter._grow`` with the guessed nodes' distributions
   05  tree_forwards, ...              ``draft_forwards_saved``: the runs' own counters
   06  step_seconds, estimate          ``tokens_per_second_estimate``
   06  break_even                      ``break_even``: a bisection

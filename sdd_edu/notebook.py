@@ -698,6 +698,11 @@ def main(argv=None) -> int:
             nb = nbformat.read(path, as_version=4)
             nbformat.write(student_edition(nb), out / Path(path).name)
             print(f"wrote {out / Path(path).name}")
+        # the notebooks point to their folder's README (the glossary, what you write): JupyterLab opened on the
+        # student edition cannot reach the instructor's folder
+        for readme in {Path(path).parent / "README.md" for path in args[2:]}:
+            if readme.exists() and readme.resolve() != (out / "README.md").resolve():
+                (out / "README.md").write_text(readme.read_text(encoding="utf-8"), encoding="utf-8")
         return 0
     bad = 0
     for path in args[1:]:

@@ -15,7 +15,8 @@ from sdd_edu import notebook
 from sdd_edu.notebook import block_names, exercise, exercise_names, exercise_problems, main, solution_blocks, \
     solved, structure_problems, student_edition, student_markdown, student_source, unsolved
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "tutorials").glob("*.ipynb"))
+TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
+NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
 
 
 def test_a_solution_block_becomes_a_stub_that_raises_with_its_hint():
@@ -287,3 +288,15 @@ def test_every_second_tier_of_the_series_is_collapsed_in_the_student_edition(pat
             if block.more:
                 assert f"<summary>More help: <code>{name}</code></summary>\n\n{block.more}\n\n" in text
                 assert block.more not in code
+
+
+def test_the_student_edition_carries_the_readme_its_notebooks_point_to(tmp_path):
+    """make lab roots JupyterLab at student/: the glossary and the list of exercises must be there too."""
+    from sdd_edu.notebook import main
+
+    out = tmp_path / "student"
+    assert main(["student", str(out), str(TUTORIALS / "00_setup_and_tour.ipynb")]) == 0
+    assert (out / "README.md").read_text(encoding="utf-8") == (TUTORIALS / "README.md").read_text(encoding="utf-8")
+    first_exercises = next(c for c in nbformat.read(out / "00_setup_and_tour.ipynb", as_version=4).cells
+                           if c.cell_type == "markdown" and c.source.startswith("## Exercises"))
+    assert "How the exercises work" in first_exercises.source and "<!--" not in first_exercises.source
