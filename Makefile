@@ -53,8 +53,9 @@ engine-bench: $(STAMP)
 # the course site in build/site/html: the notebooks executed into build/executed/ (quick mode; SITE_QUICK=0 runs the
 # full notebooks), skipping those executed there already and newer than their source, then Sphinx
 SITE_QUICK ?= 1
+SITE_EDITION ?= student
 site: $(STAMP)
-	$(PY) -m sdd_edu.site build --quick $(SITE_QUICK)
+	$(PY) -m sdd_edu.site build --quick $(SITE_QUICK) --edition $(SITE_EDITION)
 	@echo "open build/site/html/index.html"
 
 clean:

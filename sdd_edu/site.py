@@ -4,6 +4,7 @@ built with Sphinx, myst-nb and sphinx-book-theme (the ``site`` extra).
     python -m sdd_edu.site build                    # what `make site` runs: build/site/html/index.html
     python -m sdd_edu.site build --executed DIR     # reuse the executed notebooks in DIR newer than their source
     python -m sdd_edu.site build --quick 0          # full mode (`make site SITE_QUICK=0`)
+    python -m sdd_edu.site build --edition instructor   # the solutions on the pages (`make site SITE_EDITION=...`)
     python -m sdd_edu.site execute [NAME ...]       # only execute, into build/executed/
 
 Two steps.  The notebooks are executed with nbclient (quick mode unless asked otherwise: ``SDD_EDU_QUICK=1``
@@ -207,10 +208,29 @@ def _write_if_changed(text: str, target: Path) -> None:
     target.write_text(text, encoding="utf-8")
 
 
-def assemble(paths: Paths, notebooks: dict[str, Path], src: Path) -> Path:
+def as_student(nb):
+    """An executed notebook as the student edition shows it: each cell's source the student's (stubs, no
+    solutions, the edition's own text), and no output in a cell whose source changed (an exercise's outputs
+    would show its answer)."""
+    from .notebook import student_edition
+
+    nb = copy.deepcopy(nb)
+    student = student_edition(nb)
+    if len(student.cells) != len(nb.cells):
+        raise RuntimeError("the student edition changed the number of cells")
+    for cell, theirs in zip(nb.cells, student.cells):
+        if cell.source != theirs.source:
+            cell.source = theirs.source
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+    return nb
+
+
+def assemble(paths: Paths, notebooks: dict[str, Path], src: Path, edition: str = "student") -> Path:
     """The Sphinx source tree, laid out as the repository is (so that the README's links to docs/ and
     tutorials/ work both on GitHub and on the site): index.md (docs/index.md, which includes README.md),
-    README.md, docs/*.md, tutorials/README.md, tutorials/*.ipynb (executed, for the page)."""
+    README.md, docs/*.md, tutorials/README.md, tutorials/*.ipynb (executed, for the page; in the student
+    edition unless ``edition`` is "instructor")."""
     import nbformat
 
     wanted = {"index.md", "README.md", "tutorials/README.md"}
@@ -223,6 +243,8 @@ def assemble(paths: Paths, notebooks: dict[str, Path], src: Path) -> Path:
             wanted.add(f"docs/{page.name}")
     for name, executed in sorted(notebooks.items()):
         page = for_the_page(read(executed))
+        if edition == "student":
+            page = as_student(page)
         _write_if_changed(nbformat.v4.writes(page) + "\n", src / "tutorials" / name)  # not validated again
         wanted.add(f"tutorials/{name}")
     for stale in [p for p in src.rglob("*") if p.is_file() and p.relative_to(src).as_posix() not in wanted]:
@@ -271,10 +293,11 @@ class Built:
 
 def build(paths: Paths | None = None, quick: bool | None = True, executed: Path | None = None,
           out: Path | None = None, fresh: bool = False, only: list[str] | None = None, in_process: bool = False,
-          log=print) -> Built:
+          log=print, edition: str = "student") -> Built:
     """Execute what is not executed yet, assemble the sources, run sphinx-build into ``out``/html (default
     build/site/html).  ``only``: these notebooks alone (file names or stems) executed, the others on the site
-    as they are in tutorials/, without outputs.  ``fresh``, ``in_process``: as for ``sphinx_build``.
+    as they are in tutorials/, without outputs.  ``fresh``, ``in_process``: as for ``sphinx_build``.  ``edition``:
+    "student" (stubs in place of the solutions, the exercises' outputs left out) or "instructor" (solved).
     Raises RuntimeError with Sphinx's messages where the build fails or warns."""
     paths = paths or Paths()
     out = Path(out) if out else paths.site
@@ -282,7 +305,9 @@ def build(paths: Paths | None = None, quick: bool | None = True, executed: Path 
     notebooks = executed_notebooks(paths, quick=quick, executed=executed, only=only, log=log, seconds=ran)
     # the notebooks left out by ``only`` still get a page (without outputs): every link to them holds
     pages = {source.name: source for source in paths.notebooks()} | notebooks
-    src = assemble(paths, pages, out / "src")
+    if edition not in ("student", "instructor"):
+        raise RuntimeError(f"no edition {edition!r}: student or instructor")
+    src = assemble(paths, pages, out / "src", edition=edition)
     code, messages, seconds = sphinx_build(paths, src, out, fresh=fresh, in_process=in_process)
     if code != 0:
         raise RuntimeError(f"sphinx-build failed ({code}) after {seconds:.1f} s:\n{messages}")
@@ -309,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
                          "newer than their source (default: build/executed)")
         cmd.add_argument("--build-dir", type=Path, help="instead of build/")
     sub.choices["build"].add_argument("--fresh", action="store_true", help="reread every page (sphinx-build -E)")
+    sub.choices["build"].add_argument("--edition", choices=("student", "instructor"), default="student",
+                                      help="the notebooks' edition on the site: student (stubs, the default) or "
+                                           "instructor (the solutions)")
     sub.choices["execute"].add_argument("names", nargs="*", help="notebooks (00_setup_and_tour or its file name)")
     args = parser.parse_args(argv)
     paths = Paths(build=args.build_dir)
@@ -316,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "execute":
             executed_notebooks(paths, quick=args.quick, executed=args.executed, only=args.names)
         else:
-            build(paths, quick=args.quick, executed=args.executed, fresh=args.fresh)
+            build(paths, quick=args.quick, executed=args.executed, fresh=args.fresh, edition=args.edition)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

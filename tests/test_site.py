@@ -66,7 +66,7 @@ def test_notebook_page_shows_outputs(built, name):
     a drawn plotly figure for each figure (with plotly.js from the site itself: nothing fetched), no error, and
     each interactive view shown as a note (a static page cannot run ipywidgets), not as a model id or a repr."""
     html = page(built, f"tutorials/{Path(name).stem}.html")
-    nb = site.for_the_page(site.read(built.notebooks[name]))
+    nb = site.as_student(site.for_the_page(site.read(built.notebooks[name])))  # the site's default edition
     outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
     with_outputs = sum(bool(cell.get("outputs")) for cell in nb.cells if cell.cell_type == "code")
     figures = sum("plotly-graph-div" in out.get("data", {}).get("text/html", "") for out in outputs)
@@ -93,3 +93,21 @@ def test_readme_pages(built):
         text = page(built, path)
         assert "<h1" in text, f"{path} has no title"
         assert f'href="{path}' in home, f"the home page does not link to {path}"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_site_shows_the_student_edition(built, name):
+    """Students read the site: a stub where an exercise's solution is, and none of its outputs (they would show
+    the answer); `--edition instructor` puts the solutions back."""
+    from sdd_edu.notebook import solution_blocks
+
+    html = page(built, f"tutorials/{Path(name).stem}.html")
+    assert "BEGIN SOLUTION" not in html and "END SOLUTION" not in html
+    solved = site.read(built.notebooks[name])
+    exercises = [c for c in solved.cells if c.cell_type == "code" and solution_blocks(c.source)]
+    if exercises:
+        assert "unsolved" in html
+        student = site.as_student(solved)
+        for cell, theirs in zip(solved.cells, student.cells):
+            if cell in exercises:
+                assert theirs.source != cell.source and not theirs.outputs
