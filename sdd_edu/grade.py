@@ -252,7 +252,7 @@ def _sampled_walk(sampled_walk, ns) -> None:
             tree.child_dists[node] = q
             for token in torch.multinomial(q, 1 + case % 3, replacement=False, generator=g).tolist():
                 frontier.append(tree.add(token, node))
-        # the target near the draft at half the nodes, so that walks go deep
+        # a flat target in half the cases: it keeps more candidates, so those walks go deeper
         logits = torch.randn(1 + len(tree), vocab, generator=g) * (0.5 if case % 2 else 2.0)
         sampling = (Sampling(temperature=1.0), Sampling(temperature=0.8, top_p=0.9),
                     Sampling(temperature=1.2, top_k=4))[case % 3]
@@ -299,7 +299,7 @@ def _staged_tree(staged_tree, ns) -> None:
         vocab = 12 + case
         dists = torch.softmax(torch.randn(40, vocab, generator=g) * 2.5, -1)
         root_dist, guessed_dists = dists[0], dists[1:]
-        g_tokens, g_parents, place, row = [], [], -1, 0
+        g_tokens, g_parents, place = [], [], -1
         for fan in (4, 3, 2, 1, 1)[:2 + case % 4]:
             first = len(g_tokens)
             likely = torch.argsort(root_dist if place == -1 else guessed_dists[place], descending=True).tolist()
