@@ -50,10 +50,12 @@ def stdlib_function_prompts(max_prompt_chars: int = 1200, root: Optional[Path] =
 
 @torch.inference_mode()
 def generate_batch(target: LoadedModel, prompts: list[list[int]], new_tokens: int, sampling: Sampling,
-                   generator: torch.Generator, keep_top: int = 16):
+                   generator: torch.Generator, keep_top: int = 16, features: bool = False):
     """Sample continuations for a batch of prompts at once (left-padded); also the target's top-k at each step.
 
-    Returns tokens (B, new_tokens), top ids (B, new_tokens, keep_top), top probs (same shape).
+    Returns tokens (B, new_tokens), top ids (B, new_tokens, keep_top), top probs (same shape); with
+    ``features``, also the target's normalised hidden states (B, T + new_tokens, d) in fp16, T the longest
+    prompt, the shorter prompts' rows left-padded like their tokens (a feature draft learns from them).
     """
     model = target.model
     B, T = len(prompts), max(len(p) for p in prompts)
@@ -66,7 +68,12 @@ def generate_batch(target: LoadedModel, prompts: list[list[int]], new_tokens: in
     mask = causal[None] & real[:, None, :]  # (B, T, T): a pad slot is never attended to
     mask |= torch.eye(T, dtype=torch.bool)[None]  # pads attend to themselves (their output is discarded)
     logits = model(ids, cache, position_ids=positions.to(model.device), attention_mask=mask.to(model.device),
-                   last_only=True)[:, -1]
+                   last_only=True, features=features)
+    if features:
+        logits, h = logits
+        feats = torch.zeros(B, T + new_tokens, h.shape[-1], dtype=torch.float16)
+        feats[:, :T] = h.half().cpu()
+    logits = logits[:, -1]
     seen = real.clone()
     next_pos = positions[:, -1] + 1
     out = torch.zeros(B, new_tokens, dtype=torch.long)
@@ -88,9 +95,13 @@ def generate_batch(target: LoadedModel, prompts: list[list[int]], new_tokens: in
         seen = torch.cat([seen, torch.ones(B, 1, dtype=torch.bool)], dim=1)
         step_mask = seen[:, None, :]  # (B, 1, S)
         logits = model(token[:, None].to(model.device), cache, position_ids=next_pos[:, None].to(model.device),
-                       attention_mask=step_mask.to(model.device))[:, -1]
+                       attention_mask=step_mask.to(model.device), features=features)
+        if features:
+            logits, h = logits
+            feats[:, T + t] = h[:, 0].half().cpu()
+        logits = logits[:, -1]
         next_pos = next_pos + 1
-    return out, top_ids, top_probs
+    return (out, top_ids, top_probs, feats) if features else (out, top_ids, top_probs)
 
 
 def write_shard(path: Path, prompt_ids: list[list[int]], tokens, top_ids, top_probs) -> None:

@@ -389,7 +389,7 @@ class Transformer(nn.Module):
     def forward(self, input_ids: torch.Tensor, cache: Optional[KVCache] = None,
                 position_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
                 last_only: bool = False, reduced: bool = False,
-                extra_head_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+                extra_head_ids: Optional[torch.Tensor] = None, features: bool = False):
         """Logits (B, N, V) in float32 for N new tokens (B, N).
 
         position_ids: (B, N) or (N,); default: the next N positions after the cache.
@@ -399,10 +399,24 @@ class Transformer(nn.Module):
         reduced: with a reduced head, return its (B, N, head_size) logits instead (training uses them).
         extra_head_ids: with ``reduced``, also score these token ids, appended after the head's columns:
             the head extended at run time (a drafter adds the tokens of the prompt), from the tied embedding.
+        features: return (logits, h), h the normalised hidden states (B, N, d) of every new token, what the
+            head reads (a feature draft, ``sdd_edu.eagle``, drafts from them); ``last_only`` then limits the
+            logits alone.
         """
         B, N = input_ids.shape
+        if features:
+            if getattr(cache, "static", False):
+                raise ValueError("features=True runs on the eager forward, not on a fixed-shape cache")
+            h = self._hidden(input_ids, cache, position_ids, attention_mask)
+            return self.head_logits(h[:, -1:] if last_only else h, reduced, extra_head_ids), h
         if getattr(cache, "static", False) and N <= cache.max_bucket:  # the fast path (sdd_edu/fast.py)
             return cache.forward(self, input_ids, position_ids, attention_mask, last_only, reduced, extra_head_ids)
+        return self.head_logits(self._hidden(input_ids, cache, position_ids, attention_mask, last_only),
+                                reduced, extra_head_ids)
+
+    def _hidden(self, input_ids, cache, position_ids, attention_mask, last_only: bool = False) -> torch.Tensor:
+        """The eager forward up to the head: checks, positions and mask, ``body``, the cache advanced."""
+        B, N = input_ids.shape
         start = cache.length if cache is not None else 0
         if cache is not None and start + N > cache.max_len:
             raise ValueError(f"KV cache full: {start} + {N} > {cache.max_len} slots")
@@ -416,7 +430,7 @@ class Transformer(nn.Module):
         x = self.body(input_ids, position_ids, cache, start, mask, last_only)
         if cache is not None:
             cache.length = start + N
-        return self.head_logits(x, reduced, extra_head_ids)
+        return x
 
     def body(self, input_ids, position_ids, cache, start, mask, last_only: bool = False) -> torch.Tensor:
         """The normalised hidden states (B, N, d) of the final layer: embeddings, blocks, final norm.

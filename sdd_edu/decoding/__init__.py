@@ -16,7 +16,7 @@ from ..sampling import Sampling
 from .baseline import baseline_decode, decode_one_token, prefill
 from .common import ORIGINS, GenerationResult, GenerationStats, trace_summary
 from .device import loop as device_loop  # the same steps on the device: the fast path's loops
-from .drafters import ModelDrafter, NgramDrafter
+from .drafters import FeatureDrafter, ModelDrafter, NgramDrafter
 from .schedule import DraftSchedule, ForwardCosts, linear_step_cost, measured_step_cost
 from .speculative import speculative_decode
 from .tree import RULES
@@ -78,6 +78,19 @@ def make_drafter(ladder, method: str, **settings):
         s.pop(key)
     lookup = PromptLookup() if s.pop("lookup") else None
     vocab = ladder.target.config.vocab_size
+    if ladder.draft is not None and reads_features(ladder.draft):
+        if method == "staged":
+            raise SddError(f"ladder {ladder.ladder.name!r} drafts with a feature draft, which reads its parent's "
+                           "predicted feature at every level, so an n-gram cannot guess ahead of it in one forward; "
+                           "use method 'tree' (lookup=True mixes prompt lookup in) or 'speculative'")
+        if method == "speculative":
+            gamma = s["gamma"]
+            if not isinstance(gamma, int) or isinstance(gamma, bool) or gamma < 1:
+                raise SddError(f"gamma (draft length) must be a positive integer, got {gamma!r}")
+            return FeatureDrafter(ladder.draft, width=1, depth=gamma, budget=gamma, beam=1, rounds=gamma,
+                                  lookup=lookup)
+        return FeatureDrafter(ladder.draft, width=s["width"], depth=s["depth"], budget=s["budget"], beam=s["beam"],
+                              lookup=lookup)
     if method == "speculative":
         gamma = s["gamma"]
         if not isinstance(gamma, int) or isinstance(gamma, bool) or gamma < 1:
@@ -95,6 +108,11 @@ def make_drafter(ladder, method: str, **settings):
                        "model with the n-gram stage; use method 'tree' or 'speculative' (n-gram drafts) here")
     return ModelDrafter(ladder.draft, width=s["width"], depth=s["depth"], budget=s["budget"], beam=s["beam"],
                         rounds=s["rounds"], ngram=ladder.ngram, ngram_fanout=tuple(s["ngram_fanout"]), lookup=lookup)
+
+
+def reads_features(draft: LoadedModel) -> bool:
+    """Whether ``draft`` is a feature draft (``sdd_edu.feature_draft``), drafting from the target's features."""
+    return getattr(draft.model, "reads_features", False)
 
 
 def make_schedule(target: LoadedModel, drafter, adaptive: bool = True, node_cost="measured",
@@ -174,6 +192,9 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
     drafter = make_drafter(loaded, method, **settings)
     schedule = make_schedule(target, drafter, **{**defaults_for(method, target.device, target.dtype), **settings},
                              fast=fast, forward_ms=forward_ms)
+    if isinstance(drafter, FeatureDrafter):  # the target's features come from the eager forward
+        return speculative_decode(target, drafter, prompt_ids, max_new_tokens, sampling, method, rule, stream,
+                                  stop_at_eos, schedule=schedule, fast=False)
     if fast and isinstance(drafter, ModelDrafter):  # the whole step on the device, one read per step
         return device_loop.speculative_decode(target, drafter, prompt_ids, max_new_tokens, sampling, method, rule,
                                               stream, stop_at_eos, schedule=schedule)

@@ -562,3 +562,145 @@ class ModelDrafter(Drafter):
         self.ngram_seconds += time.perf_counter() - t0
 
 
+
+
+# ----------------------------------------------------------------------------- a feature draft (EAGLE)
+
+class FeatureDrafter(ModelDrafter):
+    """A feature draft (``sdd_edu.feature_draft``) drafts from the target's own features.
+
+    The decoding loop hands it the target's features of every committed token (``observe``): from the
+    prefill, then from each verification forward, the root's and the accepted path's.  Row i of the
+    draft reads (feature of token i, token i + 1); the last committed row, (feature before the root,
+    the root), gives the root's children and the root's *predicted* feature.  Below the root there are no
+    target features yet, so a node reads its parent's predicted feature, one draft forward per level
+    expanded (``_forward``), as EAGLE grows its trees.
+
+    After verification the rows of the accepted nodes are not kept: they read predicted features, and the
+    target has now computed the true ones.  They are read again, with the true features, at the start
+    of the next draft (EAGLE does the same).  An n-gram stage cannot score its guesses in the first
+    forward here (a guess needs its parent's predicted feature, which that forward computes), so a
+    feature draft drafts alone or with prompt lookup mixed into its distributions.
+    """
+
+    wants_features = True
+
+    def __init__(self, draft: LoadedModel, width: int = 4, depth: int = 8, budget: int = 36, beam: int = 4,
+                 rounds: Optional[int] = None, lookup=None):
+        super().__init__(draft, width, depth, budget, beam, rounds, ngram=None, lookup=lookup)
+        self.name = "feature-draft"
+
+    def begin(self, prompt_ids, max_len):
+        super().begin(prompt_ids, max_len)
+        model = self.draft.model
+        self.features = torch.zeros(self.cache.max_len, model.config.d_model, dtype=model.dtype, device=model.device)
+        self.n_features = 0  # committed tokens whose target feature is known (all but the last, once decoding)
+
+    def observe(self, features: torch.Tensor) -> None:
+        """The target's features (n, d) of the next n committed tokens, in order."""
+        n = features.shape[0]
+        self.features[self.n_features:self.n_features + n] = features.to(self.features.dtype)
+        self.n_features += n
+
+    def _run(self, feats, next_ids, **kw):
+        """(logits, predicted features) of one draft forward over rows (feats (N, d), next_ids (N,))."""
+        extra = getattr(self, "_extra_on_device", None) if self.head_ids is not None else None
+        logits, h = self.draft.model(feats[None], torch.as_tensor(next_ids, device=feats.device)[None], self.cache,
+                                     extra_head_ids=extra, **kw)
+        return logits[0], h[0]
+
+    def _pending(self, context, upto: int):
+        """The rows [cached, upto) not yet in the draft cache: their features and next tokens."""
+        if self.n_features != len(context) - 1:
+            raise RuntimeError(f"the feature draft holds {self.n_features} target features for a context of "
+                               f"{len(context)} tokens; the decoding loop must observe() every committed token's")
+        return self.features[self.cached:upto], context[self.cached + 1:upto + 1]
+
+    def prefill(self, context):
+        """The rows of the context but its last (the first draft reads that one), and their agreement with it."""
+        if len(context) < 3 or self.cached:
+            return None
+        model = self.draft.model
+        synchronize(model.device)
+        t0 = time.perf_counter()
+        feats, next_ids = self._pending(context, len(context) - 2)
+        self.cache.truncate(self.cached)
+        positions = torch.arange(1, len(context) - 1, device=model.device)  # row i sits at token i + 1's position
+        logits, _ = self._run(feats, next_ids, position_ids=positions)  # row i predicts token i + 2
+        self.forwards += 1
+        self.cached = len(context) - 2
+        best = logits.argmax(-1).cpu()
+        guesses = [-1] + (self.support[best] if self.head_ids is not None else best).tolist()
+        synchronize(model.device)
+        self.seconds += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        agreement = prompt_agreement(guesses, context, self.lookup)
+        self.ngram_seconds += time.perf_counter() - t0
+        return agreement
+
+    def get_candidates(self, context, sampling, generator):
+        self._copied = {}
+        self.skipped = self.size == 0
+        if self.skipped:
+            return TokenTree()
+        model = self.draft.model
+        if self.n_features == 0:  # a one-token prompt: no target feature yet, nothing to draft from
+            self.skipped = True
+            return TokenTree()
+        self._context_array = np.asarray(context, dtype=np.int64)
+        synchronize(model.device)
+        t0 = time.perf_counter()
+        feats, next_ids = self._pending(context, self.n_features)
+        self.cache.truncate(self.cached)
+        positions = torch.arange(self.cached + 1, self.n_features + 1, device=model.device)  # each next token's
+        logits, h = self._run(feats, next_ids, position_ids=positions)
+        self.forwards += 1
+        self.base = self.cached = self.n_features
+        self._predicted = {ROOT: h[-1]}  # node -> its predicted feature (what its children's rows read)
+        self._slot = {}
+        root_dist = _draft_dist(logits[-1:], sampling)[0]
+        synchronize(model.device)
+        self.seconds += time.perf_counter() - t0
+        return self._grow(root_dist, context, sampling, generator, rounds=self._rounds(self.size))
+
+    def _known_dist(self, tree, node, context, sampling):
+        return None  # every level costs a forward: a node's row needs its parent's predicted feature
+
+    def _origin(self, tree, parent, token):
+        copied, mixed = self._copied.get(parent, {}).get(token, (0.0, 0.0))
+        return "lookup" if copied > mixed / 2 else "draft"
+
+    def _forward(self, tree, nodes, sampling):
+        """One draft forward over ``nodes``: row (parent's predicted feature, node's token); each row sees the
+        committed rows, its ancestors' rows and itself."""
+        model = self.draft.model
+        synchronize(model.device)
+        t0 = time.perf_counter()
+        start = self.cache.length
+        mask = torch.zeros(len(nodes), start + len(nodes), dtype=torch.bool)
+        mask[:, :self.base] = True
+        rows, slots = [], []
+        for row, node in enumerate(nodes):
+            for slot in [self._slot[anc] for anc in tree.path(node)[:-1]] + [start + row]:
+                rows.append(row)
+                slots.append(slot)
+        mask[rows, slots] = True
+        pos = torch.tensor([self.base + tree.depth(n) for n in nodes], device=model.device)
+        feats = torch.stack([self._predicted[tree.parents[n]] for n in nodes])  # (N, d)
+        logits, h = self._run(feats, [tree.tokens[n] for n in nodes], position_ids=pos,
+                              attention_mask=mask.to(model.device))
+        self.forwards += 1
+        for row, node in enumerate(nodes):
+            self._slot[node] = start + row
+            self._predicted[node] = h[row]
+        dists = list(_draft_dist(logits, sampling))
+        synchronize(model.device)
+        self.seconds += time.perf_counter() - t0
+        return dists
+
+    def update(self, context, tree, accepted):
+        self._extend(context[self.seen:])
+        self._score_lookup(context)
+        self.seen = len(context)
+        # the tree's rows read predicted features: forget them; the accepted tokens are read again next draft
+        self.cache.truncate(min(self.cache.length, self.cached))

@@ -58,10 +58,15 @@ def speculative_decode(target: LoadedModel, drafter: Drafter, prompt_ids: list[i
     cache = new_cache(model, len(prompt_ids) + max_new_tokens + extra, fast=fast)
     drafter.fast = fast  # the draft model's cache too
     drafter.begin(prompt_ids, len(prompt_ids) + max_new_tokens + extra)
+    # a feature draft (``FeatureDrafter``) reads the target's features of every committed token
+    features = getattr(drafter, "wants_features", False)
     # the target cache holds everything but the root, which each verification forward brings along
     if len(prompt_ids) > 1:
         with timer("target_seconds"):
-            model(torch.tensor([prompt_ids[:-1]], device=model.device), cache, last_only=True)
+            out = model(torch.tensor([prompt_ids[:-1]], device=model.device), cache, last_only=True,
+                        features=features)
+        if features:
+            drafter.observe(out[1][0])
     if schedule.adaptive:  # the draft reads the prompt now (its first draft would anyway): how well it predicts it
         schedule.record_prompt(drafter.prefill(list(prompt_ids)))
     stats.prefill_seconds = time.perf_counter() - t_start
@@ -86,10 +91,15 @@ def speculative_decode(target: LoadedModel, drafter: Drafter, prompt_ids: list[i
             else (None, None)
         x = torch.tensor([[context[-1]] + tree.tokens], device=model.device)
         with timer("target_seconds"):
-            logits = model(x, cache, position_ids=pos, attention_mask=mask)[0]  # (1 + nodes, V)
+            logits = model(x, cache, position_ids=pos, attention_mask=mask, features=features)
+        if features:
+            logits, hidden = logits
+        logits = logits[0]  # (1 + nodes, V)
         stats.target_forwards += 1
         # 3. accept a path
         verdict = verify(tree, logits, sampling, generator, rule)
+        if features:  # the root's feature and the accepted path's, computed by this forward
+            drafter.observe(hidden[0, [0] + [1 + i for i in verdict.accepted]])
         # 4. keep the root and the accepted path in the target cache
         if verdict.accepted:
             cache.keep(start, [0] + [1 + i for i in verdict.accepted])

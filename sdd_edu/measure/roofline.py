@@ -109,12 +109,13 @@ def latency_curve(model, tokens=(1, 2, 4, 8, 16, 32, 64), context: int = 256, re
         from tqdm.auto import tqdm
         items = tqdm(tokens, desc="latency", unit="size")
     cache = new_cache(m, context + max(tokens), fast=fast, role="timing")
-    m(torch.randint(0, m.config.vocab_size, (1, context), device=m.device), cache)
+    run = getattr(m, "timed_forward", m)  # a feature draft reads features too: timed over zeros
+    run(torch.randint(0, m.config.vocab_size, (1, context), device=m.device), cache)
     for n in items:
         x = torch.randint(0, m.config.vocab_size, (1, n), device=m.device)
 
         def step():
-            m(x, cache)
+            run(x, cache)
             cache.truncate(context)
 
         if first is not None:
@@ -150,6 +151,8 @@ def _decoding_path(m, fast: Optional[bool]) -> bool:
     """Whether decoding on ``m``'s device runs the fast path (``generate``'s default: on CUDA only)."""
     from ..fast import on_by_default
 
+    if getattr(m, "reads_features", False):  # a feature draft decodes on the eager forward (see ``generate``)
+        return False
     return on_by_default(m.device) if fast is None else bool(fast)
 
 
@@ -227,12 +230,13 @@ def _interleaved_latency_ms(m, sizes, context: int, repeats: int, variants=(None
     that switch what the forward runs (a product path), each timed right after its switch; one list of
     medians per variant (None: the forward as it is).  ``fast``: over the fast path's cache."""
     cache = new_cache(m, context + max(sizes), fast=fast, role="timing")
-    m(torch.randint(0, m.config.vocab_size, (1, context), device=m.device), cache)
+    run = getattr(m, "timed_forward", m)  # a feature draft reads features too: timed over zeros
+    run(torch.randint(0, m.config.vocab_size, (1, context), device=m.device), cache)
     inputs = {n: torch.randint(0, m.config.vocab_size, (1, n), device=m.device) for n in sizes}
     times: dict[tuple[int, int], list[float]] = {(i, n): [] for i in range(len(variants)) for n in sizes}
 
     def step(n):
-        m(inputs[n], cache)
+        run(inputs[n], cache)
         cache.truncate(context)
 
     for round_ in range(repeats + 1):
