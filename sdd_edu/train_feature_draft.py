@@ -35,6 +35,7 @@ from .loading import LoadedModel, cache_dir, load_model
 from .sampling import Sampling
 
 ASSET_DIR = Path(__file__).parent / "assets" / "feature-draft-smollm2"
+CHECK_TOKENS = 48  # the continuation length of the shipped weights' check (check.json)
 
 
 # ----------------------------------------------------------------------------- data
@@ -310,6 +311,63 @@ def feature_forward_cost(draft: FeatureDraft, context: int = 256, repeats: int =
     return median(time_call(step, draft.device, repeats=repeats, warmup=3))
 
 
+def curve_table(curve: list[dict], rows: int = 12) -> str:
+    """The training curve as a markdown table: ``rows`` points, each the mean of the steps since the last."""
+    if not curve:
+        return "(no training steps recorded)"
+    edges = np.linspace(0, len(curve), min(rows, len(curve)) + 1).astype(int)
+    lines = ["| steps | loss | feature error (smooth L1) | token cross-entropy | top-1 on the batch |",
+             "|---|---:|---:|---:|---:|"]
+    for a, b in zip(edges[:-1], edges[1:]):
+        part = curve[a:b]
+        mean = {k: sum(r[k] for r in part) / len(part) for k in ("loss", "regression", "tokens", "top1")}
+        lines.append(f"| {part[0]['step']}-{part[-1]['step']} | {mean['loss']:.3f} | {mean['regression']:.3f} | "
+                     f"{mean['tokens']:.2f} | {mean['top1']:.3f} |")
+    return "\n".join(lines)
+
+
+def write_model_card(result: dict, work: Path, path: Path) -> None:
+    """The feature draft's model card, from the checkpoint's training record and a fresh evaluation."""
+    from .measure.timing import device_description
+
+    saved = torch.load(Path(work) / "checkpoint.pt", weights_only=False, map_location="cpu")
+    c, settings = saved["config"], saved.get("settings", {})
+    size = (ASSET_DIR / "model.safetensors").stat().st_size if (ASSET_DIR / "model.safetensors").exists() else 0
+    small = result.get("small_draft")
+    agreement = (f"top-1 {result['top1']:.3f}, top-4 {result['top4']:.3f}"
+                 + (f" (the small draft, same positions: top-1 {small['top1']:.3f}, top-4 {small['top4']:.3f})"
+                    if small else ""))
+    path.write_text(f"""# smollm2-feature-draft: the feature draft (EAGLE) of the embedded ladder
+
+One decoder layer that drafts for SmolLM2-135M-Instruct from the target's own features
+(`sdd_edu/feature_draft.py`): at each position it joins the target's normalised hidden state with the
+embedding of the next token, projects the pair to width {c['d_model']}, runs one layer of the target's kind
+and predicts the target's next hidden state; the target's head, reduced to the {c['head_size']} tokens the small
+draft's head covers (extended at run time with the prompt's tokens), gives the distribution.  Deeper in a
+tree the layer reads its own predicted features.  The token embedding and the head are the target's,
+so the shipped weights hold only the projection and the layer.
+
+| | |
+|---|---|
+| architecture | fc {2 * c['d_model']} -> {c['d_model']}, 1 layer, {c['n_head']} heads ({c['n_kv_head']} key/value), MLP {c['d_ff']}, RoPE, RMSNorm, SwiGLU |
+| parameters | {result['draft_parameters'] / 1e6:.2f}M of its own (embedding and head read from the target) |
+| weights shipped | {size / 1e6:.1f} MB (fp16 safetensors) |
+| training data | {settings.get('sequences', '?')} sequences ({settings.get('tokens', 0) / 1e3:.0f}k tokens): signature + docstring prompts from the Python standard library's documented functions (never HumanEval) and the target's own continuations of them, sampled at temperature 0.7 (top-k 50), with the target's features at every position stored in fp16 |
+| objective | smooth-L1 between predicted and true features + 0.1 x cross-entropy to the target's distribution over the head's tokens (EAGLE-1); the features read carry uniform noise of half-width {settings.get('noise', '?')} |
+| training | {saved['step']} AdamW steps ({saved['epoch']} full epochs), batches of up to {settings.get('batch_tokens', '?')} tokens, peak learning rate {settings.get('lr', '?')}, {saved.get('seconds', 0) / 60:.0f} minutes on {device_description(torch.device('cpu'))} |
+| greedy agreement with the target | {agreement}, along the target's own greedy continuations ({result['positions']} positions, HumanEval/0 to HumanEval/{result['prompts'] - 1}, {result['new_tokens']} tokens each; `sdd_edu.train_feature_draft.feature_agreement`, the positions of the small draft's card) |
+| cost of one forward | {result['draft_ms']:.2f} ms against {result['target_ms']:.1f} ms for the target ({result['cost_ratio']:.3f} of it), one new position after 256 cached, fp32, {result['threads']} threads |
+
+## Training curve
+
+Means over consecutive stretches of steps, on the training batches (the whole curve: `training-curve.json`).
+
+{curve_table(saved.get('curve', []))}
+
+Reproduce: `python -m sdd_edu.train_feature_draft data`, `train`, `export`, `eval --compare --card`.
+""")
+
+
 def cmd_eval(args) -> dict:
     from .measure.agreement import forward_cost, greedy_agreement
 
@@ -324,6 +382,12 @@ def cmd_eval(args) -> dict:
         result["small_draft"] = greedy_agreement(target, small, prompts=args.prompts, new_tokens=args.new_tokens)
     print(json.dumps(result, indent=1))
     (Path(args.work) / "eval.json").write_text(json.dumps(result, indent=1))
+    if args.card:
+        write_model_card(result, Path(args.work), ASSET_DIR / "MODEL_CARD.md")
+        # two prompts' agreement, which the test suite recomputes from the shipped weights
+        check = feature_agreement(target, draft, prompts=2, new_tokens=CHECK_TOKENS)
+        (ASSET_DIR / "check.json").write_text(json.dumps(check, indent=1))
+        print(f"wrote {ASSET_DIR / 'MODEL_CARD.md'} and check.json ({check})")
     return result
 
 
@@ -368,6 +432,7 @@ def main(argv=None) -> int:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--shipped", action="store_true")
     p.add_argument("--compare", action="store_true", help="the small draft's agreement too")
+    p.add_argument("--card", action="store_true", help="write the model card with the results")
     sub.add_parser("export", help="fp16 weights and the training curve into the package")
     args = parser.parse_args(argv)
     try:

@@ -121,3 +121,28 @@ def test_bench_cli_rejects_unknown_variants(capsys):
 
     assert main(["bench", "--methods", "staged:huge"]) == 2
     assert "unknown method variant 'huge'" in capsys.readouterr().err
+
+
+def test_bench_compares_a_feature_draft_with_the_draft_in_one_run(tiny_text_ladder):
+    """``draft="features"`` as a method variant: the ladder's feature draft beside its draft, same run."""
+    import torch
+
+    from sdd_edu.feature_draft import FeatureDraft, feature_draft_config
+    from sdd_edu.loading import LoadedModel
+
+    target = tiny_text_ladder.target
+    torch.manual_seed(0)
+    features = FeatureDraft(feature_draft_config(target.config, 0)).eval().requires_grad_(False).attach(target.model)
+    ladder = make_ladder(target, tiny_text_ladder.draft, tiny_text_ladder.ngram, name="tiny-features",
+                         feature_draft=LoadedModel("tiny-feature-draft", features, target.tokenizer, "test"))
+    res = run_bench(ladder, methods=("baseline", "staged", "speculative:features", "tree:features"),
+                    modes=("greedy",), prompts=1, max_new_tokens=10, progress=False)
+    summary = {s["method"]: s for s in res["summary"]}
+    assert list(summary) == ["baseline", "staged", "speculative:features", "tree:features"]
+    for label in ("speculative:features", "tree:features"):
+        assert summary[label]["same_output_as_baseline"] == 1.0
+        assert res["settings"][label]["draft"] == "features"
+    assert "feature draft tiny-feature-draft" in res["ladder"]
+    with pytest.raises(Exception, match="feature draft"):
+        run_bench(tiny_text_ladder, methods=("tree:features",), modes=("greedy",), prompts=1, max_new_tokens=4,
+                  progress=False)

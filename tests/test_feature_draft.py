@@ -155,7 +155,7 @@ def small_vocab_feature_ladder():
     return make_ladder(target, random_feature_draft(target, 12, scale=0.6), PromptLookup())
 
 
-@pytest.mark.parametrize("method, settings", [("speculative", KEEPS_DRAFTING), ("speculative", {"adaptive": False}),
+@pytest.mark.parametrize("method, settings", [("speculative", KEEPS_DRAFTING),
                                               ("tree", {"width": 3, "depth": 2, "budget": 6, "adaptive": False})])
 def test_sampling_with_features_matches_the_baseline_distribution(small_vocab_feature_ladder, method, settings):
     probs = exact_two_token_distribution(small_vocab_feature_ladder.target, [2, 4, 1], temperature=1.0)
@@ -216,3 +216,28 @@ def test_saved_weights_load_and_give_the_same_logits(target, tmp_path):
     # fp16 storage: equal to the weights' rounding
     torch.testing.assert_close(again(feats, ids)[0], loaded.half().float()(feats, ids)[0], rtol=1e-3, atol=1e-3)
     assert torch.equal(again.head_ids, loaded.head_ids)
+
+
+def shipped_feature_draft_available():
+    from sdd_edu.loading import FEATURE_DRAFT_ASSET
+
+    return (FEATURE_DRAFT_ASSET / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shipped_feature_draft_available(), reason="no feature draft shipped in this checkout")
+def test_the_shipped_feature_draft_reproduces_its_recorded_agreement(embedded):
+    """The shipped weights load, fit the budget, and agree with the target as recorded when they were made."""
+    import json
+
+    from sdd_edu.loading import FEATURE_DRAFT_ASSET, load_feature_draft_model
+    from sdd_edu.train_feature_draft import CHECK_TOKENS, feature_agreement
+
+    assert (FEATURE_DRAFT_ASSET / "model.safetensors").stat().st_size <= 20 * 1024 * 1024
+    draft = load_feature_draft_model(embedded)
+    recorded = json.loads((FEATURE_DRAFT_ASSET / "check.json").read_text())
+    measured = feature_agreement(embedded, draft.model, prompts=2, new_tokens=CHECK_TOKENS)
+    assert measured["positions"] == recorded["positions"]
+    for k in ("top1", "top4"):  # the same code on another CPU: float rounding may flip a near-tie or two
+        assert abs(measured[k] - recorded[k]) <= 0.03, (k, measured, recorded)
+    assert measured["top1"] > 0.5  # a trained draft, not a random one

@@ -113,9 +113,12 @@ def test_embedded_target_greedy_equals_baseline_for_every_method():
     for task in (0, 10):  # (the notebooks check other prompts, method by method)
         ids = ladder.target.encode(humaneval_prompt(task))
         expected = baseline_decode(ladder.target, ids, 24, stop_at_eos=False).token_ids
-        for lad, method in [(ladder, "speculative"), (ladder, "tree"), (with_draft, "speculative"),
-                            (with_draft, "tree"), (with_draft, "staged")]:
-            got = generate(lad, ids, method=method, max_new_tokens=24, stop_at_eos=False).token_ids
+        runs = [(ladder, "speculative", {}), (ladder, "tree", {}), (with_draft, "speculative", {}),
+                (with_draft, "tree", {}), (with_draft, "staged", {})]
+        if ladder.feature_draft is not None:  # the shipped feature draft, on the target's own features
+            runs += [(ladder, "speculative", {"draft": "features"}), (ladder, "tree", {"draft": "features"})]
+        for lad, method, settings in runs:
+            got = generate(lad, ids, method=method, max_new_tokens=24, stop_at_eos=False, **settings).token_ids
             assert got == expected, f"HumanEval/{task} {method}: " + explain_mismatch(ladder.target, ids, expected, got)
 
 

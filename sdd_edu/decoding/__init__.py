@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Optional, Union
 
 import torch
@@ -31,7 +32,9 @@ METHODS = ("baseline", "speculative", "tree", "staged")
 # device (``node_cost="measured"``) or, given a number, by that cost per node relative to a one-token
 # forward (then the sizes, and so a seeded sample, do not depend on timing).
 # ``lookup``: prompt lookup proposes from the context beside the draft (staged's n-gram stage).
-SCHEDULE = {"adaptive": True, "node_cost": "measured"}
+# ``draft``: "model", the ladder's draft; or "features", its feature draft (``sdd_edu.feature_draft``), which
+# drafts chains and trees from the target's own features (staged has no n-gram stage for it).
+SCHEDULE = {"adaptive": True, "node_cost": "measured", "draft": "model"}
 DEFAULTS = {
     "speculative": {"gamma": 4, "rule": "rrs", "lookup": False, **SCHEDULE},
     "tree": {"width": 4, "depth": 6, "budget": 16, "beam": 4, "rule": "rrs", "lookup": False, **SCHEDULE},
@@ -78,6 +81,15 @@ def make_drafter(ladder, method: str, **settings):
         s.pop(key)
     lookup = PromptLookup() if s.pop("lookup") else None
     vocab = ladder.target.config.vocab_size
+    which = s.pop("draft")
+    if which not in ("model", "features"):
+        raise SddError(f"draft must be 'model' (the ladder's draft) or 'features' (its feature draft), got {which!r}")
+    if which == "features":
+        if ladder.feature_draft is None:
+            raise SddError(f"ladder {ladder.ladder.name!r} has no feature draft; draft='features' needs one "
+                           "(the embedded ladder's: python -m sdd_edu.train_feature_draft --help)")
+        ladder = copy.copy(ladder)
+        ladder.draft = ladder.feature_draft
     if ladder.draft is not None and reads_features(ladder.draft):
         if method == "staged":
             raise SddError(f"ladder {ladder.ladder.name!r} drafts with a feature draft, which reads its parent's "
