@@ -207,7 +207,8 @@ def cmd_info(args) -> None:
         print(f"embedded model: missing ({exc})")
     print("\nladders (target <- draft <- n-gram):")
     for lad in LADDERS.values():
-        print(f"  {lad.name:<12} {lad.target} <- {lad.draft or '(no draft model)'} <- {lad.ngram}: {lad.description}")
+        print(f"  {lad.name:<12} {lad.target} <- {lad.draft or '(no draft model)'} <- {lad.ngram}: {lad.description}"
+              + (f"; feature draft {lad.feature_draft} (draft='features')" if lad.feature_draft else ""))
     print("\nmodels:")
     for name, desc in MODELS.items():
         print(f"  {name:<38} {desc}")

@@ -129,7 +129,8 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
 
     from .tree_plan import cached_shape
 
-    effective = {label: {**defaults_for(m, target.device, target.dtype), **cached_shape(ladder, m),
+    effective = {label: {**defaults_for(m, target.device, target.dtype),
+                         **({} if v.get("draft") == "features" else cached_shape(ladder, m)),  # (see generate)
                          **settings.get(m, {}), **v}
                  for label, (m, v) in runs.items() if m != "baseline"}
     summary = summarize(rows, all_methods, modes)

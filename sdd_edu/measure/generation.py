@@ -14,6 +14,7 @@ from typing import Optional, Union
 
 from ..decoding import SHAPE_KEYS, GenerationResult, asks_for_a_plan
 from ..decoding import generate as decode
+from ..errors import SddError
 from ..fast import on_by_default
 from ..loading import LoadedModel
 from . import roofline
@@ -38,7 +39,12 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
         ladder = load_ladder(ladder, device=device, dtype=dtype)
     target = ladder if isinstance(ladder, LoadedModel) else getattr(ladder, "target", None)
     plan = None
-    if method in SHAPE_KEYS and not isinstance(ladder, LoadedModel) and target is not None:
+    # plans are measured with the ladder's draft: a feature draft's trees keep the constant defaults
+    features = settings.get("draft") == "features"
+    if features and asks_for_a_plan(method, settings):
+        raise SddError("the tree planner measures the ladder's draft, not its feature draft: give the feature "
+                       "draft's shape (gamma; width, depth, budget), or leave it to the defaults")
+    if method in SHAPE_KEYS and not isinstance(ladder, LoadedModel) and target is not None and not features:
         if asks_for_a_plan(method, settings):
             # the probe prompts need a tokenizer; a model without one is probed on this prompt
             prompts = PROBE_PROMPTS if target.tokenizer is not None else [list(prompt)]
