@@ -240,4 +240,4 @@ def test_the_shipped_feature_draft_reproduces_its_recorded_agreement(embedded):
     assert measured["positions"] == recorded["positions"]
     for k in ("top1", "top4"):  # the same code on another CPU: float rounding may flip a near-tie or two
         assert abs(measured[k] - recorded[k]) <= 0.03, (k, measured, recorded)
-    assert measured["top1"] > 0.5  # a trained draft, not a random one
+    assert measured["top1"] > 0.2  # a trained draft (a random one agrees about 1 time in 8,192)
