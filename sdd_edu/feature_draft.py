@@ -161,32 +161,44 @@ class FeatureDraft(nn.Module):
 
 
 def feature_loss(draft: FeatureDraft, features: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor,
-                 token_weight: float = 0.1, noise: float = 0.0, generator: Optional[torch.Generator] = None):
+                 token_weight: float = 0.1, noise: float = 0.0, generator: Optional[torch.Generator] = None,
+                 unroll: int = 1):
     """EAGLE's loss on right-padded sequences: feature regression plus cross-entropy to the target's token
     distribution (its head on its own feature, over the draft's head columns).
 
     features (B, L, d) and tokens (B, L) of the target; valid (B, L) marks real positions.  Row i reads
     (f_i, token_{i+1}) and is scored against f_{i+1}.  ``noise``: uniform noise of this half-width added to
     the features read (robustness to the draft's own, imperfect, features deeper in a tree).
-    Returns (loss, {"regression", "tokens", "top1"}).
+    ``unroll`` > 1: the draft then reads its own predictions, as it does below the root of a tree: pass k
+    reads pass k - 1's predicted features (the gradient flows through them) and is scored against the
+    features one position further on; the passes' losses are averaged.  (Every row of a pass reads
+    predictions, where in a tree only the nodes do: a cheap stand-in for EAGLE-3's training-time test.)
+    Returns (loss, {"regression", "tokens", "top1"} of the first pass, "regression_by_pass": every pass's).
     """
-    read, after, target = features[:, :-1], tokens[:, 1:], features[:, 1:]
-    pairs = valid[:, :-1] & valid[:, 1:]  # (B, L - 1)
+    losses, first, regressions = [], None, []
+    read = features[:, :-1]
     if noise:
         read = read + (torch.rand(read.shape, generator=generator) * 2 - 1).to(read) * noise
-    positions = torch.arange(1, features.shape[1], device=features.device)
-    logits, predicted = draft(read.to(draft.dtype), after, position_ids=positions)
-    regression = F.smooth_l1_loss(predicted.float(), target.float(), reduction="none").mean(-1)  # (B, L - 1)
-    with torch.no_grad():
-        wanted = torch.softmax(draft.head_logits(target.to(draft.dtype)), -1)  # (B, L - 1, columns)
-    logp = torch.log_softmax(logits, -1)
-    cross = -(wanted * logp).sum(-1)  # (B, L - 1)
-    n = pairs.sum().clamp(min=1)
-    regression = (regression * pairs).sum() / n
-    cross = (cross * pairs).sum() / n
-    top1 = ((logits.argmax(-1) == wanted.argmax(-1)) & pairs).sum() / n
-    return regression + token_weight * cross, {"regression": regression.item(), "tokens": cross.item(),
-                                                "top1": top1.item()}
+    for k in range(1, unroll + 1):
+        after, target = tokens[:, k:], features[:, k:]
+        pairs = valid[:, k:].clone()  # (B, L - k): row i of pass k predicts position i + k
+        for j in range(k):
+            pairs &= valid[:, j:valid.shape[1] - k + j]
+        positions = torch.arange(k, features.shape[1], device=features.device)
+        logits, predicted = draft(read.to(draft.dtype), after, position_ids=positions)
+        regression = F.smooth_l1_loss(predicted.float(), target.float(), reduction="none").mean(-1)  # (B, L - k)
+        with torch.no_grad():
+            wanted = torch.softmax(draft.head_logits(target.to(draft.dtype)), -1)  # (B, L - k, columns)
+        cross = -(wanted * torch.log_softmax(logits, -1)).sum(-1)  # (B, L - k)
+        n = pairs.sum().clamp(min=1)
+        regression, cross = (regression * pairs).sum() / n, (cross * pairs).sum() / n
+        losses.append(regression + token_weight * cross)
+        regressions.append(regression.item())
+        if first is None:
+            top1 = ((logits.argmax(-1) == wanted.argmax(-1)) & pairs).sum() / n
+            first = {"regression": regression.item(), "tokens": cross.item(), "top1": top1.item()}
+        read = predicted[:, :-1]  # pass k + 1, row i: the prediction of f_{i+k}, beside token i + k + 1
+    return sum(losses) / len(losses), {**first, "regression_by_pass": regressions}
 
 
 def save_feature_draft(draft: FeatureDraft, folder: Path) -> None:

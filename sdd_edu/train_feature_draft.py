@@ -163,7 +163,7 @@ def frequent_head(folder_or_examples, vocab_size: int, head_size: int) -> torch.
 
 def train_steps(draft: FeatureDraft, examples, steps: int, lr: float, batch_tokens: int, seed: int = 0,
                 noise: float = 0.2, token_weight: float = 0.1, state: dict | None = None, deadline: float = math.inf,
-                bf16: bool = False, on_step=None) -> dict:
+                bf16: bool = False, on_step=None, unroll: int = 1) -> dict:
     """Train ``draft`` (attached to a frozen target) for up to ``steps`` AdamW steps; resumable through ``state``.
 
     ``state`` holds the optimizer, the step, the epoch, the seconds trained and the history of the loss."""
@@ -191,7 +191,7 @@ def train_steps(draft: FeatureDraft, examples, steps: int, lr: float, batch_toke
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss, parts = feature_loss(draft, features, tokens, valid, token_weight, noise, generator)
+            loss, parts = feature_loss(draft, features, tokens, valid, token_weight, noise, generator, unroll)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -241,12 +241,20 @@ def cmd_train(args) -> None:
         bar.set_postfix(loss=f"{loss:.3f}", top1=f"{parts['top1']:.2f}")
 
     deadline = time.time() + 60 * args.minutes if args.minutes else math.inf
+    # one record per training session, for the model card: a resumed run may use other settings
+    session = {"from_step": state.get("step", 0), "lr": args.lr, "batch_tokens": args.batch_tokens,
+               "noise": args.noise, "unroll": args.unroll, "sequences": len(examples), "tokens": n_tokens,
+               "bf16": args.bf16, "seconds_before": state.get("seconds", 0.0)}
+    sessions = state.setdefault("sessions", [])
     while state.get("step", 0) < steps and time.time() < deadline:  # a checkpoint every few minutes
         state = train_steps(draft, examples, steps, args.lr, args.batch_tokens, noise=args.noise, state=state,
                             deadline=min(deadline, time.time() + 60 * args.save_minutes), bf16=args.bf16,
-                            on_step=on_step)
+                            on_step=on_step, unroll=args.unroll)
         state["settings"] = {"lr": args.lr, "batch_tokens": args.batch_tokens, "noise": args.noise,
                              "sequences": len(examples), "tokens": n_tokens, "bf16": args.bf16}
+        record = {**session, "to_step": state["step"],
+                  "minutes": (state["seconds"] - session["seconds_before"]) / 60}
+        state["sessions"] = sessions + [record]
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save({**state, "model": draft.state_dict(), "config": draft.config.to_dict()}, tmp)
         tmp.replace(ckpt_path)
@@ -326,6 +334,12 @@ def curve_table(curve: list[dict], rows: int = 12) -> str:
     return "\n".join(lines)
 
 
+def sessions_text(saved: dict) -> str:
+    """The checkpoint's training sessions, in words."""
+    return "".join(f"; steps {r['from_step']}-{r['to_step']}: {r['minutes']:.0f} min, peak learning rate {r['lr']}, "
+                   f"unroll {r['unroll']}, noise {r['noise']}" for r in saved.get("sessions", []))
+
+
 def write_model_card(result: dict, work: Path, path: Path) -> None:
     """The feature draft's model card, from the checkpoint's training record and a fresh evaluation."""
     from .measure.timing import device_description
@@ -353,8 +367,8 @@ so the shipped weights hold only the projection and the layer.
 | parameters | {result['draft_parameters'] / 1e6:.2f}M of its own (embedding and head read from the target) |
 | weights shipped | {size / 1e6:.1f} MB (fp16 safetensors) |
 | training data | {settings.get('sequences', '?')} sequences ({settings.get('tokens', 0) / 1e3:.0f}k tokens): signature + docstring prompts from the Python standard library's documented functions (never HumanEval) and the target's own continuations of them, sampled at temperature 0.7 (top-k 50), with the target's features at every position stored in fp16 |
-| objective | smooth-L1 between predicted and true features + 0.1 x cross-entropy to the target's distribution over the head's tokens (EAGLE-1); the features read carry uniform noise of half-width {settings.get('noise', '?')} |
-| training | {saved['step']} AdamW steps ({saved['epoch']} full epochs), batches of up to {settings.get('batch_tokens', '?')} tokens, peak learning rate {settings.get('lr', '?')}, {saved.get('seconds', 0) / 60:.0f} minutes on {device_description(torch.device('cpu'))} |
+| objective | smooth-L1 between predicted and true features + 0.1 x cross-entropy to the target's distribution over the head's tokens (EAGLE-1); the features read carry uniform noise of half-width {settings.get('noise', '?')}; with unroll k, k passes, each reading the previous pass's predicted features (`feature_loss`) |
+| training | {saved['step']} AdamW steps ({saved['epoch']} full epochs), batches of up to {settings.get('batch_tokens', '?')} tokens, {saved.get('seconds', 0) / 60:.0f} minutes on {device_description(torch.device('cpu'))}{sessions_text(saved)} |
 | greedy agreement with the target | {agreement}, along the target's own greedy continuations ({result['positions']} positions, HumanEval/0 to HumanEval/{result['prompts'] - 1}, {result['new_tokens']} tokens each; `sdd_edu.train_feature_draft.feature_agreement`, the positions of the small draft's card) |
 | cost of one forward | {result['draft_ms']:.2f} ms against {result['target_ms']:.1f} ms for the target ({result['cost_ratio']:.3f} of it), one new position after 256 cached, fp32, {result['threads']} threads |
 
@@ -422,6 +436,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-tokens", type=int, default=8192)
     p.add_argument("--noise", type=float, default=0.2)
+    p.add_argument("--unroll", type=int, default=1, help="passes that read the draft's own predicted features")
     p.add_argument("--head-size", type=int, default=8192)
     p.add_argument("--limit", type=int, default=0, help="use only this many sequences")
     p.add_argument("--minutes", type=float, default=0)

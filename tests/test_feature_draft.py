@@ -206,6 +206,17 @@ def test_a_few_training_steps_reduce_the_loss():
     assert state["step"] == 30 and len(state["curve"]) == 30
     assert after["regression"] < 0.5 * before["regression"], (before, after)
     assert after["top1"] > before["top1"] + 0.2, (before, after)
+    # unrolled: the draft also learns from its own predicted features (two passes per step)
+    torch.manual_seed(0)
+    unrolled = FeatureDraft(feature_draft_config(target.config, 0)).attach(target.model)
+    with torch.no_grad():
+        _, two = feature_loss(unrolled, batch[1], batch[0], batch[2], unroll=2)
+    train_steps(unrolled, examples, steps=30, lr=3e-3, batch_tokens=200, noise=0.0, unroll=2)
+    with torch.no_grad():
+        _, after_two = feature_loss(unrolled, batch[1], batch[0], batch[2], unroll=2)
+    assert len(two["regression_by_pass"]) == 2
+    for before_pass, after_pass in zip(two["regression_by_pass"], after_two["regression_by_pass"]):
+        assert after_pass < 0.5 * before_pass, (two, after_two)
 
 
 def test_saved_weights_load_and_give_the_same_logits(target, tmp_path):
