@@ -42,6 +42,10 @@ natural other way.  In the order of the series:
   07  tokens_per_step, ...            ``chain_or_tree``: ``autotree.tokens_per_forward``, ``draft_forward_sizes``
   07  acceptance, total_variation     ``acceptance_and_total_variation``
   07  my_planner (the capstone)       ``planned_tree``: ``autotree.optimal_tree`` per size and depth, priced
+  08  feature_forward                 ``feature_forward``: fc's weight split in two, then the layer and the head
+  08  training_loss                   ``training_loss``: the package's ``feature_loss``
+  08  acceptance_by_depth             ``acceptance_by_depth``: the steps that reached each depth, kept or not
+  08  predicted, winner               ``predicted_chain_speedups``
 ====  ==============================  =================================================================
 """
 
@@ -398,3 +402,47 @@ def planned_tree(rank_acceptance, rate: Callable[[list], float], max_nodes: int,
             if rate(parents) > best_rate * (1 + 1e-12):
                 best, best_rate = parents, rate(parents)
     return best
+
+
+# ----------------------------------------------------------------------------- 08 · a draft that reads the target's features
+
+def feature_forward(draft, features, next_ids, positions):
+    """The feature draft's forward without a cache: the projection of the joined pair written as two products
+    (fc's weight split into its feature half and its embedding half), then the layer and the head."""
+    d = features.shape[-1]
+    w, b = draft.fc.weight, draft.fc.bias
+    embedded = draft.target.tok_emb(next_ids).to(features.dtype)
+    x = features @ w[:, :d].T + embedded @ w[:, d:].T + (b if b is not None else 0)
+    h = draft.layer(x, position_ids=positions)
+    return draft.head_logits(h), h
+
+
+def training_loss(draft, features, tokens, valid, token_weight: float = 0.1):
+    """EAGLE-1's loss, the package's own (``feature_loss``, without noise or unrolling)."""
+    from .feature_draft import feature_loss
+
+    return feature_loss(draft, features, tokens, valid, token_weight)[0]
+
+
+def acceptance_by_depth(steps, gamma: int) -> list[float]:
+    """P(the drafted token at depth d is accepted | the step drafted and reached depth d), d = 1..gamma, from
+    (proposed, accepted) per step: depth d is reached when the step drafted d tokens and accepted the d - 1 above."""
+    out = []
+    for d in range(1, gamma + 1):
+        reached = [accepted for proposed, accepted in steps if proposed >= d and accepted >= d - 1]
+        out.append(sum(1 for accepted in reached if accepted >= d) / len(reached) if reached else 0.0)
+    return out
+
+
+def predicted_chain_speedups(by_depth: dict, c: dict, r: float, gamma: int) -> tuple[dict, str]:
+    """Each draft's predicted speedup for a chain of ``gamma``: expected tokens a step (1 + the sum over depths
+    of the product of the acceptances down to it) over the step's cost in one-token target forwards
+    (gamma draft forwards at c each, and a verification of gamma + 1 tokens, r); and the draft predicted to win."""
+    predicted = {}
+    for name, accept in by_depth.items():
+        reach, tokens = 1.0, 1.0
+        for a in accept[:gamma]:
+            reach *= a
+            tokens += reach
+        predicted[name] = tokens / (gamma * c[name] + r)
+    return predicted, max(predicted, key=predicted.get)

@@ -1,4 +1,4 @@
-"""Teaching diagrams: the KV cache, the tree attention mask, and the staged tree of the paper.
+"""Teaching diagrams: the KV cache, the tree attention mask, the feature draft, and the staged tree of the paper.
 
 ``sdd_edu.plots`` draws measurements; this module draws the *ideas* behind them, from a few
 hand-written inputs, so that a notebook can show them without running a model:
@@ -6,6 +6,8 @@ hand-written inputs, so that a notebook can show them without running a model:
 * ``kv_cache_diagram``: a cache's slots, filled by the prefill and then one slot per decode step;
 * ``tree_mask_diagram``: a token tree (a parents list) beside the attention mask that verifies it
   in one forward, the mask built by the engine's own ``tree_attention_mask``;
+* ``feature_draft_diagram``: what a feature draft (EAGLE) reads, row by row: the target's features over the
+  context, then its own predicted features past it;
 * ``staged_tree_diagram``: one step of staged speculation (Spector & Re 2023, Figure 3): the
   n-gram guesses what the draft will say and the draft checks the guesses (stage 2), then the
   target checks the draft's tree (stage 1).  ``example_staged_step()`` is a built-in step.
@@ -410,3 +412,85 @@ def staged_tree_diagram(step: dict | None = None, guesses=None, decode=None, roo
     return _finish(fig, title or f"Staged: {n_kept} of {len(kept)} guesses kept, "
                                  f"{len(accepted)} of {n} nodes accepted + 1",
                    height=max(420, 220 + 34 * (rows + 1)), legend_rows=2, top=90)
+
+
+# ----------------------------------------------------------------------------- the feature draft (EAGLE)
+
+def feature_draft_diagram(tokens: list[str], drafted: list[str], title: str = "") -> go.Figure:
+    """What a feature draft reads, row by row (``sdd_edu.feature_draft``).
+
+    ``tokens``: the committed tokens, the last one the target's own newest token (its feature is not
+    computed yet).  ``drafted``: the tokens the draft then proposes, one per level of a chain.
+
+    Top: the target's tokens t_i and, under each but the newest, its feature f_i (what the target's head
+    reads to choose t_{i+1}).  Bottom: the draft's rows.  Row i joins f_i with the embedding of t_{i+1}, at
+    t_{i+1}'s position, and predicts f_{i+1}; over the context these rows fill the draft's own KV cache.  Past
+    the newest token there is no target feature: each level reads the feature the level before predicted
+    (orange), beside the token it drafted.
+    """
+    tokens, drafted = [_text(t) for t in tokens], [_text(t) for t in drafted]
+    n, g = len(tokens), len(drafted)
+    if n < 2:
+        raise SddError(f"the diagram needs at least 2 committed tokens (a feature and the token after it), got {n}")
+    if g < 1:
+        raise SddError("give at least one drafted token: the draft's first level")
+    TOKEN, FEATURE, ROW, OUT = 3.0, 2.2, 1.0, 0.2
+    fig = go.Figure()
+
+    def boxes(xs, ys, texts, color, name, hover, font="white", symbol="square"):
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers+text", text=texts, name=name,
+                                 textfont=dict(color=font, size=11), hovertext=hover,
+                                 hovertemplate="%{hovertext}<extra></extra>",
+                                 marker=dict(symbol=symbol, size=46, color=color, line=dict(color="white", width=1))))
+
+    def arrow(x0, y0, x1, y1, color, dash=False):
+        fig.add_annotation(x=x1, y=y1 + (0.28 if y1 < y0 else -0.28), ax=x0, ay=y0 - (0.28 if y1 < y0 else -0.28),
+                           xref="x", yref="y", axref="x", ayref="y", showarrow=True, arrowhead=3, arrowsize=1,
+                           arrowwidth=2 if not dash else 2.5, arrowcolor=color, text="")
+
+    target_color, predicted_color = ORIGIN_COLORS["target"], "#ff7f0e"
+    xs = list(range(n))
+    boxes(xs, [TOKEN] * n, [f"t{i}<br>{tokens[i]}" for i in xs],
+          [ORIGIN_COLORS["prompt"]] * (n - 1) + [target_color], "committed tokens (the newest: the target's own)",
+          [f"token {i}: '{tokens[i]}'" for i in xs])
+    boxes(xs[:-1], [FEATURE] * (n - 1), [f"f{i}" for i in xs[:-1]], target_color, "the target's features",
+          [f"f{i}: the target's normalised last hidden state at position {i}, which its head reads to choose "
+           f"token {i + 1}" for i in xs[:-1]])
+    # the draft's rows over the context: (f_i, t_{i+1}) at position i + 1
+    row_x = list(range(1, n))
+    boxes(row_x, [ROW] * len(row_x), [f"f{i - 1} + t{i}" for i in row_x], ORIGIN_COLORS["draft"],
+          "a draft row: a feature joined with the next token's embedding",
+          [f"row at position {i}: fc([f{i - 1}, e(t{i})]) -> one decoder layer" for i in row_x])
+    for i in row_x:
+        arrow(i - 1, FEATURE, i, ROW, target_color)
+    for i in row_x + list(range(n, n + g - 1)):  # the token a row reads, straight above it
+        fig.add_shape(type="line", x0=i + 0.18, y0=TOKEN - 0.3, x1=i + 0.18, y1=ROW + 0.3,
+                      line=dict(color="#bbbbbb", width=1.5, dash="dot"))
+    # past the newest token: each level reads the feature predicted by the level before
+    deep_x = list(range(n, n + g - 1))
+    names = [f"t{n + k}" for k in range(g)]
+    if deep_x:
+        boxes(deep_x, [ROW] * len(deep_x), [f"f{x - 1}\u2032 + {names[k]}" for k, x in enumerate(deep_x)],
+              "#aec7e8", "a deeper row: the predicted feature, the drafted token",
+              [f"level {k + 2}: fc([predicted f{x - 1}, e(drafted {names[k]})])" for k, x in enumerate(deep_x)],
+              font="black")
+    out_x = list(range(1, n + g - 1))  # each row's output, the last one giving the last drafted token
+    boxes(out_x, [OUT] * len(out_x), [f"f{x}\u2032" for x in out_x], predicted_color,
+          "predicted features (\u2032), through the target's head",
+          [f"the predicted f{x}: the head gives the distribution of token {x + 1}" for x in out_x])
+    for x in out_x:
+        arrow(x, ROW, x, OUT, ORIGIN_COLORS["draft"])
+    for k, x in enumerate(deep_x):
+        arrow(x - 1, OUT, x, ROW, predicted_color, dash=True)
+    # the drafted tokens, to the right of the committed ones
+    boxes(list(range(n, n + g)), [TOKEN] * g, [f"{names[k]}<br>{drafted[k]}" for k in range(g)],
+          ORIGIN_COLORS["draft"], "drafted tokens (the target verifies them next)",
+          [f"drafted from the predicted f{n - 1 + k}: '{drafted[k]}'" for k in range(g)], font="black",
+          symbol="square-open")
+    fig.update_xaxes(title="position", tickvals=list(range(n + g)), range=[-0.6, n + g - 0.4], showgrid=False,
+                     zeroline=False)
+    fig.update_yaxes(tickvals=[OUT, ROW, FEATURE, TOKEN],
+                     ticktext=["draft: predicted feature", "draft: what a row reads", "target: feature", "token"],
+                     range=[-0.4, 3.6], showgrid=False, zeroline=False)
+    return _finish(fig, title or "A feature draft reads the target's features, then its own",
+                   height=470, legend_rows=3)

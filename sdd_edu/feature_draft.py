@@ -130,27 +130,33 @@ class FeatureDraft(nn.Module):
         positions default to the next N; the mask is boolean over cached + new slots, causal by default.
         A row's position is that of its token (``next_ids``), the token whose successor it predicts.
         """
-        B, N = next_ids.shape
+        embedded = self.target.tok_emb(next_ids).to(features.dtype)  # (B, N, d)
+        x = self.fc(torch.cat([features, embedded], dim=-1))  # (B, N, d): the pair, projected to the width
+        h = self.layer(x, cache, position_ids, attention_mask)  # (B, N, d): the predicted next features
+        return self.head_logits(h, extra_head_ids), h
+
+    def layer(self, x: torch.Tensor, cache: Optional[KVCache] = None, position_ids: Optional[torch.Tensor] = None,
+              attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The decoder layer over projected inputs x (B, N, d), with RoPE at the rows' positions; cache, positions
+        and mask as in ``forward``.  Returns its output (B, N, d), the predicted features."""
+        B, N, _ = x.shape
         start = cache.length if cache is not None else 0
         if cache is not None and start + N > cache.max_len:
             raise ValueError(f"feature draft cache full: {start} + {N} > {cache.max_len} slots")
         if position_ids is None:
-            position_ids = torch.arange(start, start + N, device=next_ids.device)
+            position_ids = torch.arange(start, start + N, device=x.device)
         position_ids = position_ids.expand(B, N)
-        mask = Transformer._attention_mask(attention_mask, start, N, next_ids.device)
-        embedded = self.target.tok_emb(next_ids).to(features.dtype)  # (B, N, d)
-        x = self.fc(torch.cat([features, embedded], dim=-1))  # (B, N, d)
+        mask = Transformer._attention_mask(attention_mask, start, N, x.device)
         rope = None
         if self.config.family == "llama":
             rope = (self.rope_cos[position_ids].unsqueeze(2).to(x.dtype),  # (B, N, 1, hs)
                     self.rope_sin[position_ids].unsqueeze(2).to(x.dtype))
         if mask is not None and mask.dtype == torch.bool:
             mask = additive_mask(mask, x.dtype)
-        h = self.block(x, rope, cache, start, mask)  # (B, N, d): the predicted next features
+        h = self.block(x, rope, cache, start, mask)  # (B, N, d)
         if cache is not None:
             cache.length = start + N
-        return self.head_logits(h, extra_head_ids), h
-
+        return h
 
     def timed_forward(self, input_ids: torch.Tensor, cache: Optional[KVCache] = None):
         """A forward over ``input_ids`` with zero features, for timing (``measure.roofline``): what it costs

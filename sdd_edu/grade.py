@@ -472,6 +472,93 @@ def _my_planner(my_planner, ns) -> None:
             f"{rate(mine):.0f} tok/s, the package's planner {best['nodes']} at {best['tokens_per_second']:.0f}"
 
 
+
+def _tiny_feature_draft(seed: int, head_size: int, forward_forbidden: bool = True):
+    """A small target and a feature draft attached to it, whose own forward raises when ``forward_forbidden``
+    (the exercise writes that forward; calling it would be the package's answer)."""
+    import torch
+
+    from .feature_draft import FeatureDraft, feature_draft_config
+    from .model import ModelConfig, Transformer
+
+    torch.manual_seed(seed)
+    config = ModelConfig(family="llama", vocab_size=53, n_layer=2, n_head=4, n_kv_head=2, d_model=32, d_ff=48,
+                         max_seq_len=256, rope_theta=1000.0)
+    target = Transformer(config).eval()
+
+    class OwnForwardForbidden(FeatureDraft):
+        def forward(self, *args, **kwargs):
+            raise AssertionError("calls the draft itself (its forward, the package's answer)")
+
+    kind = OwnForwardForbidden if forward_forbidden else FeatureDraft
+    draft = kind(feature_draft_config(config, head_size)).attach(target)
+    with torch.no_grad():
+        for w in draft.parameters():
+            w.add_(torch.randn_like(w) * 0.05)  # away from the initialisation: every part of the layer counts
+    return target, draft
+
+
+def _feature_forward(feature_forward, ns) -> None:
+    import torch
+
+    from .feature_draft import FeatureDraft
+
+    for seed, head_size, B, N, start in ((21, 20, 1, 5, 0), (22, 0, 2, 3, 9)):
+        target, draft = _tiny_feature_draft(seed, head_size)
+        g = torch.Generator().manual_seed(seed)
+        features = torch.randn(B, N, 32, generator=g)
+        ids = torch.randint(0, 53, (B, N), generator=g)
+        positions = torch.arange(start, start + N)
+        with torch.no_grad():
+            logits, h = feature_forward(draft, features, ids, positions)
+            want_logits, want_h = FeatureDraft.forward(draft, features, ids, position_ids=positions)
+        where = f"another draft (width 32, head of {head_size or 'all 53'} tokens), {B} x {N} rows from position {start}"
+        assert _close(h, want_h, atol=1e-4), f"{where}: the predicted features are not the draft's"
+        assert _close(logits, want_logits, atol=1e-4), f"{where}: the logits are not the draft's"
+
+
+def _training_loss(training_loss, ns) -> None:
+    import torch
+
+    from .feature_draft import feature_loss
+
+    for seed, weight in ((31, 0.1), (32, 0.5)):
+        target, draft = _tiny_feature_draft(seed, 24, forward_forbidden=False)
+        g = torch.Generator().manual_seed(seed)
+        lengths = [7, 4, 6]
+        tokens = torch.randint(0, 53, (3, 7), generator=g)
+        valid = torch.arange(7)[None] < torch.tensor(lengths)[:, None]  # right-padded
+        with torch.no_grad():
+            _, features = target(tokens, features=True)
+        features = features * valid[..., None]
+        mine = training_loss(draft, features, tokens, valid, token_weight=weight)
+        want = feature_loss(draft, features, tokens, valid, weight)[0]
+        assert torch.is_tensor(mine) and mine.numel() == 1, "the loss is not a one-number tensor"
+        got = float(mine.detach())
+        assert abs(got - float(want.detach())) < 1e-5, \
+            f"another draft and batch (lengths {lengths}, token weight {weight}): {got:.5f}, not {float(want.detach()):.5f}"
+        draft.zero_grad()
+        mine.backward()
+        assert draft.fc.weight.grad is not None and float(draft.fc.weight.grad.abs().sum()) > 0, \
+            "the loss does not reach the draft's weights: no gradient to train with"
+
+
+def _acceptance_by_depth(acceptance_by_depth, ns) -> None:
+    import random
+
+    from .course import acceptance_by_depth as reference
+
+    rng = random.Random(41)
+    for gamma in (3, 5):
+        steps = [(p, rng.randint(0, p)) for p in (rng.choice([gamma] * 4 + [1, 2]) for _ in range(60))]
+        steps += [(gamma, gamma), (1, 0)]
+        mine = [float(x) for x in acceptance_by_depth(steps, gamma)]
+        want = reference(steps, gamma)
+        assert len(mine) == gamma and all(abs(a - b) < 1e-9 for a, b in zip(mine, want)), \
+            f"other steps (gamma {gamma}, some drafts cut short): {[round(x, 3) for x in mine]}, " \
+            f"not {[round(x, 3) for x in want]}"
+
+
 HIDDEN = [
     Hidden("00", "on_tokens", _record_batches),
     Hidden("01", "gqa", _gqa, ("attention", "scaled_dot_product_attention")),
@@ -490,6 +577,9 @@ HIDDEN = [
     Hidden("05", "free_chain", _free_chain),
     Hidden("05", "staged_tree", _staged_tree, ("_grow",)),
     Hidden("07", "my_planner", _my_planner, ("optimal_tree", "plan_tree", "_choose")),
+    Hidden("08", "feature_forward", _feature_forward),
+    Hidden("08", "training_loss", _training_loss, ("feature_loss",)),
+    Hidden("08", "acceptance_by_depth", _acceptance_by_depth),
 ]
 
 

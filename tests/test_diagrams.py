@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from sdd_edu.decoding.tree import tree_attention_mask
-from sdd_edu.diagrams import example_staged_step, kv_cache_diagram, staged_tree_diagram, tree_mask_diagram
+from sdd_edu.diagrams import (example_staged_step, feature_draft_diagram, kv_cache_diagram, staged_tree_diagram,
+                              tree_mask_diagram)
 from sdd_edu.errors import SddError
 from sdd_edu import plots
 from sdd_edu.plots import ORIGIN_COLORS
@@ -209,3 +210,30 @@ def bad_step(**changes):
 ])
 def test_staged_bad_steps(step, match):
     one_line_error(staged_tree_diagram, step, match=match)
+
+
+# ----------------------------------------------------------------------------- the feature draft
+
+def test_feature_draft_diagram_aligns_each_row_with_what_it_reads():
+    fig = feature_draft_diagram(["def", " fib", "(n", "):"], ["\n", "   ", " if"])
+    assert_readable(fig)
+    tokens, features = trace(fig, "committed tokens (the newest: the target's own)"), trace(fig, "the target's features")
+    rows = trace(fig, "a draft row: a feature joined with the next token's embedding")
+    deeper = trace(fig, "a deeper row: the predicted feature, the drafted token")
+    predicted = trace(fig, "predicted features (′), through the target's head")
+    drafted = trace(fig, "drafted tokens (the target verifies them next)")
+    assert list(tokens.x) == [0, 1, 2, 3] and list(features.x) == [0, 1, 2]  # the newest token has no feature yet
+    # row i reads f_i and token i + 1, at token i + 1's position; deeper rows read the level above's prediction
+    assert list(rows.x) == [1, 2, 3] and list(rows.text) == ["f0 + t1", "f1 + t2", "f2 + t3"]
+    assert list(deeper.x) == [4, 5] and list(deeper.text) == ["f3′ + t4", "f4′ + t5"]
+    assert list(predicted.x) == [1, 2, 3, 4, 5]  # one prediction per row; the last gives the last drafted token
+    assert list(drafted.x) == [4, 5, 6] and drafted.text[0].endswith("\\n")
+
+
+def test_feature_draft_diagram_bad_inputs():
+    with pytest.raises(SddError, match="at least 2 committed tokens"):
+        feature_draft_diagram(["x"], ["y"])
+    with pytest.raises(SddError, match="at least one drafted token"):
+        feature_draft_diagram(["x", "y"], [])
+    fig = feature_draft_diagram(["a", "b"], ["c"])  # one row over the context, no deeper row
+    assert not [t for t in fig.data if t.name == "a deeper row: the predicted feature, the drafted token"]

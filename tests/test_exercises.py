@@ -492,6 +492,70 @@ with torch.inference_mode():
         feed = drafted[-1:]"""
 RIGHT_DRAFT_CACHE = dict(rollback="cache.truncate(n)\ndel seen[n:]")
 
+
+SETUP_08_FORWARD = """
+import torch
+from types import SimpleNamespace
+from sdd_edu.grade import _tiny_feature_draft
+from sdd_edu.notebook import check
+tiny_target, tiny_draft = _tiny_feature_draft(5, 20, forward_forbidden=False)
+fdraft = SimpleNamespace(model=tiny_draft)  # the embedded ladder's feature draft, small
+x = torch.randint(0, 53, (1, 9), generator=torch.Generator().manual_seed(1))
+with torch.no_grad():
+    _, feats = tiny_target(x, features=True)
+"""
+
+SETUP_08_LOSS = SETUP_08_FORWARD + """
+lengths = [9, 5, 7]
+tokens = torch.randint(0, 53, (3, 9), generator=torch.Generator().manual_seed(2))
+valid = torch.arange(9)[None] < torch.tensor(lengths)[:, None]  # right-padded
+with torch.no_grad():
+    _, features = tiny_target(tokens, features=True)
+features = features * valid[..., None]
+"""
+
+SETUP_08_DEPTH = """
+from sdd_edu.notebook import check
+GAMMA = 4
+by_depth = {"small draft": [0.5, 0.6, 0.55, 0.7], "feature draft": [0.6, 0.45, 0.4, 0.35]}
+"""
+
+SETUP_08_WINNER = SETUP_08_DEPTH + """
+import math
+import numpy as np
+c, r = {"small draft": 0.06, "feature draft": 0.04}, 1.9
+chain_speed, base_speed = {"small draft": 40.0, "feature draft": 42.0}, 35.0
+"""
+
+FEATURE_FORWARD_BLOCK = """embedded = draft.target.tok_emb(next_ids)
+x = {project}
+h = {layer}
+return draft.head_logits({head}), h"""
+RIGHT_FEATURE_FORWARD = dict(project="draft.fc(torch.cat([features, embedded], dim=-1))",
+                             layer="draft.layer(x, position_ids=positions)", head="h")
+
+LOSS_BLOCK = """read, after, wanted = features[:, :-1], {after}, {wanted}
+pairs = valid[:, :-1] & valid[:, 1:]
+positions = torch.arange(1, features.shape[1])
+logits, predicted = draft(read, after, position_ids=positions)
+regression = {regression}
+with torch.no_grad():
+    target_dist = torch.softmax(draft.head_logits(wanted), -1)
+cross = {cross}
+return {total}"""
+RIGHT_LOSS = dict(after="tokens[:, 1:]", wanted="features[:, 1:]",
+                  regression='F.smooth_l1_loss(predicted, wanted, reduction="none").mean(-1)',
+                  cross="-(target_dist * torch.log_softmax(logits, -1)).sum(-1)",
+                  total="((regression + token_weight * cross) * pairs).sum() / pairs.sum()")
+
+WINNER_BLOCK = """predicted = {{}}
+for drafter_name, accept in by_depth.items():
+    tokens_per_step = {tokens}
+    predicted[drafter_name] = tokens_per_step / ({cost})
+winner = {winner}"""
+RIGHT_WINNER = dict(tokens="1 + sum(math.prod(accept[:depth]) for depth in range(1, GAMMA + 1))",
+                    cost="GAMMA * c[drafter_name] + r", winner="max(predicted, key=predicted.get)")
+
 EXERCISES = {
     "04 best-first tree growth": Exercise("04_token_trees", "a frontier of candidates, each with its probability",
                                           SETUP_04_GROW, {
@@ -779,6 +843,51 @@ EXERCISES = {
             "acceptance = torch.minimum(p, q).sum().item()\ntotal_variation = (p - q).abs().sum().item()"),
         "the overlap of the wrong pair": (
             "acceptance = torch.maximum(p, q).sum().item() - 1\ntotal_variation = 1 - acceptance"),
+    }, from_block=True),
+    "08 the feature draft's forward": Exercise("08_feature_drafts", "join them after the features", SETUP_08_FORWARD, {
+        "the embedding first": FEATURE_FORWARD_BLOCK.format(
+            **{**RIGHT_FEATURE_FORWARD, "project": "draft.fc(torch.cat([embedded, features], dim=-1))"}),
+        "added, not joined and projected": FEATURE_FORWARD_BLOCK.format(
+            **{**RIGHT_FEATURE_FORWARD, "project": "features + embedded"}),
+        "the head on the layer's input": FEATURE_FORWARD_BLOCK.format(**{**RIGHT_FEATURE_FORWARD, "head": "x"}),
+        "no layer: the projection taken for the prediction": FEATURE_FORWARD_BLOCK.format(
+            **{**RIGHT_FEATURE_FORWARD, "layer": "x"}),
+    }),
+    "08 EAGLE's training loss": Exercise("08_feature_drafts", "the rows read features[:, :-1]", SETUP_08_LOSS, {
+        "scored against the feature read": LOSS_BLOCK.format(**{**RIGHT_LOSS, "wanted": "features[:, :-1]"}),
+        "the token read is the feature's own": LOSS_BLOCK.format(**{**RIGHT_LOSS, "after": "tokens[:, :-1]"}),
+        "padding counted": LOSS_BLOCK.format(**{**RIGHT_LOSS, "total": "(regression + token_weight * cross).mean()"}),
+        "hard labels: the target's top token only": LOSS_BLOCK.format(**{**RIGHT_LOSS, "cross": (
+            "-torch.log_softmax(logits, -1).gather(-1, target_dist.argmax(-1, keepdim=True)).squeeze(-1)")}),
+        "squared error for the features": LOSS_BLOCK.format(
+            **{**RIGHT_LOSS, "regression": 'F.mse_loss(predicted, wanted, reduction="none").mean(-1)'}),
+        "the regression weighted too": LOSS_BLOCK.format(
+            **{**RIGHT_LOSS, "total": "(token_weight * (regression + cross) * pairs).sum() / pairs.sum()"}),
+    }),
+    "08 acceptance by depth": Exercise("08_feature_drafts", "depth d is reached when the step drafted", SETUP_08_DEPTH, {
+        "over every step, reached or not": (
+            "return [sum(a >= d for p, a in steps) / len(steps) for d in range(1, gamma + 1)]"),
+        "the short drafts counted as reached": (
+            "shares = []\n"
+            "for d in range(1, gamma + 1):\n"
+            "    reached = [a for p, a in steps if a >= d - 1]\n"
+            "    shares.append(sum(a >= d for a in reached) / len(reached) if reached else 0.0)\n"
+            "return shares"),
+        "reached one level too deep": (
+            "shares = []\n"
+            "for d in range(1, gamma + 1):\n"
+            "    reached = [a for p, a in steps if p >= d and a >= d]\n"
+            "    shares.append(sum(a >= d for a in reached) / len(reached) if reached else 0.0)\n"
+            "return shares"),
+    }),
+    "08 which draft wins": Exercise("08_feature_drafts", "a product of the acceptances down to each depth",
+                                    SETUP_08_WINNER, {
+        "a geometric series in the first depth's acceptance": WINNER_BLOCK.format(
+            **{**RIGHT_WINNER, "tokens": "1 + sum(accept[0] ** depth for depth in range(1, GAMMA + 1))"}),
+        "the acceptances added, not multiplied": WINNER_BLOCK.format(
+            **{**RIGHT_WINNER, "tokens": "1 + sum(accept[:GAMMA])"}),
+        "the verification as one forward": WINNER_BLOCK.format(**{**RIGHT_WINNER, "cost": "GAMMA * c[drafter_name] + 1"}),
+        "the draft's cost forgotten": WINNER_BLOCK.format(**{**RIGHT_WINNER, "cost": "r"}),
     }, from_block=True),
 }
 

@@ -252,3 +252,26 @@ def test_the_shipped_feature_draft_reproduces_its_recorded_agreement(embedded):
     for k in ("top1", "top4"):  # the same code on another CPU: float rounding may flip a near-tie or two
         assert abs(measured[k] - recorded[k]) <= 0.03, (k, measured, recorded)
     assert measured["top1"] > 0.2  # a trained draft (a random one agrees about 1 time in 8,192)
+
+
+def test_gpu_check_measures_the_feature_draft_beside_the_small_one(target, trained_drafts):
+    """gpu-check's rows for a ladder with a feature draft: its one-token forward and c beside the small draft's,
+    its methods' greedy identity and speed (measured on this CPU here, as on a GPU)."""
+    from sdd_edu.measure.gpu_check import draft_costs, format_gpu_check, greedy_identity, method_speeds
+
+    ladder = make_ladder(target, random_lm(2, n_layer=1), PromptLookup(), feature_draft=trained_drafts[0])
+    costs = draft_costs(ladder, context=16)
+    assert set(costs) == {"target", "draft", "feature draft"}
+    assert costs["feature draft"]["fast_ms"] is None and costs["feature draft"]["c_fast"] is None  # eager only
+    assert costs["draft"]["c_fast"] > 0 and costs["feature draft"]["c_eager"] > 0
+    # the profiler counts a one-layer draft's operators below a two-layer target's
+    assert costs["feature draft"]["profile"]["count"] < costs["target"]["profile"]["count"]
+    prompt = [3, 14, 15, 9, 2]
+    same = greedy_identity(ladder, prompt, 12)
+    assert {"speculative:features", "tree:features:fixed"} <= set(same) and all(same.values()), same
+    speeds = method_speeds(ladder, [prompt], 8)
+    assert {"speculative:features", "tree:features"} <= set(speeds)
+    text = format_gpu_check({"device": "cpu", "dtype": "float32", "torch": torch.__version__, "quick": True,
+                             "shapes": {}, "greedy": {"tiny": same}, "drafts": costs,
+                             "speed": {"ladder": "tiny", "prompts": 1, "new_tokens": 8, "methods": speeds}, "ok": True})
+    assert "feature draft  eager" in text and "c eager" in text and "tree:features" in text

@@ -135,12 +135,13 @@ def forward_profile(model: LoadedModel, fast: bool, tokens: int = 1, context: in
     from torch.profiler import ProfilerActivity, profile
 
     m = model.model
-    cache = new_cache(m, context + tokens, fast=fast)
-    m(torch.zeros(1, context, dtype=torch.long, device=m.device), cache)
+    run = getattr(m, "timed_forward", m)  # a feature draft reads features too: profiled over zeros, eager
+    cache = new_cache(m, context + tokens, fast=fast and run is m)
+    run(torch.zeros(1, context, dtype=torch.long, device=m.device), cache)
     x = torch.zeros(1, tokens, dtype=torch.long, device=m.device)
 
     def step():
-        m(x, cache)
+        run(x, cache)
         cache.truncate(context)
 
     for _ in range(2):  # warm up (and capture, on the fast path)
@@ -177,6 +178,27 @@ def latency(model: LoadedModel, fast: bool, tokens=CURVE_TOKENS, context: int = 
     return {r["tokens"]: r["ms"] for r in rows}
 
 
+def draft_costs(ladder, context: int = 256) -> dict:
+    """One-token forwards of the target and of each draft after ``context`` cached tokens: median ms eager and,
+    where the model has one, on the fast path; the operators (kernels on CUDA) of an eager forward; and each
+    draft's cost ratio c to the target, eager to eager and fast to fast (a feature draft has no fast path)."""
+    rows = {}
+    for label, model in (("target", ladder.target), ("draft", ladder.draft),
+                         ("feature draft", getattr(ladder, "feature_draft", None))):
+        if model is None:
+            continue
+        eager_only = getattr(model.model, "reads_features", False)
+        row = {"eager_ms": latency(model, False, (1,), context=context)[1],
+               "fast_ms": None if eager_only else latency(model, True, (1,), context=context)[1],
+               "profile": forward_profile(model, False, context=min(context, 64))}
+        rows[label] = row
+    for label, row in rows.items():
+        if label != "target":
+            row["c_eager"] = row["eager_ms"] / rows["target"]["eager_ms"]
+            row["c_fast"] = None if row["fast_ms"] is None else row["fast_ms"] / rows["target"]["fast_ms"]
+    return rows
+
+
 def greedy_identity(ladder, prompt_ids: list[int], new_tokens: int) -> dict:
     """Token ids of baseline (eager and fast) and of every method on the fast path; which equal baseline's."""
     from ..decoding import METHODS
@@ -192,6 +214,12 @@ def greedy_identity(ladder, prompt_ids: list[int], new_tokens: int) -> dict:
             out = generate(ladder, prompt_ids, method=method, max_new_tokens=new_tokens, fast=True,
                            adaptive=adaptive, node_cost=0.0).token_ids
             same[f"{method}{'' if adaptive else ':fixed'}"] = out == ref
+    if getattr(ladder, "feature_draft", None) is not None:  # drafting from the target's features (eager loop)
+        for method in ("speculative", "tree"):
+            for adaptive in (False, True):
+                out = generate(ladder, prompt_ids, method=method, max_new_tokens=new_tokens, fast=True,
+                               adaptive=adaptive, node_cost=0.0, draft="features").token_ids
+                same[f"{method}:features{'' if adaptive else ':fixed'}"] = out == ref
     return same
 
 
@@ -204,6 +232,8 @@ def method_speeds(ladder, prompts: list[list[int]], new_tokens: int, compiled: b
     runs = [("baseline (eager)", "baseline", False, False)] + [(m, m, True, False) for m in METHODS]
     if compiled:
         runs += [("baseline (compiled)", "baseline", True, True), ("staged (compiled)", "staged", True, True)]
+    if getattr(ladder, "feature_draft", None) is not None:  # the feature draft's methods decode on the eager loop
+        runs += [(f"{m}:features", m, False, False) for m in ("speculative", "tree")]
     rows: dict[str, dict] = {}
     warmed = set()
     for label, method, fast, compile_on in runs:
@@ -218,7 +248,8 @@ def method_speeds(ladder, prompts: list[list[int]], new_tokens: int, compiled: b
         reads, waited, wall, replays, failure = 0, 0.0, 0.0, 0, None
         for ids in prompts:
             with compiled_forwards(compile_on):
-                r = generate(ladder, ids, method=method, max_new_tokens=new_tokens, fast=fast)
+                r = generate(ladder, ids, method=method, max_new_tokens=new_tokens, fast=fast,
+                             **({"draft": "features"} if label.endswith(":features") else {}))
             s = r.stats
             speeds.append(s.tokens_per_second)
             per_forward.append(s.tokens_per_target_forward)
@@ -342,7 +373,12 @@ def gpu_check(device=None, dtype=None, quick: bool = False, embedded: Optional[b
             res["speed"] = {"ladder": "embedded", "prompts": prompts, "new_tokens": new_tokens,
                             "methods": method_speeds(ladder, encoded, new_tokens, compiled)}
 
+        def embedded_drafts():
+            ladder = load_ladder("embedded", device=device, dtype=dtype)
+            res["drafts"] = draft_costs(ladder, context=context)
+
         check("greedy tokens, embedded ladder", embedded_greedy)
+        check("the drafts' forward costs, embedded ladder", embedded_drafts)
         check("tok/s, embedded ladder", embedded_speed)
     else:
         check("tok/s, random ladder", random_speed)
@@ -396,6 +432,15 @@ def format_gpu_check(res: dict) -> str:
         if prof:
             lines.append(f"  one-token forward, profiled ({prof['eager']['what']}): "
                          + "; ".join(_profile_part(k, prof[k]) for k in ("eager", "fast", "compiled") if k in prof))
+    drafts = res.get("drafts")
+    if drafts:
+        lines += ["", "one-token forward after the context, embedded ladder (c: a draft's share of the target's):"]
+        for label, row in drafts.items():
+            fast = "" if row["fast_ms"] is None else f", fast {row['fast_ms']:.2f} ms"
+            share = "" if label == "target" else f"   c eager {row['c_eager']:.3f}" + (
+                "" if row["c_fast"] is None else f", fast {row['c_fast']:.3f}")
+            lines.append(f"  {label:<14} eager {row['eager_ms']:.2f} ms{fast}, {row['profile']['count']} "
+                         f"{row['profile']['what']}{share}")
     lines.append("")
     for name, same in res["greedy"].items():
         lines.append(f"greedy tokens identical to eager baseline, {name}: "
@@ -409,7 +454,7 @@ def format_gpu_check(res: dict) -> str:
                 f"; {r['reads_per_step']:.2f} reads, host {r['host_ms_per_step']:.2f} ms a step"
             if r.get("graph_replays_per_step"):
                 reads += f", {r['graph_replays_per_step']:.0%} of steps replayed"
-            lines.append(f"  {label:<18} {r['tokens_per_second']:8.1f} tok/s  {r['speedup_vs_fast_baseline']:5.2f}x"
+            lines.append(f"  {label:<20} {r['tokens_per_second']:8.1f} tok/s  {r['speedup_vs_fast_baseline']:5.2f}x"
                          f"  {r['tokens_per_target_forward']:5.2f} tok/fwd   time: target {t['target']:4.0%}, "
                          f"draft {t['draft']:4.0%}, other {t['other']:4.0%} ({r['other_ms_per_step']:.2f} ms/step"
                          f"{reads})")
