@@ -120,8 +120,9 @@ class StaticKVCache(KVCache):
         self.replays = 0
 
     def forward(self, model, input_ids, position_ids=None, attention_mask=None, last_only=False, reduced=False,
-                extra_head_ids=None) -> torch.Tensor:
-        """What ``Transformer.forward`` returns, computed at the bucket's fixed shapes."""
+                extra_head_ids=None, features=False):
+        """What ``Transformer.forward`` returns, computed at the bucket's fixed shapes (with ``features``, the
+        normalised hidden states too: a copy, since a replayed graph writes its output buffer again)."""
         B, N = input_ids.shape
         start = self.length
         if B != 1:
@@ -156,6 +157,9 @@ class StaticKVCache(KVCache):
         self.mask[N:b].copy_(self.slot_index[None, :] == self.slots[N:b, None])  # a padded token sees itself
         h = self._run(model, b)  # (1, b, d)
         self.length = start + N
+        if features:
+            h = h[:, :N].clone()  # (1, N, d), kept past the next replay
+            return model.head_logits(h[:, N - 1:N] if last_only else h, reduced, extra_head_ids), h
         h = h[:, N - 1:N] if last_only else h[:, :N]
         return model.head_logits(h, reduced, extra_head_ids)
 

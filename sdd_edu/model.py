@@ -400,17 +400,16 @@ class Transformer(nn.Module):
         extra_head_ids: with ``reduced``, also score these token ids, appended after the head's columns:
             the head extended at run time (a drafter adds the tokens of the prompt), from the tied embedding.
         features: return (logits, h), h the normalised hidden states (B, N, d) of every new token, what the
-            head reads (a feature draft, ``sdd_edu.eagle``, drafts from them); ``last_only`` then limits the
-            logits alone.
+            head reads (a feature draft, ``sdd_edu.feature_draft``, drafts from them); ``last_only`` then limits
+            the logits alone.  The fast path returns them too: they are its captured forward's output.
         """
         B, N = input_ids.shape
+        if getattr(cache, "static", False) and N <= cache.max_bucket:  # the fast path (sdd_edu/fast.py)
+            return cache.forward(self, input_ids, position_ids, attention_mask, last_only, reduced, extra_head_ids,
+                                 features)
         if features:
-            if getattr(cache, "static", False):
-                raise ValueError("features=True runs on the eager forward, not on a fixed-shape cache")
             h = self._hidden(input_ids, cache, position_ids, attention_mask)
             return self.head_logits(h[:, -1:] if last_only else h, reduced, extra_head_ids), h
-        if getattr(cache, "static", False) and N <= cache.max_bucket:  # the fast path (sdd_edu/fast.py)
-            return cache.forward(self, input_ids, position_ids, attention_mask, last_only, reduced, extra_head_ids)
         return self.head_logits(self._hidden(input_ids, cache, position_ids, attention_mask, last_only),
                                 reduced, extra_head_ids)
 

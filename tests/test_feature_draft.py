@@ -149,6 +149,49 @@ def test_greedy_equals_baseline_drafting_with_features(target, trained_drafts, m
     assert drafted > 0 and accepted > 0, (drafted, accepted)
 
 
+
+@pytest.mark.parametrize("pad", [False, True], ids=["exact shapes", "padded to buckets"])
+def test_the_fast_path_returns_the_eager_forwards_features(target, pad):
+    """The fixed-shape forward (sdd_edu/fast.py; on CUDA replayed from graphs) returns the features the eager
+    forward does, for a prefill, a chain and a tree, and copies them out of its reused output buffer."""
+    from sdd_edu.decoding.tree import tree_attention_mask
+    from sdd_edu.fast import StaticKVCache
+
+    model = target.model
+    fast, eager = StaticKVCache(model, 40, capture=False, pad=pad), model.new_cache(40)
+    prompt = torch.tensor([[5, 17, 33, 2, 9, 41]])
+    parents = [-1, -1, 0, 0, 2]
+    mask, pos = tree_attention_mask(parents, cached=prompt.shape[1], chain=1)
+    tree = torch.tensor([[7, 12, 3, 30, 8, 1]])  # the root, then the nodes
+    for ids, kw in ((prompt, {}), (tree, {"position_ids": pos, "attention_mask": mask})):
+        want_logits, want_h = model(ids, eager, features=True, **kw)
+        logits, h = model(ids, fast, features=True, **kw)
+        torch.testing.assert_close(logits, want_logits, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(h, want_h, rtol=1e-4, atol=1e-4)
+        assert h.shape == ids.shape + (model.config.d_model,)
+    kept = h.clone()
+    model(torch.tensor([[4]]), fast, features=True)  # the next forward does not change features handed out
+    assert torch.equal(h, kept)
+
+
+@pytest.mark.parametrize("method, settings", [("speculative", KEEPS_DRAFTING), ("tree", FIXED),
+                                              ("tree", {"width": 3, "depth": 4, "budget": 10, "beam": 2, **FIXED})])
+def test_greedy_on_the_fast_path_equals_baseline_drafting_with_features(target, trained_drafts, method, settings):
+    """fast=True: the target's forwards on the fixed-shape path hand the drafter their features; the tokens,
+    and the drafts at every step, are the eager run's."""
+    ladder = make_ladder(target, trained_drafts[24], PromptLookup())
+    rng = np.random.default_rng(3)
+    for trial in range(4):
+        prompt = rng.integers(0, 61, int(rng.integers(1, 12))).tolist()
+        expected = baseline_decode(target, prompt, 32, stop_at_eos=False).token_ids
+        eager = generate(ladder, prompt, method=method, max_new_tokens=32, stop_at_eos=False, fast=False, **settings)
+        fast = generate(ladder, prompt, method=method, max_new_tokens=32, stop_at_eos=False, fast=True, **settings)
+        assert fast.token_ids == eager.token_ids == expected, explain_mismatch(target, prompt, expected, fast.token_ids)
+        assert [s["proposed"] for s in fast.trace] == [s["proposed"] for s in eager.trace]
+        assert [s.get("tree", {}).get("tokens") for s in fast.trace] == [s.get("tree", {}).get("tokens")
+                                                                          for s in eager.trace]
+
+
 @pytest.fixture(scope="module")
 def small_vocab_feature_ladder():
     target = random_lm(11, vocab=VOCAB, scale=0.6)
@@ -156,7 +199,8 @@ def small_vocab_feature_ladder():
 
 
 @pytest.mark.parametrize("method, settings", [("speculative", KEEPS_DRAFTING),
-                                              ("tree", {"width": 3, "depth": 2, "budget": 6, "adaptive": False})])
+                                              ("tree", {"width": 3, "depth": 2, "budget": 6, "adaptive": False}),
+                                              ("speculative", {**KEEPS_DRAFTING, "fast": True})])  # the fast path
 def test_sampling_with_features_matches_the_baseline_distribution(small_vocab_feature_ladder, method, settings):
     probs = exact_two_token_distribution(small_vocab_feature_ladder.target, [2, 4, 1], temperature=1.0)
     counts = sample_counts(small_vocab_feature_ladder, method, settings, temperature=1.0)

@@ -204,9 +204,9 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
     drafter = make_drafter(loaded, method, **settings)
     schedule = make_schedule(target, drafter, **{**defaults_for(method, target.device, target.dtype), **settings},
                              fast=fast, forward_ms=forward_ms)
-    if isinstance(drafter, FeatureDrafter):  # the target's features come from the eager forward
+    if isinstance(drafter, FeatureDrafter):  # the host's loop: the target's forwards (fast or not) return features
         return speculative_decode(target, drafter, prompt_ids, max_new_tokens, sampling, method, rule, stream,
-                                  stop_at_eos, schedule=schedule, fast=False)
+                                  stop_at_eos, schedule=schedule, fast=fast)
     if fast and isinstance(drafter, ModelDrafter):  # the whole step on the device, one read per step
         return device_loop.speculative_decode(target, drafter, prompt_ids, max_new_tokens, sampling, method, rule,
                                               stream, stop_at_eos, schedule=schedule)

@@ -214,7 +214,7 @@ def greedy_identity(ladder, prompt_ids: list[int], new_tokens: int) -> dict:
             out = generate(ladder, prompt_ids, method=method, max_new_tokens=new_tokens, fast=True,
                            adaptive=adaptive, node_cost=0.0).token_ids
             same[f"{method}{'' if adaptive else ':fixed'}"] = out == ref
-    if getattr(ladder, "feature_draft", None) is not None:  # drafting from the target's features (eager loop)
+    if getattr(ladder, "feature_draft", None) is not None:  # drafting from the target's features (the host's loop)
         for method in ("speculative", "tree"):
             for adaptive in (False, True):
                 out = generate(ladder, prompt_ids, method=method, max_new_tokens=new_tokens, fast=True,
@@ -232,8 +232,8 @@ def method_speeds(ladder, prompts: list[list[int]], new_tokens: int, compiled: b
     runs = [("baseline (eager)", "baseline", False, False)] + [(m, m, True, False) for m in METHODS]
     if compiled:
         runs += [("baseline (compiled)", "baseline", True, True), ("staged (compiled)", "staged", True, True)]
-    if getattr(ladder, "feature_draft", None) is not None:  # the feature draft's methods decode on the eager loop
-        runs += [(f"{m}:features", m, False, False) for m in ("speculative", "tree")]
+    if getattr(ladder, "feature_draft", None) is not None:  # the feature draft's methods: the host's loop
+        runs += [(f"{m}:features", m, True, False) for m in ("speculative", "tree")]
     rows: dict[str, dict] = {}
     warmed = set()
     for label, method, fast, compile_on in runs:
@@ -264,14 +264,15 @@ def method_speeds(ladder, prompts: list[list[int]], new_tokens: int, compiled: b
             failure = failure or s.graph_failure
         total = sum(split.values()) or 1.0
         steps = max(steps, 1)
+        on_device = fast and not label.endswith(":features")  # a feature draft decodes on the host's loop
         rows[label] = {"tokens_per_second": median(speeds), "tokens_per_target_forward": median(per_forward),
                        "time_split": {k: v / total for k, v in split.items()},
                        # the per-step work outside the forwards: what a step costs beyond them once they are fast
                        "other_ms_per_step": 1000 * split["other"] / steps,
                        # waits for the device (``device.capture.host_read``; the eager paths read elsewhere too)
-                       "reads_per_step": reads / steps if fast else None,
+                       "reads_per_step": reads / steps if on_device else None,
                        # the host's own time: a step's time but its waits in those reads
-                       "host_ms_per_step": 1000 * (wall - waited) / steps if fast else None,
+                       "host_ms_per_step": 1000 * (wall - waited) / steps if on_device else None,
                        # steps replayed from the phases' CUDA graphs (``decoding/device/graphs.py``), and why
                        # the phases could not be recorded on this device, if so
                        "graph_replays_per_step": replays / steps, "graph_failure": failure}
