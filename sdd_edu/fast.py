@@ -80,7 +80,8 @@ def static_cache(model, max_len: int, role: str = "target") -> "StaticKVCache":
     key = (role, capacity, COMPILE, PAD, model.dtype, str(model.device))  # (a copied model may change dtype)
     cache = pool.get(key)
     if cache is None:
-        cache = pool[key] = StaticKVCache(model, capacity)
+        kind = FeatureStaticCache if getattr(model, "reads_features", False) else StaticKVCache
+        cache = pool[key] = kind(model, capacity)
     cache.length = 0
     return cache
 
@@ -137,8 +138,20 @@ class StaticKVCache(KVCache):
             self.model = model
         elif self.model is not model:
             raise ValueError("a fast cache serves the model that first used it")
+        b = self._fill(input_ids, position_ids, attention_mask)
+        h = self._run(model, b)  # (1, b, d)
+        self.length = start + N
+        if features:
+            h = h[:, :N].clone()  # (1, N, d), kept past the next replay
+            return model.head_logits(h[:, N - 1:N] if last_only else h, reduced, extra_head_ids), h
+        h = h[:, N - 1:N] if last_only else h[:, :N]
+        return model.head_logits(h, reduced, extra_head_ids)
+
+    def _fill(self, input_ids, position_ids, attention_mask) -> int:
+        """Write a forward's inputs into the fixed buffers, from slot ``self.length`` on; returns the bucket.
+        Padded rows keep stale ids and positions (their results are dropped)."""
+        N, start = input_ids.shape[1], self.length
         b = bucket_for(N) if self.pad else N
-        # fill the input buffers; padded rows keep stale ids and positions (their results are dropped)
         self.ids[:, :N].copy_(input_ids)
         if position_ids is None:
             self.pos[0, :N].copy_(self.slot_index[start:start + N])
@@ -155,13 +168,7 @@ class StaticKVCache(KVCache):
             self.mask[:N].zero_()
             self.mask[:N, :start + N].copy_(m)
         self.mask[N:b].copy_(self.slot_index[None, :] == self.slots[N:b, None])  # a padded token sees itself
-        h = self._run(model, b)  # (1, b, d)
-        self.length = start + N
-        if features:
-            h = h[:, :N].clone()  # (1, N, d), kept past the next replay
-            return model.head_logits(h[:, N - 1:N] if last_only else h, reduced, extra_head_ids), h
-        h = h[:, N - 1:N] if last_only else h[:, :N]
-        return model.head_logits(h, reduced, extra_head_ids)
+        return b
 
     def forward_rows(self, model, ids, pos, slots, mask, reduced=False, extra_head_ids=None) -> torch.Tensor:
         """A forward over N rows whose inputs are already on the device: token ids, positions and cache
@@ -205,6 +212,38 @@ class StaticKVCache(KVCache):
         if not hasattr(self, "_graph_pool"):
             self._graph_pool = torch.cuda.graph_pool_handle()
         return self._graph_pool
+
+
+class FeatureStaticCache(StaticKVCache):
+    """The fast path of a feature draft (``sdd_edu.feature_draft``): a ``StaticKVCache`` whose forwards also
+    read the features of their rows, from one more fixed buffer (1, bucket, d)."""
+
+    def __init__(self, model, max_len: int, **kw):
+        super().__init__(model, max_len, **kw)
+        self.feats = torch.zeros(1, self.max_bucket, model.config.d_model, dtype=model.dtype, device=model.device)
+
+    def forward_features(self, model, features, next_ids, position_ids=None, attention_mask=None) -> torch.Tensor:
+        """The draft's layer output (1, N, d) for rows reading ``features`` (1, N, d) beside ``next_ids`` (1, N),
+        computed at the bucket's fixed shapes; a copy, kept past the next replay."""
+        B, N = next_ids.shape
+        start = self.length
+        if B != 1:
+            raise ValueError("the fast path decodes one sequence (batch size 1)")
+        if start + N > self.max_len:
+            raise ValueError(f"feature draft cache full: {start} + {N} > {self.max_len} slots")
+        if self.model is None:
+            self.model = model
+        elif self.model is not model:
+            raise ValueError("a fast cache serves the model that first used it")
+        self.feats[:, :N].copy_(features)
+        b = self._fill(next_ids, position_ids, attention_mask)
+        h = self._run(model, b)
+        self.length = start + N
+        return h[:, :N].clone()
+
+    def _body(self, model, b: int) -> torch.Tensor:
+        body = compiled_body(model) if self.compiled else model.body
+        return body(self.feats[:, :b], self.ids[:, :b], self.pos[:, :b], self, self.slots[:b], self.mask[:b])
 
 
 def compiled_body(model):

@@ -130,9 +130,13 @@ class FeatureDraft(nn.Module):
         positions default to the next N; the mask is boolean over cached + new slots, causal by default.
         A row's position is that of its token (``next_ids``), the token whose successor it predicts.
         """
-        embedded = self.target.tok_emb(next_ids).to(features.dtype)  # (B, N, d)
-        x = self.fc(torch.cat([features, embedded], dim=-1))  # (B, N, d): the pair, projected to the width
-        h = self.layer(x, cache, position_ids, attention_mask)  # (B, N, d): the predicted next features
+        N = next_ids.shape[1]
+        if getattr(cache, "static", False) and N <= cache.max_bucket:  # the fast path (sdd_edu/fast.py)
+            h = cache.forward_features(self, features, next_ids, position_ids, attention_mask)
+        else:
+            embedded = self.target.tok_emb(next_ids).to(features.dtype)  # (B, N, d)
+            x = self.fc(torch.cat([features, embedded], dim=-1))  # (B, N, d): the pair, projected to the width
+            h = self.layer(x, cache, position_ids, attention_mask)  # (B, N, d): the predicted next features
         return self.head_logits(h, extra_head_ids), h
 
     def layer(self, x: torch.Tensor, cache: Optional[KVCache] = None, position_ids: Optional[torch.Tensor] = None,
@@ -145,18 +149,26 @@ class FeatureDraft(nn.Module):
             raise ValueError(f"feature draft cache full: {start} + {N} > {cache.max_len} slots")
         if position_ids is None:
             position_ids = torch.arange(start, start + N, device=x.device)
-        position_ids = position_ids.expand(B, N)
         mask = Transformer._attention_mask(attention_mask, start, N, x.device)
+        h = self._block(x, position_ids.expand(B, N), cache, start, mask)  # (B, N, d)
+        if cache is not None:
+            cache.length = start + N
+        return h
+
+    def body(self, features, next_ids, position_ids, cache, start, mask) -> torch.Tensor:
+        """The forward up to the head at fixed shapes, for the fast path to capture (``fast.FeatureStaticCache``):
+        ``start`` a tensor of the rows' cache slots, ``mask`` over every slot; nothing is read back."""
+        embedded = self.target.tok_emb(next_ids).to(features.dtype)
+        return self._block(self.fc(torch.cat([features, embedded], dim=-1)), position_ids, cache, start, mask)
+
+    def _block(self, x, position_ids, cache, start, mask) -> torch.Tensor:
         rope = None
         if self.config.family == "llama":
             rope = (self.rope_cos[position_ids].unsqueeze(2).to(x.dtype),  # (B, N, 1, hs)
                     self.rope_sin[position_ids].unsqueeze(2).to(x.dtype))
         if mask is not None and mask.dtype == torch.bool:
             mask = additive_mask(mask, x.dtype)
-        h = self.block(x, rope, cache, start, mask)  # (B, N, d)
-        if cache is not None:
-            cache.length = start + N
-        return h
+        return self.block(x, rope, cache, start, mask)
 
     def timed_forward(self, input_ids: torch.Tensor, cache: Optional[KVCache] = None):
         """A forward over ``input_ids`` with zero features, for timing (``measure.roofline``): what it costs

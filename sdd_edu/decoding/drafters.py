@@ -591,7 +591,6 @@ class FeatureDrafter(ModelDrafter):
         self.name = "feature-draft"
 
     def begin(self, prompt_ids, max_len):
-        self.fast = False  # the feature draft runs its eager forward, on the engine's own cache
         super().begin(prompt_ids, max_len)
         model = self.draft.model
         self.features = torch.zeros(self.cache.max_len, model.config.d_model, dtype=model.dtype, device=model.device)

@@ -135,8 +135,8 @@ def forward_profile(model: LoadedModel, fast: bool, tokens: int = 1, context: in
     from torch.profiler import ProfilerActivity, profile
 
     m = model.model
-    run = getattr(m, "timed_forward", m)  # a feature draft reads features too: profiled over zeros, eager
-    cache = new_cache(m, context + tokens, fast=fast and run is m)
+    run = getattr(m, "timed_forward", m)  # a feature draft reads features too: profiled over zeros
+    cache = new_cache(m, context + tokens, fast=fast)
     run(torch.zeros(1, context, dtype=torch.long, device=m.device), cache)
     x = torch.zeros(1, tokens, dtype=torch.long, device=m.device)
 
@@ -179,23 +179,23 @@ def latency(model: LoadedModel, fast: bool, tokens=CURVE_TOKENS, context: int = 
 
 
 def draft_costs(ladder, context: int = 256) -> dict:
-    """One-token forwards of the target and of each draft after ``context`` cached tokens: median ms eager and,
-    where the model has one, on the fast path; the operators (kernels on CUDA) of an eager forward; and each
-    draft's cost ratio c to the target, eager to eager and fast to fast (a feature draft has no fast path)."""
+    """One-token forwards of the target and of each draft after ``context`` cached tokens: median ms eager and on
+    the fast path, the operators (kernels on CUDA) of each, and each draft's cost ratio c to the target, eager to
+    eager and fast to fast."""
     rows = {}
     for label, model in (("target", ladder.target), ("draft", ladder.draft),
                          ("feature draft", getattr(ladder, "feature_draft", None))):
         if model is None:
             continue
-        eager_only = getattr(model.model, "reads_features", False)
         row = {"eager_ms": latency(model, False, (1,), context=context)[1],
-               "fast_ms": None if eager_only else latency(model, True, (1,), context=context)[1],
-               "profile": forward_profile(model, False, context=min(context, 64))}
+               "fast_ms": latency(model, True, (1,), context=context)[1],
+               "profile": {"eager": forward_profile(model, False, context=min(context, 64)),
+                           "fast": forward_profile(model, True, context=min(context, 64))}}
         rows[label] = row
     for label, row in rows.items():
         if label != "target":
             row["c_eager"] = row["eager_ms"] / rows["target"]["eager_ms"]
-            row["c_fast"] = None if row["fast_ms"] is None else row["fast_ms"] / rows["target"]["fast_ms"]
+            row["c_fast"] = row["fast_ms"] / rows["target"]["fast_ms"]
     return rows
 
 
@@ -437,11 +437,10 @@ def format_gpu_check(res: dict) -> str:
     if drafts:
         lines += ["", "one-token forward after the context, embedded ladder (c: a draft's share of the target's):"]
         for label, row in drafts.items():
-            fast = "" if row["fast_ms"] is None else f", fast {row['fast_ms']:.2f} ms"
-            share = "" if label == "target" else f"   c eager {row['c_eager']:.3f}" + (
-                "" if row["c_fast"] is None else f", fast {row['c_fast']:.3f}")
-            lines.append(f"  {label:<14} eager {row['eager_ms']:.2f} ms{fast}, {row['profile']['count']} "
-                         f"{row['profile']['what']}{share}")
+            prof = row["profile"]
+            share = "" if label == "target" else f"   c eager {row['c_eager']:.3f}, fast {row['c_fast']:.3f}"
+            lines.append(f"  {label:<14} eager {row['eager_ms']:.2f} ms, fast {row['fast_ms']:.2f} ms; "
+                         f"{prof['eager']['what']} {prof['eager']['count']} eager, {prof['fast']['count']} fast{share}")
     lines.append("")
     for name, same in res["greedy"].items():
         lines.append(f"greedy tokens identical to eager baseline, {name}: "

@@ -151,8 +151,6 @@ def _decoding_path(m, fast: Optional[bool]) -> bool:
     """Whether decoding on ``m``'s device runs the fast path (``generate``'s default: on CUDA only)."""
     from ..fast import on_by_default
 
-    if getattr(m, "reads_features", False):  # a feature draft decodes on the eager forward (see ``generate``)
-        return False
     return on_by_default(m.device) if fast is None else bool(fast)
 
 
