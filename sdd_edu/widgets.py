@@ -130,6 +130,20 @@ def _rate(x) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def _with_feature_draft(ladder, methods: Sequence[str]) -> list[str]:
+    """The methods, and, where the ladder has a feature draft, speculative and tree drafting with it
+    (``method:features``, the bench's labels for ``draft="features"``)."""
+    if getattr(ladder, "feature_draft", None) is None:
+        return list(methods)
+    return list(methods) + [f"{m}:features" for m in ("speculative", "tree") if m in methods]
+
+
+def _method_and_draft(label: str) -> tuple[str, dict]:
+    """'tree:features' -> ('tree', {'draft': 'features'}); 'tree' -> ('tree', {})."""
+    method, _, variant = label.partition(":")
+    return method, ({"draft": "features"} if variant == "features" else {})
+
+
 def _positive(name: str, value) -> int:
     if not isinstance(value, int) or value < 1:
         raise SddError(f"{name} must be a positive integer, got {value!r}")
@@ -214,7 +228,7 @@ def intensity_explorer(models: Optional[dict] = None, ceilings: Optional[dict] =
 class AcceptanceExplorer(View):
     def __init__(self, ladder, prompts, max_new_tokens: int, method: str, seed: int):
         self.ladder, self.prompts, self.max_new_tokens, self.seed = ladder, list(prompts), max_new_tokens, seed
-        methods = ["speculative", "tree"] + (["staged"] if ladder.draft is not None else [])
+        methods = _with_feature_draft(ladder, ["speculative", "tree"] + (["staged"] if ladder.draft is not None else []))
         controls = {
             "method": widgets.Dropdown(options=methods, value=method, description="method"),
             "gamma": _int("draft length", 4, 1, 12),
@@ -230,16 +244,18 @@ class AcceptanceExplorer(View):
 
     def settings(self) -> dict:
         c = {k: w.value for k, w in self.controls.items()}
-        if c["method"] == "speculative":
-            return {"gamma": _positive("draft length", c["gamma"])}
+        method, draft = _method_and_draft(c["method"])
+        if method == "speculative":
+            return {"gamma": _positive("draft length", c["gamma"]), **draft}
         return {"width": _positive("width", c["width"]), "depth": _positive("depth", c["depth"]),
-                "budget": _positive("tree size", c["budget"])}
+                "budget": _positive("tree size", c["budget"]), **draft}
 
     def draw(self) -> None:
         from .measure.generation import generate
         from .measure.acceptance import acceptance_records
 
-        method, temperature = self.controls["method"].value, self.controls["temperature"].value
+        label, temperature = self.controls["method"].value, self.controls["temperature"].value
+        method = _method_and_draft(label)[0]
         settings = self.settings()
         for name in ("gamma", "width", "depth", "budget"):  # only the method's own settings are live
             self.controls[name].disabled = (name == "gamma") != (method == "speculative")
@@ -252,8 +268,9 @@ class AcceptanceExplorer(View):
         self.results = results
         rec = acceptance_records(results)
         gamma = settings.get("gamma", settings.get("depth"))
+        shape = {k: v for k, v in settings.items() if k != "draft"}
         self._show(plots.acceptance_figure(
-            rec, gamma, title=f"{method}, {plots.settings_text(settings)}, temperature {temperature:g}"))
+            rec, gamma, title=f"{label}, {plots.settings_text(shape)}, temperature {temperature:g}"))
         m = plots.fmt_measured
         self.summary.value = (f"{rec['steps']} verification steps; acceptance rate {m(rec['acceptance_rate'])}; "
                               f"{m(rec['tokens_per_forward'])} tokens per target forward; "
@@ -280,10 +297,11 @@ class LatencyDashboard(View):
         from .decoding import METHODS
 
         self.ladder, self.prompts, self.max_new_tokens = ladder, prompts, max_new_tokens
-        methods = [m for m in METHODS if m != "staged" or ladder.draft is not None]
+        methods = _with_feature_draft(ladder, [m for m in METHODS if m != "staged" or ladder.draft is not None])
         ran = tuple(dict.fromkeys(s["mode"] for s in bench["summary"])) if bench else ("greedy",)
         controls = {
-            "methods": widgets.SelectMultiple(options=methods, value=tuple(methods), description="methods", rows=4),
+            "methods": widgets.SelectMultiple(options=methods, value=tuple(m for m in methods if ":" not in m),
+                                              description="methods", rows=min(len(methods), 6)),
             # a given benchmark's modes are shown as the control says: both when it ran both
             "mode": widgets.ToggleButtons(options=list(self.MODES), description="decoding",
                                           value=next((k for k, v in self.MODES.items() if v == ran), "greedy")),
@@ -347,9 +365,11 @@ class TokenOriginView(View):
     def __init__(self, ladder, prompts, max_new_tokens: int, seed: int):
         self.ladder, self.max_new_tokens, self.seed = ladder, max_new_tokens, seed
         methods = ["baseline", "speculative", "tree"] + (["staged"] if ladder.draft is not None else [])
+        default = methods[-1]
+        methods = _with_feature_draft(ladder, methods)
         controls = {
             "prompt": widgets.Dropdown(options=list(prompts), description="prompt"),
-            "method": widgets.Dropdown(options=methods, value=methods[-1], description="method"),
+            "method": widgets.Dropdown(options=methods, value=default, description="method"),
             "temperature": _float("temperature", 0.0),
         }
         self.text = widgets.HTML()
@@ -362,8 +382,9 @@ class TokenOriginView(View):
         from .measure.generation import generate
 
         c = {k: w.value for k, w in self.controls.items()}
-        res = generate(self.ladder, c["prompt"], method=c["method"], max_new_tokens=self.max_new_tokens,
-                       temperature=c["temperature"], seed=self.seed)
+        method, draft = _method_and_draft(c["method"])
+        res = generate(self.ladder, c["prompt"], method=method, max_new_tokens=self.max_new_tokens,
+                       temperature=c["temperature"], seed=self.seed, **draft)
         self.result = res
         pieces = plots.token_pieces(self.ladder.target, res.token_ids, res.origins)
         prompt = resolve_prompt(c["prompt"])
@@ -392,7 +413,7 @@ def token_origin_view(ladder="embedded", prompts=("HumanEval/0", "HumanEval/2", 
 class TreeView(View):
     def __init__(self, ladder, prompt, method: str, max_new_tokens: int, width: int, depth: int, budget: int):
         self.ladder, self.prompt, self.max_new_tokens = ladder, prompt, max_new_tokens
-        methods = ["tree"] + (["staged"] if ladder.draft is not None else [])
+        methods = _with_feature_draft(ladder, ["tree"] + (["staged"] if ladder.draft is not None else []))
         controls = {
             "method": widgets.Dropdown(options=methods, value=method if method in methods else "tree",
                                        description="method"),
@@ -413,8 +434,9 @@ class TreeView(View):
 
         c = {k: w.value for k, w in self.controls.items()}
         settings = {k: _positive(k if k != "budget" else "tree size", c[k]) for k in ("width", "depth", "budget")}
-        self.result = generate(self.ladder, self.prompt, method=c["method"], max_new_tokens=self.max_new_tokens,
-                               adaptive=False, **settings)  # every step draws the tree of these settings
+        method, draft = _method_and_draft(c["method"])
+        self.result = generate(self.ladder, self.prompt, method=method, max_new_tokens=self.max_new_tokens,
+                               adaptive=False, **settings, **draft)  # every step draws the tree of these settings
         self.method, self.settings = c["method"], settings
         self.step.max = max(0, len(self.result.trace) - 1)
         self.step.value = min(self.step.value, self.step.max)

@@ -371,3 +371,33 @@ def test_tree_plan_view(ladder):
     assert len(measured.x) == len(view.measured) >= 2 and "measured" in view.table.value
     assert_bad_setting_shows_a_message(view, "max_nodes", 0, "largest tree")
     assert isinstance(view.static(), go.Figure)
+
+
+def test_views_draft_with_the_feature_draft_where_the_ladder_has_one(ladder):
+    """A ladder with a feature draft: the views offer speculative and tree drafting with it (the bench's labels
+    ``method:features``) beside the small draft, and run them; a ladder without one does not offer them."""
+    from tests.test_feature_draft import random_feature_draft
+
+    featured = make_ladder(ladder.target, ladder.draft, PromptLookup(), name="tiny+features",
+                           feature_draft=random_feature_draft(ladder.target, 3))
+    wanted = {"speculative:features", "tree:features"}
+    view = widgets.acceptance_explorer(featured, PROMPTS[:1], max_new_tokens=10)
+    assert wanted <= set(view.controls["method"].options)
+    view.controls["method"].value = "tree:features"
+    assert view.ok and "tree:features" in view.figure.layout.title.text, view.message.value
+    assert not view.controls["width"].disabled and view.controls["gamma"].disabled
+    origins = widgets.token_origin_view(featured, PROMPTS[:1], max_new_tokens=10)
+    origins.controls["method"].value = "speculative:features"
+    assert origins.ok and origins.result.stats.draft_forwards > 0, origins.message.value
+    drafted = origins.result.token_ids
+    origins.controls["method"].value = "baseline"
+    assert origins.result.token_ids == drafted  # greedy: the feature draft changes the speed, not the tokens
+    trees = widgets.tree_view(featured, PROMPTS[0], method="tree:features", max_new_tokens=8, width=2, depth=2, budget=3)
+    assert trees.ok and trees.controls["method"].value == "tree:features" and trees.result.trace
+    dashboard = widgets.latency_dashboard(featured, prompts=1, max_new_tokens=6)
+    assert wanted <= set(dashboard.controls["methods"].options)
+    assert not wanted & set(dashboard.controls["methods"].value)  # measured when chosen, not by default
+    dashboard.controls["methods"].value = ("tree:features",)
+    assert list(dashboard.figure.data[0].x) == ["baseline", "tree:features"]
+    plain = widgets.acceptance_explorer(ladder, PROMPTS[:1], max_new_tokens=6)
+    assert not wanted & set(plain.controls["method"].options)
