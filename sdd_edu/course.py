@@ -17,6 +17,7 @@ natural other way.  In the order of the series:
   01  entropy                         ``entropy``
   02  flops_bf16, bytes_bf16          ``bf16_flops_and_bytes``: ``forward_counts`` in bf16
   02  largest                         ``largest_within``: a bisection
+  02  run_recorded (optional)         ``run_recorded``: the input filled in place, a replay, the output copied
   03  speculative_samples             ``speculative_samples``: min(1, p/q) as a keep probability
   03  by_hand                         ``expected_tokens_per_forward`` (the closed form)
   03  best_gamma                      ``best_draft_length``
@@ -134,6 +135,16 @@ def largest_within(cost: Callable[[int], float], limit: float, most: int = 4096)
         else:
             beyond = middle
     return within
+
+
+# ----------------------------------------------------------------------------- 02 · a recorded forward (optional)
+
+def run_recorded(graph, static_ids, static_logits, ids):
+    """A recorded forward on ``ids``: written into the graph's input buffer in place, replayed, and its output
+    copied out before the next replay overwrites it."""
+    static_ids[...] = ids
+    graph.replay()
+    return static_logits.detach().clone()
 
 
 # ----------------------------------------------------------------------------- 03 · speculative decoding
@@ -446,3 +457,4 @@ def predicted_chain_speedups(by_depth: dict, c: dict, r: float, gamma: int) -> t
             tokens += reach
         predicted[name] = tokens / (gamma * c[name] + r)
     return predicted, max(predicted, key=predicted.get)
+

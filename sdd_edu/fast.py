@@ -273,3 +273,44 @@ def compiled_body(model):
         body = model.__dict__["_compiled_body"] = torch.compile(model.body, fullgraph=True, dynamic=None,
                                                                 backend=COMPILE_BACKEND)
     return body
+
+
+# ----------------------------------------------------------------------------- recording a forward (notebook 02)
+
+class RecordedGraph:
+    """A CUDA graph's contract, kept on any device: ``capture(fn)`` runs ``fn`` once and records it; ``replay()``
+    runs the recorded work again on whatever its input tensors hold now and writes the result into the same
+    output tensor.  On a CPU there are no launches to save, so this stand-in saves nothing; code written
+    against it (fill the inputs in place, replay, copy the output out) runs unchanged with ``torch.cuda.CUDAGraph``."""
+
+    def __init__(self):
+        self._fn, self.output = None, None
+
+    def capture(self, fn):
+        with torch.no_grad():
+            self.output = fn()
+        self._fn = fn
+        return self.output
+
+    def replay(self) -> None:
+        with torch.no_grad():
+            self.output.copy_(self._fn())
+
+
+def record(fn, device) -> tuple:
+    """(graph, its output tensor): ``fn`` (no arguments, fixed shapes, nothing read back to the host) recorded
+    as a CUDA graph on a CUDA device, else with ``RecordedGraph``.  The graph reads the tensors ``fn`` read, at
+    their addresses, at every replay."""
+    if torch.device(device).type != "cuda":
+        graph = RecordedGraph()
+        return graph, graph.capture(fn)
+    with torch.no_grad():
+        stream = torch.cuda.Stream()  # warm up on a side stream: lazy initialisation happens outside the recording
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = fn()
+    return graph, out

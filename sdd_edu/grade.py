@@ -473,6 +473,23 @@ def _my_planner(my_planner, ns) -> None:
 
 
 
+def _run_recorded(run_recorded, ns) -> None:
+    import torch
+
+    from .fast import record
+
+    static_in = torch.zeros(2, 3)
+    weight = torch.randn(3, 4, generator=torch.Generator().manual_seed(51))
+    graph, static_out = record(lambda: torch.tanh(static_in @ weight) + 1, "cpu")  # another recorded function
+    inputs = [torch.randn(2, 3, generator=torch.Generator().manual_seed(52 + i)) for i in range(3)]
+    outs = [run_recorded(graph, static_in, static_out, x) for x in inputs]
+    for i, (x, out) in enumerate(zip(inputs, outs)):
+        assert torch.allclose(out, torch.tanh(x @ weight) + 1, atol=1e-6), \
+            f"another recorded function, input {i + 1} of 3: not its output on that input " \
+            "(filled in place and replayed, the output copied out?)"
+    assert torch.equal(static_in, inputs[-1]), "the graph's input buffer does not hold the last input"
+
+
 def _tiny_feature_draft(seed: int, head_size: int, forward_forbidden: bool = True):
     """A small target and a feature draft attached to it, whose own forward raises when ``forward_forbidden``
     (the exercise writes that forward; calling it would be the package's answer)."""
@@ -564,6 +581,7 @@ HIDDEN = [
     Hidden("01", "gqa", _gqa, ("attention", "scaled_dot_product_attention")),
     Hidden("01", "attention_with_cache", _attention_with_cache),
     Hidden("01", "entropy", _entropy),
+    Hidden("02", "run_recorded", _run_recorded),
     Hidden("03", "speculative_samples", _speculative_samples),
     Hidden("03", "draft_step", _draft_step),
     Hidden("04", "grow_tree", _grow_tree, ("_grow", "optimal_tree")),

@@ -493,6 +493,24 @@ with torch.inference_mode():
 RIGHT_DRAFT_CACHE = dict(rollback="cache.truncate(n)\ndel seen[n:]")
 
 
+SETUP_02_GRAPH = """
+import torch
+from types import SimpleNamespace
+from sdd_edu.fast import record
+from sdd_edu.notebook import check
+from tests.test_speculative import random_lm
+target = random_lm(7)  # a small random model stands in for the embedded target
+env = SimpleNamespace(device=torch.device("cpu"))
+T = 8
+window = torch.tensor([[3, 14, 15, 9, 2, 6, 5, 35]])
+static_ids = window.clone()
+positions = torch.arange(T)[None]
+causal = torch.ones(T, T, dtype=torch.bool).tril()
+def window_forward():
+    return target.model.head_logits(target.model.body(static_ids, positions, None, 0, causal))
+graph, static_logits = record(window_forward, "cpu")
+"""
+
 SETUP_08_FORWARD = """
 import torch
 from types import SimpleNamespace
@@ -844,6 +862,13 @@ EXERCISES = {
         "the overlap of the wrong pair": (
             "acceptance = torch.maximum(p, q).sum().item() - 1\ntotal_variation = 1 - acceptance"),
     }, from_block=True),
+    "02 a recorded forward (optional)": Exercise("02_why_decoding_is_slow", "fill one, replay, copy the other",
+                                                 SETUP_02_GRAPH, {
+        "the input renamed, not written in place": "static_ids = ids\ngraph.replay()\nreturn static_logits.clone()",
+        "the output handed out, not copied": "static_ids.copy_(ids)\ngraph.replay()\nreturn static_logits",
+        "no replay": "static_ids.copy_(ids)\nreturn static_logits.clone()",
+        "replayed before the new ids are in": "graph.replay()\nstatic_ids.copy_(ids)\nreturn static_logits.clone()",
+    }),
     "08 the feature draft's forward": Exercise("08_feature_drafts", "join them after the features", SETUP_08_FORWARD, {
         "the embedding first": FEATURE_FORWARD_BLOCK.format(
             **{**RIGHT_FEATURE_FORWARD, "project": "draft.fc(torch.cat([embedded, features], dim=-1))"}),
