@@ -120,3 +120,21 @@ def read_shards(folder: Path):
         offsets = np.concatenate([[0], np.cumsum(z["prompt_lengths"])])
         for i in range(len(z["prompt_lengths"])):
             yield (z["prompt_tokens"][offsets[i]:offsets[i + 1]], z["tokens"][i], z["top_ids"][i], z["top_probs"][i])
+
+
+def prompt_batches(target, batch: int, max_prompt_tokens: int, limit: int = 0) -> tuple[list, list]:
+    """The standard library's prompts encoded for ``target`` (8 to ``max_prompt_tokens`` tokens, the first
+    ``limit`` of a fixed shuffle when given) and batches of their indices, similar lengths together (less
+    padding), in a fixed shuffled order: (encoded prompts, batches).  The same for every run, so that a data
+    step resumed or rerun writes the same shards."""
+    import random
+
+    prompts = stdlib_function_prompts()
+    random.Random(0).shuffle(prompts)
+    encoded = [ids for ids in (target.encode(p) for p in prompts) if 8 <= len(ids) <= max_prompt_tokens]
+    if limit:
+        encoded = encoded[:limit]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    batches = [order[i:i + batch] for i in range(0, len(order), batch)]
+    random.Random(1).shuffle(batches)
+    return encoded, batches

@@ -124,20 +124,12 @@ class StaticKVCache(KVCache):
                 extra_head_ids=None, features=False):
         """What ``Transformer.forward`` returns, computed at the bucket's fixed shapes (with ``features``, the
         normalised hidden states too: a copy, since a replayed graph writes its output buffer again)."""
-        B, N = input_ids.shape
-        start = self.length
-        if B != 1:
-            raise ValueError("the fast path decodes one sequence (batch size 1)")
-        if start + N > self.max_len:
-            raise ValueError(f"KV cache full: {start} + {N} > {self.max_len} slots")
+        N, start = input_ids.shape[1], self.length
+        self._admit(model, input_ids, "KV cache")
         # positions are start + depth <= start + N - 1, for a chain and for a tree alike
         if start + N > model.config.max_seq_len:
             raise ValueError(f"position {start + N - 1} is past the model's context of "
                              f"{model.config.max_seq_len} tokens")
-        if self.model is None:
-            self.model = model
-        elif self.model is not model:
-            raise ValueError("a fast cache serves the model that first used it")
         b = self._fill(input_ids, position_ids, attention_mask)
         h = self._run(model, b)  # (1, b, d)
         self.length = start + N
@@ -146,6 +138,18 @@ class StaticKVCache(KVCache):
             return model.head_logits(h[:, N - 1:N] if last_only else h, reduced, extra_head_ids), h
         h = h[:, N - 1:N] if last_only else h[:, :N]
         return model.head_logits(h, reduced, extra_head_ids)
+
+    def _admit(self, model, input_ids, what: str) -> None:
+        """The checks before a forward: one sequence, room in the cache, the model that first used it."""
+        B, N = input_ids.shape
+        if B != 1:
+            raise ValueError("the fast path decodes one sequence (batch size 1)")
+        if self.length + N > self.max_len:
+            raise ValueError(f"{what} full: {self.length} + {N} > {self.max_len} slots")
+        if self.model is None:
+            self.model = model
+        elif self.model is not model:
+            raise ValueError("a fast cache serves the model that first used it")
 
     def _fill(self, input_ids, position_ids, attention_mask) -> int:
         """Write a forward's inputs into the fixed buffers, from slot ``self.length`` on; returns the bucket.
@@ -225,16 +229,8 @@ class FeatureStaticCache(StaticKVCache):
     def forward_features(self, model, features, next_ids, position_ids=None, attention_mask=None) -> torch.Tensor:
         """The draft's layer output (1, N, d) for rows reading ``features`` (1, N, d) beside ``next_ids`` (1, N),
         computed at the bucket's fixed shapes; a copy, kept past the next replay."""
-        B, N = next_ids.shape
-        start = self.length
-        if B != 1:
-            raise ValueError("the fast path decodes one sequence (batch size 1)")
-        if start + N > self.max_len:
-            raise ValueError(f"feature draft cache full: {start} + {N} > {self.max_len} slots")
-        if self.model is None:
-            self.model = model
-        elif self.model is not model:
-            raise ValueError("a fast cache serves the model that first used it")
+        N, start = next_ids.shape[1], self.length
+        self._admit(model, next_ids, "feature draft cache")
         self.feats[:, :N].copy_(features)
         b = self._fill(next_ids, position_ids, attention_mask)
         h = self._run(model, b)

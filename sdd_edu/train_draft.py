@@ -67,20 +67,12 @@ def draft_config(target: ModelConfig, spec: DraftSpec) -> ModelConfig:
 def cmd_data(args) -> None:
     from tqdm.auto import tqdm
 
-    from .draft_data import generate_batch, stdlib_function_prompts, write_shard
+    from .draft_data import generate_batch, prompt_batches, write_shard
 
     out = Path(args.work) / "data"
     out.mkdir(parents=True, exist_ok=True)
     target = load_model("embedded", dtype=args.dtype)
-    prompts = stdlib_function_prompts()
-    random.Random(0).shuffle(prompts)
-    encoded = [ids for ids in (target.encode(p) for p in prompts) if 8 <= len(ids) <= args.max_prompt_tokens]
-    if args.limit:
-        encoded = encoded[:args.limit]
-    # similar lengths share a batch: less padding
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    batches = [order[i:i + args.batch] for i in range(0, len(order), args.batch)]
-    random.Random(1).shuffle(batches)
+    encoded, batches = prompt_batches(target, args.batch, args.max_prompt_tokens, args.limit)
     sampling = Sampling(temperature=args.temperature, top_k=50)
     deadline = time.time() + 60 * args.minutes if args.minutes else float("inf")
     done = {p.name for p in out.glob("shard-*.npz")}

@@ -79,19 +79,12 @@ def collect(target: LoadedModel, prompts: list[list[int]], new_tokens: int, samp
 def cmd_data(args) -> None:
     from tqdm.auto import tqdm
 
-    from .draft_data import stdlib_function_prompts
+    from .draft_data import prompt_batches
 
     out = Path(args.work) / "data"
     out.mkdir(parents=True, exist_ok=True)
     target = load_model("embedded", dtype=args.dtype)
-    prompts = stdlib_function_prompts()
-    random.Random(0).shuffle(prompts)
-    encoded = [ids for ids in (target.encode(p) for p in prompts) if 8 <= len(ids) <= args.max_prompt_tokens]
-    if args.limit:
-        encoded = encoded[:args.limit]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
-    batches = [order[i:i + args.batch] for i in range(0, len(order), args.batch)]
-    random.Random(1).shuffle(batches)
+    encoded, batches = prompt_batches(target, args.batch, args.max_prompt_tokens, args.limit)
     sampling = Sampling(temperature=args.temperature, top_k=50)
     deadline = time.time() + 60 * args.minutes if args.minutes else float("inf")
     done = {p.name for p in out.glob("shard-*.npz")}
