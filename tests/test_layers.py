@@ -9,11 +9,12 @@ import sdd_edu
 
 PACKAGE = Path(sdd_edu.__file__).parent
 LAYERS = {  # module (dotted, without "sdd_edu.") -> layer
-    **{m: 0 for m in ("errors", "model", "fast", "loading", "sampling", "ngram", "data", "ladders", "draft_data")},
+    **{m: 0 for m in ("errors", "model", "fast", "loading", "sampling", "ngram", "data", "ladders", "draft_data",
+                      "feature_draft", "measured")},
     "decoding": 1,
     "measure": 2,
     **{m: 3 for m in ("plots", "widgets", "report", "diagrams", "cli", "notebook", "course", "grade", "site",
-                      "__main__", "train_draft", "")},
+                      "__main__", "train_draft", "train_feature_draft", "")},
 }
 NAMES = ["the model", "decoding", "measuring", "views and the command line"]
 
