@@ -197,16 +197,7 @@ class StaticKVCache(KVCache):
         if not self.capture:
             return self._body(model, b)
         if b not in self.graphs:
-            # warm up on a side stream (allocations settle, lazy initialisation happens), then record
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                self._body(model, b)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool()):
-                out = self._body(model, b)
-            self.graphs[b] = (graph, out)
+            self.graphs[b] = record(lambda: self._body(model, b), model.device, pool=self._pool())
         graph, out = self.graphs[b]
         graph.replay()  # the warm-up wrote the same keys and values to the same slots: replaying is harmless
         self.replays += 1
@@ -293,20 +284,21 @@ class RecordedGraph:
             self.output.copy_(self._fn())
 
 
-def record(fn, device) -> tuple:
+def record(fn, device, pool=None) -> tuple:
     """(graph, its output tensor): ``fn`` (no arguments, fixed shapes, nothing read back to the host) recorded
-    as a CUDA graph on a CUDA device, else with ``RecordedGraph``.  The graph reads the tensors ``fn`` read, at
-    their addresses, at every replay."""
+    as a CUDA graph on a CUDA device (in the memory ``pool`` given, shared by a cache's graphs), else with
+    ``RecordedGraph``.  The graph reads the tensors ``fn`` read, at their addresses, at every replay."""
     if torch.device(device).type != "cuda":
         graph = RecordedGraph()
         return graph, graph.capture(fn)
     with torch.no_grad():
-        stream = torch.cuda.Stream()  # warm up on a side stream: lazy initialisation happens outside the recording
+        # warm up on a side stream (allocations settle, lazy initialisation happens), then record
+        stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             fn()
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=pool):
             out = fn()
     return graph, out

@@ -27,6 +27,7 @@ import plotly.graph_objects as go
 
 from . import plots
 from .errors import SddError
+from .measure.bench import method_and_settings
 
 # plotly's FigureWidget draws before JupyterLab has laid out the output area, falls back to 700 px and keeps
 # that width; the plotly mimetype is drawn by JupyterLab's (and VS Code's) own renderer, which fits the area
@@ -138,12 +139,6 @@ def _with_feature_draft(ladder, methods: Sequence[str]) -> list[str]:
     return list(methods) + [f"{m}:features" for m in ("speculative", "tree") if m in methods]
 
 
-def _method_and_draft(label: str) -> tuple[str, dict]:
-    """'tree:features' -> ('tree', {'draft': 'features'}); 'tree' -> ('tree', {})."""
-    method, _, variant = label.partition(":")
-    return method, ({"draft": "features"} if variant == "features" else {})
-
-
 def _positive(name: str, value) -> int:
     if not isinstance(value, int) or value < 1:
         raise SddError(f"{name} must be a positive integer, got {value!r}")
@@ -244,7 +239,7 @@ class AcceptanceExplorer(View):
 
     def settings(self) -> dict:
         c = {k: w.value for k, w in self.controls.items()}
-        method, draft = _method_and_draft(c["method"])
+        method, draft = method_and_settings(c["method"])
         if method == "speculative":
             return {"gamma": _positive("draft length", c["gamma"]), **draft}
         return {"width": _positive("width", c["width"]), "depth": _positive("depth", c["depth"]),
@@ -255,7 +250,7 @@ class AcceptanceExplorer(View):
         from .measure.acceptance import acceptance_records
 
         label, temperature = self.controls["method"].value, self.controls["temperature"].value
-        method = _method_and_draft(label)[0]
+        method = method_and_settings(label)[0]
         settings = self.settings()
         for name in ("gamma", "width", "depth", "budget"):  # only the method's own settings are live
             self.controls[name].disabled = (name == "gamma") != (method == "speculative")
@@ -382,7 +377,7 @@ class TokenOriginView(View):
         from .measure.generation import generate
 
         c = {k: w.value for k, w in self.controls.items()}
-        method, draft = _method_and_draft(c["method"])
+        method, draft = method_and_settings(c["method"])
         res = generate(self.ladder, c["prompt"], method=method, max_new_tokens=self.max_new_tokens,
                        temperature=c["temperature"], seed=self.seed, **draft)
         self.result = res
@@ -434,7 +429,7 @@ class TreeView(View):
 
         c = {k: w.value for k, w in self.controls.items()}
         settings = {k: _positive(k if k != "budget" else "tree size", c[k]) for k in ("width", "depth", "budget")}
-        method, draft = _method_and_draft(c["method"])
+        method, draft = method_and_settings(c["method"])
         self.result = generate(self.ladder, self.prompt, method=method, max_new_tokens=self.max_new_tokens,
                                adaptive=False, **settings, **draft)  # every step draws the tree of these settings
         self.method, self.settings = c["method"], settings
