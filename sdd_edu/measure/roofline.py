@@ -20,7 +20,7 @@ from ..decoding.common import synchronize
 from ..fast import new_cache
 from ..loading import install_linear_paths, linear_paths_file, saved_linear_paths  # noqa: F401
 from ..model import ModelConfig
-from .timing import median, time_call
+from .timing import fastest_call, median, time_call
 
 DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2}
 
@@ -69,17 +69,18 @@ def intensity_table(config: ModelConfig, tokens=(1, 2, 4, 8, 16, 32, 64, 128, 25
 
 
 def device_ceilings(device=None, dtype=torch.float32, size: int = 2048, copy_mb: int = 256,
-                    repeats: int = 5) -> dict:
-    """Measured peak matmul FLOP/s for ``dtype`` and copy bandwidth (read + write) in bytes/s; the ridge point."""
+                    repeats: int = 5, min_seconds: float = 0.25) -> dict:
+    """Measured peak matmul FLOP/s for ``dtype`` and copy bandwidth (read + write) in bytes/s; the ridge point.
+    Each is the fastest of at least ``repeats`` calls spread over ``min_seconds`` (``timing.fastest_call``)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     a = torch.randn(size, size, device=device, dtype=dtype)
     bm = torch.randn(size, size, device=device, dtype=dtype)
     # a ceiling is the best the device does: the fastest call, not the median (a busy moment only slows it)
-    mm = min(time_call(lambda: a @ bm, device, repeats=repeats, warmup=2))
+    mm = fastest_call(lambda: a @ bm, device, repeats=repeats, warmup=2, min_seconds=min_seconds)
     n = copy_mb * 1024 * 1024 // 4
     src = torch.empty(n, device=device, dtype=torch.float32).uniform_()
     dst = torch.empty_like(src)
-    cp = min(time_call(lambda: dst.copy_(src), device, repeats=repeats, warmup=2))
+    cp = fastest_call(lambda: dst.copy_(src), device, repeats=repeats, warmup=2, min_seconds=min_seconds)
     synchronize(device)
     peak = 2 * size ** 3 / mm
     bandwidth = 2 * n * 4 / cp

@@ -26,5 +26,24 @@ def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 5, 
     return times
 
 
+def fastest_call(fn: Callable[[], object], device: torch.device, repeats: int = 5, warmup: int = 1,
+                 min_seconds: float = 0.25, max_calls: int = 2000) -> float:
+    """The fastest of at least ``repeats`` calls of ``fn`` (seconds, between device synchronisations), calls
+    going on until ``min_seconds`` have passed: a ceiling is the best the device does, and a short burst of
+    other work on a shared CPU (a browser drawing the page beside the kernel) slows every call it overlaps,
+    so the calls are spread over enough time to find a quiet moment."""
+    for _ in range(warmup):
+        fn()
+    best, calls, start = float("inf"), 0, time.perf_counter()
+    while calls < repeats or (time.perf_counter() - start < min_seconds and calls < max_calls):
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+        calls += 1
+    return best
+
+
 def median(xs) -> float:
     return statistics.median(xs) if xs else float("nan")
