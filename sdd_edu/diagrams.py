@@ -124,7 +124,7 @@ def kv_cache_diagram(prompt_tokens: list[str], new_tokens: list[str], capacity: 
                      showgrid=False, zeroline=False)
     fig.update_yaxes(tickvals=list(range(len(rows))), ticktext=rows, range=[bottom + 0.2, top - 0.6],
                      showgrid=False, zeroline=False)
-    return _finish(fig, title or f"KV cache: a prefill of {P} tokens, then {S} decode step{'s' * (S != 1)}",
+    return _finish(fig, title or f"KV cache: prefill {P}, then {S} decode step{'s' * (S != 1)}",
                    height=230 + 46 * len(rows), legend_rows=2)
 
 
@@ -211,7 +211,7 @@ def tree_mask_diagram(parents: list[int], labels: list[str] | None = None, root_
                              line=dict(color="#9e9e9e", width=2), showlegend=False), row=1, col=1)
     rx, ry = _root_xy(where, parents)
     fig.add_trace(go.Scatter(x=[rx], y=[ry], mode="markers+text", name="root", text=[root_label],
-                             textposition="middle left", marker=dict(size=18, color="black"), showlegend=False,
+                             textposition="bottom center", marker=dict(size=18, color="black"), showlegend=False,
                              hovertemplate="the root: the last committed token<extra></extra>"), row=1, col=1)
     fig.add_trace(go.Scatter(
         x=[d for d, _ in where], y=[r for _, r in where], mode="markers+text", name="nodes", text=labels,
@@ -355,7 +355,7 @@ def staged_tree_diagram(step: dict | None = None, guesses=None, decode=None, roo
                                  line=dict(color="#c7c7c7", width=1.5)), row=1, col=1)
         rx, ry = _root_xy(where, g_parents)
         fig.add_trace(go.Scatter(x=[rx], y=[ry], mode="markers+text", text=[_text(root_text)], showlegend=False,
-                                 textposition="middle left", marker=dict(size=16, color="black"), name="root",
+                                 textposition="bottom center", marker=dict(size=16, color="black"), name="root",
                                  hovertemplate="the last committed token<extra></extra>"), row=1, col=1)
         for keep in (True, False):
             idx = [g for g in range(len(g_parents)) if kept[g] == keep]
@@ -385,7 +385,7 @@ def staged_tree_diagram(step: dict | None = None, guesses=None, decode=None, roo
                              line=dict(color=ORIGIN_COLORS["target"], width=4)), row=1, col=2)
     rx, ry = _root_xy(where, full_parents)
     fig.add_trace(go.Scatter(x=[rx], y=[ry], mode="markers+text", text=[_text(root_text)], showlegend=False,
-                             textposition="middle left", marker=dict(size=16, color="black"), name="root",
+                             textposition="bottom center", marker=dict(size=16, color="black"), name="root",
                              hovertemplate="the last committed token<extra></extra>"), row=1, col=2)
     names = {"ngram": "guessed by the n-gram (free for the draft)", "draft": "proposed by the draft alone",
              "lookup": "copied by prompt lookup"}
@@ -409,8 +409,8 @@ def staged_tree_diagram(step: dict | None = None, guesses=None, decode=None, roo
 
     rows = max(max(r for _, r in tree_layout(g_parents)) if g_parents else 0, max(r for _, r in where))
     n_kept = sum(kept)
-    return _finish(fig, title or f"Staged: {n_kept} of {len(kept)} guesses kept, "
-                                 f"{len(accepted)} of {n} nodes accepted + 1",
+    return _finish(fig, title or f"Staged: {n_kept}/{len(kept)} guesses kept, "
+                                 f"{len(accepted)}/{n} accepted",
                    height=max(420, 220 + 34 * (rows + 1)), legend_rows=2, top=90)
 
 
@@ -492,5 +492,5 @@ def feature_draft_diagram(tokens: list[str], drafted: list[str], title: str = ""
     fig.update_yaxes(tickvals=[OUT, ROW, FEATURE, TOKEN],
                      ticktext=["draft: predicted feature", "draft: what a row reads", "target: feature", "token"],
                      range=[-0.4, 3.6], showgrid=False, zeroline=False)
-    return _finish(fig, title or "A feature draft reads the target's features, then its own",
+    return _finish(fig, title or "What each feature draft row reads",
                    height=470, legend_rows=3)

@@ -34,11 +34,16 @@ STAGE_COLORS = {"target_seconds": "#d62728", "draft_seconds": "#1f77b4", "ngram_
 # room at the top of every figure, in px: the plotly toolbar (modebar) floats over the top right, so the
 # title starts below it; make_subplots puts its panel titles in the top margin, just above the panels
 MODEBAR_PX = 32
-TITLE_LINE_PX = 24  # one line of the 17 px title font
-SUBPLOT_TITLES_PX = 32
+TITLE_FONT_PX = 15
+TITLE_LINE_PX = 22  # one line of the title font
+PANEL_TITLE_FONT_PX = 13
+PANEL_TITLE_LINE_PX = 17
+SUBPLOT_TITLES_PX = 28  # one line of panel titles and the room under them
 LEGEND_PX = 30  # one row of the horizontal legend under the plot
-TITLE_CHARS = 60  # plotly never wraps a title: longer ones are broken at spaces (about 560 px of 17 px text,
-# so a title fits the ~600 px output area of an 800 px window)
+# plotly never wraps a title: longer ones are broken at spaces.  40 characters of 15 px text are about 320 px,
+# so a title fits the narrowest output area the browser test looks at: an 800 px JupyterLab window with its file
+# browser open leaves about 350 px.  A panel title gets its share of the width: 40 over the panels in its row.
+TITLE_CHARS = 40
 
 
 def _wrap(title: str, width: int = TITLE_CHARS) -> str:
@@ -49,10 +54,47 @@ def _wrap(title: str, width: int = TITLE_CHARS) -> str:
     return "<br>".join(lines)
 
 
-def _has_subplot_titles(fig: go.Figure) -> bool:
+def _panel_titles(fig: go.Figure) -> list:
     # make_subplots writes each panel title as a paper-referenced annotation anchored on a panel's top edge
-    return any(a.xref == "paper" and a.yref == "paper" and a.yanchor == "bottom" and a.showarrow is False
-               for a in fig.layout.annotations)
+    return [a for a in fig.layout.annotations
+            if a.xref == "paper" and a.yref == "paper" and a.yanchor == "bottom" and a.showarrow is False]
+
+
+def _has_subplot_titles(fig: go.Figure) -> bool:
+    return bool(_panel_titles(fig))
+
+
+def _wrap_panel_titles(fig: go.Figure) -> int:
+    """Break each panel title to its share of ``TITLE_CHARS`` (the panels beside it share the width) and set
+    its font; the number of lines of the top row's titles, which stand in the figure's top margin."""
+    titles = _panel_titles(fig)
+    rows: dict = {}
+    for a in titles:
+        rows.setdefault(round(a.y, 6), []).append(a)
+    top_lines = 0
+    for y, row in rows.items():
+        for a in row:
+            a.text = _wrap(a.text, max(12, TITLE_CHARS // len(row)))
+            a.font = dict(size=PANEL_TITLE_FONT_PX)
+        if y == max(rows):
+            top_lines = max(a.text.count("<br>") + 1 for a in row)
+    return top_lines
+
+
+def _wrap_axis_titles(fig: go.Figure) -> None:
+    """Side by side panels share the width: each x axis title is broken to its share of ``TITLE_CHARS``."""
+    grid = getattr(fig, "_grid_ref", None)  # make_subplots' grid: rows of cells
+    columns = len(grid[0]) if grid else 1
+    if columns < 2:
+        return
+    for name in fig.layout:
+        axis = fig.layout[name]
+        if name.startswith("xaxis") and axis.title.text:
+            # 14 px axis text, beside the plot's own margins: a few characters fewer than a panel title
+            wrapped = _wrap(axis.title.text.replace("<br>", " "), max(10, TITLE_CHARS // columns - 4))
+            if wrapped != axis.title.text:
+                axis.title.text = wrapped
+                axis.automargin = True  # room under the axis for the title's lines
 
 
 def _legend_shown(fig: go.Figure) -> bool:
@@ -66,11 +108,15 @@ def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
     """
     title = _wrap(title or "")
     lines = title.count("<br>") + 1 if title else 0
-    top = MODEBAR_PX + lines * TITLE_LINE_PX + (SUBPLOT_TITLES_PX if _has_subplot_titles(fig) else 12)
+    panel_lines = _wrap_panel_titles(fig)
+    _wrap_axis_titles(fig)
+    panels = SUBPLOT_TITLES_PX + (panel_lines - 1) * PANEL_TITLE_LINE_PX if panel_lines else 12
+    top = MODEBAR_PX + lines * TITLE_LINE_PX + panels
     legend = LEGEND_PX if _legend_shown(fig) else 0
     fig.update_layout(
-        title=dict(text=title, x=0, xref="paper", xanchor="left", y=1, yref="container", yanchor="top",
-                   pad=dict(t=MODEBAR_PX)),
+        # from the figure's left edge, not the plot's: a narrow output area leaves no width to give away
+        title=dict(text=title, x=0, xref="container", xanchor="left", y=1, yref="container", yanchor="top",
+                   pad=dict(t=MODEBAR_PX, l=8), font=dict(size=TITLE_FONT_PX)),
         height=height + top - 60 + legend, template="plotly_white", margin=dict(l=60, r=20, t=top, b=50),
         # anchored to the figure's bottom edge: plotly reserves room for it below the x axes (however many
         # rows it wraps to), so it never meets a panel title, an axis title or the figure title
@@ -238,6 +284,12 @@ def bench_rows(bench: dict, modes) -> list[dict]:
     return [s for m in modes for s in bench["summary"] if s["mode"] == m and s.get("kind") == kind]
 
 
+def method_color(method: str) -> str:
+    """A method's colour; a variant of it ("tree:features", "tree:2x3x6") takes its method's colour (the bars
+    hatch it)."""
+    return METHOD_COLORS.get(method, METHOD_COLORS.get(method.split(":")[0], "#7f7f7f"))
+
+
 def row_label(row: dict, several_modes: bool) -> str:
     """A bar's name: the method, and its mode when the figure shows more than one."""
     return row["method"] + (f"<br>{MODE_LABELS.get(row['mode'], row['mode'])}" if several_modes else "")
@@ -254,11 +306,14 @@ def latency_bars_figure(bench: dict, mode="greedy", title: str = "") -> go.Figur
     names = [row_label(s, several) for s in rows]
     labels = [(f"{s['speedup']:.2f}x" if s["speedup"] is not None else "not measured")
               + (f"<br>acc {s['acceptance_rate']:.2f}" if s["acceptance_rate"] is not None else "") for s in rows]
-    fig = make_subplots(rows=2, cols=1, row_heights=[0.6, 0.4], vertical_spacing=0.14,
-                        subplot_titles=("tokens per second (median over prompts), speedup, acceptance",
-                                        "where the time goes (ms per generated token)"))
+    # one set of bar names, under the lower panel: the two panels show the same bars in the same order, and names
+    # tilted to fit a narrow window would run into the lower panel's title
+    fig = make_subplots(rows=2, cols=1, row_heights=[0.6, 0.4], vertical_spacing=0.1, shared_xaxes=True,
+                        subplot_titles=("tokens per second, speedup, acceptance",
+                                        "ms per generated token, by stage"))
     fig.add_trace(go.Bar(x=names, y=[s["tokens_per_second"] for s in rows], text=labels, textposition="outside",
-                         marker_color=[METHOD_COLORS.get(s["method"], "#7f7f7f") for s in rows], name="tok/s",
+                         marker=dict(color=[method_color(s["method"]) for s in rows],
+                                     pattern_shape=["/" if ":" in s["method"] else "" for s in rows]), name="tok/s",
                          showlegend=False, hovertemplate="%{x}: %{y:.1f} tok/s<extra></extra>"), row=1, col=1)
     ours = [(name, s) for name, s in zip(names, rows) if s["origins"] is not None]
     for stage, color in STAGE_COLORS.items():
@@ -272,10 +327,12 @@ def latency_bars_figure(bench: dict, mode="greedy", title: str = "") -> go.Figur
                       row=2, col=1)
     fig.update_layout(barmode="stack")
     top = max(s["tokens_per_second"] for s in rows)
-    fig.update_yaxes(title="tok/s", range=[0, top * 1.3], row=1, col=1)
+    fig.update_yaxes(title="tok/s (median of prompts)", range=[0, top * 1.3], row=1, col=1)
     fig.update_yaxes(title="ms / token", row=2, col=1)
     shown = ", ".join(MODE_LABELS.get(m, m) for m in dict.fromkeys(s["mode"] for s in rows))
-    return _layout(fig, title or f"{bench['ladder']} on {bench['device']} ({shown})", height=620)
+    # the ladder by its name (its description runs to a paragraph: the views print it beside the table)
+    ladder = bench["ladder"].split(":")[0]
+    return _layout(fig, title or f"{ladder} ladder on {bench['device']} ({shown})", height=620)
 
 
 # ----------------------------------------------------------------------------- token origins
@@ -388,11 +445,16 @@ def tree_figure(step: dict, decode=None, root_text: str = "", title: str = "") -
                            font=dict(size=12, color="#d62728" if on_path else "#333333"),
                            bgcolor="rgba(255,255,255,0.85)", borderpad=1)
     depth = max((d for d, _ in where), default=1)
-    fig.update_xaxes(title="depth below the root", range=[-0.6, depth + 0.9], dtick=1)
+    fig.update_xaxes(title="depth below the root", range=[-0.6, depth + 0.3], dtick=1)
     fig.update_yaxes(visible=False, autorange="reversed")
     n_acc = len(accepted)
-    return _layout(fig, title or f"{len(tokens)} proposed nodes, {n_acc} accepted (red path) + 1 from the target",
-                   height=max(300, 28 * (max((r for _, r in where), default=0) + 2)))
+    _layout(fig, title or f"{len(tokens)} proposed nodes, {n_acc} accepted (red path) + 1 from the target",
+            height=max(300, 28 * (max((r for _, r in where), default=0) + 2)))
+    # the deepest level's labels run right of the plot: room for them in px (about 7 px a character of the 12 px
+    # font), which a narrow window keeps, where room in depth units shrinks with the width
+    deepest = max((len(label[i]) + 5 for i in range(len(tokens)) if where[i][0] == depth), default=0)
+    fig.update_layout(margin=dict(r=max(fig.layout.margin.r, 16 + 7 * deepest)))
+    return fig
 
 
 def _root_row(where, parents) -> float:
@@ -436,8 +498,9 @@ def tree_plan_figure(plan: dict, measured: Optional[list[dict]] = None, title: s
     """
     table = plan["table"]
     best = plan["predicted"]
-    fig = make_subplots(rows=2, cols=2, horizontal_spacing=0.1, vertical_spacing=0.2,
-                        subplot_titles=("predicted tok/s, best tree of each size", f"the chosen tree ({best['nodes']} nodes)",
+    fig = make_subplots(rows=2, cols=2, horizontal_spacing=0.1, vertical_spacing=0.24,
+                        subplot_titles=("predicted tok/s, best tree of each size",
+                                        f"the chosen tree ({best['nodes']} node{'s' * (best['nodes'] != 1)})",
                                         "acceptance of the draft's k-th choice", "forward time (ms)"))
     # x: the node budget n (the best tree within it may use fewer nodes, when more would not pay)
     fig.add_trace(go.Scatter(x=[r["n"] for r in table], y=[r["tokens_per_second"] for r in table],
@@ -451,7 +514,7 @@ def tree_plan_figure(plan: dict, measured: Optional[list[dict]] = None, title: s
                                  mode="markers", name="measured", marker=dict(size=10, symbol="x", color="black"),
                                  text=[", ".join(f"{k} {v}" for k, v in r["shape"].items()) for r in measured],
                                  hovertemplate="%{text}: %{y:.1f} tok/s measured<extra></extra>"), row=1, col=1)
-    fig.update_xaxes(title="tree nodes (budget)", row=1, col=1)
+    fig.update_xaxes(title="nodes (budget)", row=1, col=1)
     fig.update_yaxes(title="tok/s (decoding)", rangemode="tozero", row=1, col=1)
     # the chosen tree, drawn as the drafters would fill it (rank order top to bottom)
     chosen = next((r for r in table if r["nodes"] == best["nodes"]), table[0])
@@ -468,12 +531,12 @@ def tree_plan_figure(plan: dict, measured: Optional[list[dict]] = None, title: s
     fig.add_trace(go.Scatter(x=[0] + [d for d, _ in where], y=[-root_row] + [-r for _, r in where], mode="markers",
                              marker=dict(size=10, color=["black"] + [ORIGIN_COLORS["draft"]] * len(where)),
                              showlegend=False, hoverinfo="skip"), row=1, col=2)
-    fig.update_xaxes(title="depth below the root", dtick=1, row=1, col=2)
+    fig.update_xaxes(title="depth", dtick=1, row=1, col=2)
     fig.update_yaxes(visible=False, row=1, col=2)
     p = plan["rank_acceptance"]
     fig.add_trace(go.Bar(x=list(range(1, len(p) + 1)), y=p, name="acceptance", marker_color=ORIGIN_COLORS["draft"],
                          showlegend=False, text=[f"{x:.2f}" for x in p], textposition="outside"), row=2, col=1)
-    fig.update_xaxes(title="rank k of the target's token among the draft's choices", dtick=1, row=2, col=1)
+    fig.update_xaxes(title="rank k among the draft's choices", dtick=1, row=2, col=1)
     fig.update_yaxes(range=[0, 1.1], row=2, col=1)
     for name, ms, color in (("target", plan["target_ms"], ORIGIN_COLORS["target"]),
                             ("draft", plan.get("draft_ms"), ORIGIN_COLORS["draft"])):

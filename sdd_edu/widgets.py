@@ -336,7 +336,8 @@ class LatencyDashboard(View):
                          path if s["origins"] is not None else "transformers", f"{s['tokens_per_second']:.1f}",
                          "-" if s["speedup"] is None else f"{s['speedup']:.2f}x", _rate(s["acceptance_rate"]))
                         for s in rows])
-        self.table.value = (f"<small>{html.escape(bench['device'])}; {bench['prompts']} prompts x "
+        self.table.value = (f"<small>{html.escape(bench['ladder'])}; {html.escape(bench['device'])}; "
+                            f"{bench['prompts']} prompts x "
                             f"{bench['max_new_tokens']} tokens; speedups against the baseline of the same "
                             f"decoding</small>{table}")
 

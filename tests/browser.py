@@ -264,14 +264,21 @@ def views(driver) -> list:
 
 def figure_fit(driver, view) -> dict:
     """The right edges (px) of the view's figure (its plot, svg container and svg layers, whichever reaches
-    furthest) and of the output area of the cell that shows it."""
+    furthest) and of the output area of the cell that shows it; how far a title runs past the figure's edges
+    (plotly cuts it there)."""
     return driver.execute_script("""
         const view = arguments[0];
         view.scrollIntoView({block: 'start'});
         const plot = view.querySelector('.js-plotly-plot');
         const parts = [plot, ...plot.querySelectorAll('.svg-container, .main-svg')];
         const area = view.closest('.jp-Cell').querySelector('.jp-Cell-outputArea');
+        // the figure's title, its panel titles and axis titles: how far the furthest runs past the figure's edges
+        const box = plot.getBoundingClientRect();
+        const titles = plot.querySelectorAll('.gtitle, .annotation-text, .g-xtitle text, .g-x2title text');
+        const outside = Array.from(titles).map(t => t.getBoundingClientRect()).filter(r => r.width > 0)
+            .map(r => Math.max(box.left - r.left, r.right - box.right, 0));
         return {figure: Math.max(...parts.map(e => e.getBoundingClientRect().right)),
+                titles_outside: Math.max(0, ...outside),
                 figure_width: plot.getBoundingClientRect().width, figure_height: plot.getBoundingClientRect().height,
                 area: area.getBoundingClientRect().right, area_width: area.getBoundingClientRect().width,
                 overflow: view.scrollWidth - view.clientWidth};  // > 0: a horizontal scrollbar under the view""",

@@ -199,9 +199,9 @@ def test_every_cell_runs(notebook):
 
 
 def test_views_fit_the_notebook(notebook, driver):
-    """At 1280 and 800 px each view's figure ends inside the output area of its cell (1 px for rounding), and
-    it is still drawn after the window changed size (its width, then only its height); a screenshot of each
-    view at each width goes to build/screenshots/."""
+    """At 1280 and 800 px each view's figure ends inside the output area of its cell (1 px for rounding), its
+    titles end inside the figure, and it is still drawn after the window changed size (its width, then only its
+    height); a screenshot of each view at each width goes to build/screenshots/."""
     views = shown_views(notebook, driver)
     functions = [function for function, _, _ in VIEWS.get(notebook.name, [])]
     problems = []
@@ -218,6 +218,9 @@ def test_views_fit_the_notebook(notebook, driver):
                 if fit["overflow"] > 1:
                     problems.append(f"{function} at {width} px: the view is {fit['overflow']:.0f} px wider than "
                                     "its box (a horizontal scrollbar under it)")
+                if fit["titles_outside"] > 1:
+                    problems.append(f"{function} at {width} px: a title runs {fit['titles_outside']:.0f} px past the "
+                                    f"figure's edge (figure {fit['figure_width']:.0f} px wide), where it is cut")
                 if fit["figure_height"] < MIN_FIGURE_HEIGHT:  # a collapsed figure fits any width
                     problems.append(f"{function} at {width} px: the figure is {fit['figure_height']:.0f} px tall")
             notebook.console(driver, f"at {width} px")

@@ -309,9 +309,27 @@ def test_long_titles_wrap_to_fit():
     title = "staged (width 3, depth 4, size 12), step 7: 12 nodes proposed, 3 accepted, then 1 token from the target"
     fig = plots.origin_fractions_figure(["draft", "target"], title=title)
     lines = fig.layout.title.text.split("<br>")
-    assert len(lines) == 2 and all(len(line) <= plots.TITLE_CHARS for line in lines)
+    assert len(lines) == 3 and all(len(line) <= plots.TITLE_CHARS for line in lines)
     assert " ".join(lines) == title
     assert_title_clear_of_toolbar_and_panel_titles(fig)
+
+
+def test_panel_and_axis_titles_take_their_share_of_the_width():
+    """Side by side, two panels share the width of a narrow output area: each panel title and x axis title is
+    broken to fit its half, and the top margin makes room for the panel titles' lines."""
+    fig = plots.acceptance_figure(RECORDS, 3)
+    panels = [a for a in fig.layout.annotations if is_panel_title(a)]
+    assert len(panels) == 2
+    assert all(len(line) <= plots.TITLE_CHARS // 2 for a in panels for line in a.text.split("<br>"))
+    lines = max(a.text.count("<br>") + 1 for a in panels)
+    assert lines == 2  # "draft tokens accepted per step" is longer than half a title
+    assert fig.layout.margin.t >= plots.MODEBAR_PX + plots.TITLE_LINE_PX + plots.SUBPLOT_TITLES_PX + \
+        plots.PANEL_TITLE_LINE_PX
+    axes = [fig.layout[name] for name in fig.layout if name.startswith("xaxis") and fig.layout[name].title.text]
+    assert axes and all(len(line) <= plots.TITLE_CHARS // 2 for a in axes for line in a.title.text.split("<br>"))
+    # one panel to a row: its titles keep the whole width
+    one = plots.latency_bars_figure(bench_of(["baseline", "speculative", "tree"]))
+    assert all("<br>" not in a.text for a in one.layout.annotations if is_panel_title(a))
 
 
 def test_tree_layout_puts_parents_over_their_children():
