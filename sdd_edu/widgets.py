@@ -122,8 +122,10 @@ def _float(description: str, value: float, step: float = 0.1):
 def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     """An HTML table with padded cells; ``header`` and ``rows`` are HTML already."""
     line = lambda tag, cells: "<tr>" + "".join(f'<{tag} style="{CELL_STYLE}">{c}</{tag}>' for c in cells) + "</tr>"
-    # in a box of its own that scrolls: a table wider than a narrow notebook pane does not widen the view
-    return ('<div style="overflow-x:auto;max-width:100%"><table>' + line("th", header)
+    # in a box of its own that scrolls: a table wider than a narrow notebook pane does not widen the view (width 0
+    # and min-width 100%: the box fills the view without asking the view for the table's width, so the caption
+    # above it wraps to what the reader sees)
+    return ('<div style="overflow-x:auto;width:0;min-width:100%"><table>' + line("th", header)
             + "".join(line("td", row) for row in rows) + "</table></div>")
 
 
@@ -158,7 +160,8 @@ class IntensityExplorer(View):
             "dtype": widgets.Dropdown(options=["fp32", "bf16", "fp16"], value=next(iter(self.ceilings), "fp32"),
                                       description="dtype"),
         }
-        self.table = widgets.HTML()
+        # as wide as the view, less the widget margins (2 px a side): a wider table scrolls in its own box
+        self.table = widgets.HTML(layout=widgets.Layout(width="calc(100% - 4px)"))
         super().__init__(controls, go.Figure(), extra=[self.table],
                          title="Arithmetic intensity: where each method's verification forward sits on the roofline")
 
@@ -306,7 +309,8 @@ class LatencyDashboard(View):
             "budget": _int("tree size", 3, slider=False),
         }
         self.bench = bench
-        self.table = widgets.HTML()
+        # as wide as the view, less the widget margins (2 px a side): a wider table scrolls in its own box
+        self.table = widgets.HTML(layout=widgets.Layout(width="calc(100% - 4px)"))
         super().__init__(controls, go.Figure(), extra=[self.table],
                          title="Latency: tokens per second, speedup and acceptance, time per stage")
 
@@ -486,7 +490,8 @@ class TreePlanView(View):
         controls["max_nodes"] = _int("largest tree", max_nodes, slider=False)
         controls["measure"] = widgets.Checkbox(value=False, description="run trees of 1, 2, 4, ... nodes too (slow)")
         self.plan, self.measured = None, None
-        self.table = widgets.HTML()
+        # as wide as the view, less the widget margins (2 px a side): a wider table scrolls in its own box
+        self.table = widgets.HTML(layout=widgets.Layout(width="calc(100% - 4px)"))
         super().__init__(controls, go.Figure(), extra=[self.table],
                          title="The tree for this device: predicted from measured acceptance and forward costs")
 
