@@ -41,7 +41,7 @@ natural other way.  In the order of the series:
   06  gpu_break_even, ...             ``chain_accounting``: ``break_even``, then the step in target forwards
   06  weight_read_ms, ...             ``weights_share_of_token``
   07  tokens_per_step, ...            ``chain_or_tree``: ``autotree.tokens_per_forward``, ``draft_forward_sizes``
-  07  acceptance, total_variation     ``acceptance_and_total_variation``
+  07  acceptance, disagree, total_variation  ``acceptance_and_total_variation``
   07  my_planner (the capstone)       ``planned_tree``: ``autotree.optimal_tree`` per size and depth, priced
   08  feature_forward                 ``feature_forward``: fc's weight split in two, then the layer and the head
   08  training_loss                   ``training_loss``: the package's ``feature_loss``
@@ -84,12 +84,12 @@ def kv_cache_bytes(config, slots: int, dtype=torch.float32) -> int:
 
 
 def gqa(q, k, v):
-    """Grouped-query attention without a mask, q (nh, N, hs) over k, v (nkv, S, hs): each kv head repeated
-    for the nh / nkv query heads of its group (query head h uses kv head h // group)."""
-    group = q.shape[0] // k.shape[0]
-    k, v = k.repeat_interleave(group, dim=0), v.repeat_interleave(group, dim=0)  # (nh, S, hs)
-    weights = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)  # (nh, N, S)
-    return weights @ v
+    """Grouped-query attention without a mask, q (nh, N, hs) over k, v (nkv, S, hs), without copying k and v:
+    the query heads of a group (query head h uses kv head h // group) stacked as one matrix of queries."""
+    (nh, n, hs), nkv = q.shape, k.shape[0]
+    grouped = q.reshape(nkv, nh // nkv * n, hs)  # (nkv, group * N, hs): a view
+    weights = (grouped @ k.transpose(-1, -2) / math.sqrt(hs)).softmax(-1)  # (nkv, group * N, S)
+    return (weights @ v).reshape(nh, n, hs)
 
 
 def attention_with_cache(attn, x, past_k, past_v, position: int, theta: float):
@@ -386,10 +386,12 @@ def weights_share_of_token(parameters: float, bytes_per_weight: float, bandwidth
 
 # ----------------------------------------------------------------------------- 07 · beyond the paper
 
-def acceptance_and_total_variation(p, q) -> tuple[float, float]:
-    """Speculative sampling's acceptance, the overlap sum of min(p, q), and the total variation distance,
-    the largest difference in probability the two give one set of tokens: p's excess over q, summed."""
-    return float(torch.minimum(p, q).sum()), float((p - q).clamp_min(0).sum())
+def acceptance_and_total_variation(p, q) -> tuple[float, "torch.Tensor", float]:
+    """Speculative sampling's acceptance, the overlap sum of min(p, q); the set of tokens (a mask) on which p and
+    q disagree most, where p gives more than q; and the total variation distance, p's probability of that set
+    minus q's."""
+    disagree = p > q
+    return float(torch.minimum(p, q).sum()), disagree, float(p[disagree].sum() - q[disagree].sum())
 
 
 def chain_or_tree(shapes: dict, rank_acceptance, c: float, r) -> tuple[dict, dict, str]:

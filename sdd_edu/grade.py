@@ -109,6 +109,11 @@ def _gqa(gqa, ns) -> None:
         q, k, v = (torch.randn(h, t, hs, generator=g) for h, t in ((nh, n), (nkv, s), (nkv, s)))
         assert _close(gqa(q, k, v), attention(q[None], k[None], v[None], None)[0]), \
             f"{nh} query heads over {nkv} kv heads ({n} queries, {s} slots): not sdd_edu.model.attention's"
+    # without copying k and v out to one per query head: the grouped query heads meet them as they are
+    from .notebook import largest_copy
+
+    q, k, v = (torch.randn(h, t, 16, generator=g) for h, t in ((8, 2), (2, 12), (2, 12)))
+    assert largest_copy(lambda: gqa(q, k, v)) < 8 * 12 * 16, "k and v are copied, one per query head"
 
 
 def _attention_with_cache(attention_with_cache, ns) -> None:

@@ -154,6 +154,29 @@ def check(condition, message: str, hint: str = "") -> None:
 
 # ----------------------------------------------------------------------------- keeping notebooks clean
 
+def largest_copy(fn) -> int:
+    """The most elements held in memory by any tensor that a torch call inside ``fn()`` returned (a view counts
+    the memory it views: an expanded tensor, its source's; a copy, its own): what a check reads to see whether
+    a function copied a tensor out to a larger size where a view would have done."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    largest = 0
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            nonlocal largest
+            out = func(*args, **(kwargs or {}))  # the mode is off inside its own handler: no recursion
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and t.numel():
+                    largest = max(largest, t.untyped_storage().nbytes() // t.element_size())
+            return out
+
+    with Watch():
+        fn()
+    return largest
+
+
 def dirty_parts(nb) -> list[str]:
     """What a committed notebook should not carry: outputs, execution counts, widget state."""
     found = []

@@ -678,6 +678,7 @@ EXERCISES = {
     "00 a streaming callback": Exercise("00_setup_and_tour", "keep each batch of token ids", SETUP_00_STREAM, {
         "only the last batch": "batches[:] = [list(ids)]",
         "the first token of each batch": "batches.append(list(ids)[:1])",
+        "the list itself, not a copy": "batches.append(ids)",
     }),
     "04 multi-candidate rejection sampling": Exercise("04_token_trees", "keep x where u * q_now[x] < p_now[x]",
                                                       SETUP_04_RRS, {
@@ -710,6 +711,15 @@ EXERCISES = {
         "group size and group count swapped": (
             "w = (q.reshape(nh // nkv, nkv * N, hs) @ k.transpose(-1, -2) / math.sqrt(hs)).softmax(-1)\n"
             "return (w @ v).reshape(nh, N, hs)"),
+        "right, but k and v copied per query head": (
+            "g = nh // nkv\n"
+            "k, v = k.repeat_interleave(g, dim=0), v.repeat_interleave(g, dim=0)\n"
+            "return (q @ k.transpose(-1, -2) / math.sqrt(hs)).softmax(-1) @ v"),
+        "right, but expanded and then reshaped (a copy)": (
+            "g, S = nh // nkv, k.shape[1]\n"
+            "k = k[:, None].expand(nkv, g, S, hs).reshape(nh, S, hs)\n"
+            "v = v[:, None].expand(nkv, g, S, hs).reshape(nh, S, hs)\n"
+            "return (q @ k.transpose(-1, -2) / math.sqrt(hs)).softmax(-1) @ v"),
     }),
     "04 the tree attention mask": Exercise("04_token_trees", "every row sees the cache and the root",
                                            SETUP_04_MASK, {
@@ -785,6 +795,9 @@ EXERCISES = {
         "the share applied the wrong way": (
             "step_seconds = cost_ratio / b['tokens_per_second'] * s['time_split']['target_seconds']\n"
             "estimate = s['tokens_per_target_forward'] / step_seconds"),
+        "the step in milliseconds": (
+            "step_seconds = 1000 * cost_ratio / b['tokens_per_second'] / s['time_split']['target_seconds']\n"
+            "estimate = s['tokens_per_target_forward'] / step_seconds * 1000"),
     }),
     "06 the break-even acceptance": Exercise("06_reproducing_the_paper", "scan a = 0, 0.001",
                                              "from sdd_edu.notebook import check", {
@@ -856,11 +869,21 @@ EXERCISES = {
             "return optimal_tree(p_rank, max_nodes, max_depth)[0]"),
     }),
     "07 acceptance is 1 - TV": Exercise("07_beyond_the_paper", "the sum of min(p, q)", SETUP_07, {
-        "the identity, not the quantities": "acceptance, total_variation = 1.0, 0.0",
-        "total variation without the half": (
-            "acceptance = torch.minimum(p, q).sum().item()\ntotal_variation = (p - q).abs().sum().item()"),
+        "the identity, not the quantities": "acceptance, disagree, total_variation = 1.0, p > q, 0.0",
+        "the L1 distance, not halved": (
+            "acceptance = torch.minimum(p, q).sum().item()\ndisagree = p > q\n"
+            "total_variation = (p - q).abs().sum().item()"),
+        "TV from the identity, with no set": (
+            "acceptance = torch.minimum(p, q).sum().item()\ndisagree = torch.zeros_like(p, dtype=torch.bool)\n"
+            "total_variation = 1 - acceptance"),
+        "the set where q gives more": (
+            "acceptance = torch.minimum(p, q).sum().item()\ndisagree = q > p\n"
+            "total_variation = abs((p[disagree].sum() - q[disagree].sum()).item())"),
+        "the tokens both give much to": (
+            "acceptance = torch.minimum(p, q).sum().item()\ndisagree = (p > 0.01) & (q > 0.01)\n"
+            "total_variation = 1 - acceptance"),
         "the overlap of the wrong pair": (
-            "acceptance = torch.maximum(p, q).sum().item() - 1\ntotal_variation = 1 - acceptance"),
+            "acceptance = torch.maximum(p, q).sum().item() - 1\ndisagree = p > q\ntotal_variation = 1 - acceptance"),
     }, from_block=True),
     "02 a recorded forward (optional)": Exercise("02_why_decoding_is_slow", "fill one, replay, copy the other",
                                                  SETUP_02_GRAPH, {
