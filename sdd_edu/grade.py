@@ -664,6 +664,10 @@ def hidden_report(notebook: str, namespace: dict) -> str:
 
 # ----------------------------------------------------------------------------- the grader (runs the kernels)
 
+# an exercise worth more than its check and hidden tests alone: the capstone, a planner of the student's own
+WEIGHTS = {("07", "my_planner"): 3}
+
+
 @dataclass
 class Score:
     student: str
@@ -672,14 +676,15 @@ class Score:
     check: bool
     hidden: bool | None  # None: the exercise has no hidden tests
     note: str = ""
+    weight: int = 1  # each point counts this many times (``WEIGHTS``)
 
     @property
     def points(self) -> int:
-        return int(self.check) + int(bool(self.hidden))
+        return self.weight * (int(self.check) + int(bool(self.hidden)))
 
     @property
     def max_points(self) -> int:
-        return 1 + (self.hidden is not None)
+        return self.weight * (1 + (self.hidden is not None))
 
 
 @dataclass
@@ -796,7 +801,8 @@ def grade_submission(submission: Submission, out_folder: Path, timeout: int, qui
     except Exception as e:  # not a notebook at all
         names = _exercise_list(tutorial_nb, number)
         return [Score(submission.student, submission.tutorial.stem, n, False, False if h else None,
-                      f"unreadable notebook: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+                      f"unreadable notebook: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                      WEIGHTS.get((number, n), 1))
                 for n, h in names]
     nb, where = graded_copy(submitted, tutorial_nb, number)
     problem = ""
@@ -832,7 +838,8 @@ def grade_submission(submission: Submission, out_folder: Path, timeout: int, qui
             passed = bool(result["passed"])
             if not passed and result["note"]:
                 note = "; ".join(n for n in (note, f"hidden: {result['note']}") if n)
-        scores.append(Score(submission.student, submission.tutorial.stem, name, check, passed, note))
+        scores.append(Score(submission.student, submission.tutorial.stem, name, check, passed, note,
+                            WEIGHTS.get((number, name), 1)))
     return scores
 
 

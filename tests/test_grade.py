@@ -176,3 +176,13 @@ def test_no_later_cell_rebinds_a_hidden_tested_function(number):
     for hidden in (h for h in HIDDEN if h.notebook == number):
         binding = [i for i, source in enumerate(cells) if hidden.name in _top_level_names(source)]
         assert len(binding) == 1, f"{path.name}: {hidden.name} is bound in code cells {binding}, not once"
+
+
+def test_the_capstone_counts_three_times_an_exercise():
+    from sdd_edu.grade import HIDDEN, WEIGHTS, Score
+
+    assert set(WEIGHTS) <= {(h.notebook, h.name) for h in HIDDEN}  # every weighted exercise has hidden tests
+    solved = Score("alice", "07_beyond_the_paper", "my_planner", True, True, weight=WEIGHTS[("07", "my_planner")])
+    half = Score("bob", "07_beyond_the_paper", "my_planner", True, False, weight=3)
+    assert (solved.points, solved.max_points) == (6, 6) and (half.points, half.max_points) == (3, 6)
+    assert Score("carol", "07_beyond_the_paper", "chain_or_tree", True, None).max_points == 1
