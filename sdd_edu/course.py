@@ -19,7 +19,7 @@ natural other way.  In the order of the series:
   02  largest                         ``largest_within``: a bisection
   02  run_recorded (optional)         ``run_recorded``: the input filled in place, a replay, the output copied
   03  speculative_samples             ``speculative_samples``: min(1, p/q) as a keep probability
-  03  by_hand                         ``expected_tokens_per_forward`` (the closed form)
+  03  by_hand                         ``expected_tokens_by_depth``
   03  best_gamma                      ``best_draft_length``
   03  draft_step                      ``draft_step``: a common prefix, ``truncate``, one forward per token
   04  grow_tree                       ``grown_tree``: the package's ``Drafter._grow`` on a made-up draft
@@ -160,6 +160,16 @@ def speculative_samples(p, q, n: int, generator):
         residual = p
     redrawn = torch.multinomial(residual / residual.sum(), n, replacement=True, generator=generator)
     return torch.where(accepted, drafted, redrawn), accepted
+
+
+def expected_tokens_by_depth(alphas) -> float:
+    """Expected tokens per target forward of a chain whose token at depth d is accepted with ``alphas[d - 1]``
+    given the depths above: 1 (the target's own token) + the sum over d of alphas[0] * ... * alphas[d - 1]."""
+    tokens, reach = 1.0, 1.0
+    for a in alphas:
+        reach *= a
+        tokens += reach
+    return tokens
 
 
 def best_draft_length(speedup_of: Callable[[int], float], lengths: Iterable[int]) -> int:

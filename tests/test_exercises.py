@@ -88,6 +88,7 @@ curves = {TARGET: [{"tokens": 1, "relative_to_one": 1.0}]}
 """
 
 SETUP_03_FORMULAS = """
+import torch
 from sdd_edu.measure.acceptance import expected_tokens_per_forward
 from sdd_edu.notebook import check
 alpha, c = 0.7, 0.15
@@ -768,9 +769,13 @@ EXERCISES = {
         "the limit on tree nodes, not tokens": (
             "largest = max(n for n in range(1, 4097) if roofline_cost(n + 1) <= limit * roofline_cost(1))"),
     }),
-    "03 expected tokens per forward": Exercise("03_speculative_decoding", "add alpha**i for i = 0, 1", SETUP_03_FORMULAS, {
-        "one term short": "by_hand = sum(alpha ** i for i in range(gamma))",
-        "the draft's tokens only": "by_hand = sum(alpha ** i for i in range(1, gamma + 1))",
+    "03 expected tokens per forward": Exercise("03_speculative_decoding", "add it up for d = 1 to gamma",
+                                               SETUP_03_FORMULAS, {
+        "one depth short": "by_hand = 1 + sum(math.prod(alphas[:d]) for d in range(1, gamma))",
+        "the draft's tokens only": "by_hand = sum(math.prod(alphas[:d]) for d in range(1, gamma + 1))",
+        "the acceptances added, not multiplied": "by_hand = 1 + sum(alphas)",
+        "the products taken from the deepest end": "by_hand = 1 + sum(math.prod(alphas[-d:]) for d in range(1, gamma + 1))",
+        "section 2's formula at the mean": "by_hand = expected_tokens_per_forward(sum(alphas) / gamma, gamma)",
     }),
     "03 the best draft length": Exercise("03_speculative_decoding", "evaluate speedup(alpha, gamma, c)",
                                          SETUP_03_FORMULAS, {
