@@ -182,6 +182,8 @@ def test_bench_variants_name_shapes_and_auto():
     assert method_and_settings("speculative:g5") == ("speculative", {"gamma": 5, "adaptive": False})
     assert method_and_settings("staged:auto") == ("staged", {"budget": "auto", "adaptive": False})
     assert method_and_settings("speculative:auto") == ("speculative", {"gamma": "auto", "adaptive": False})
+    assert method_and_settings("tree:lookup") == ("tree", {"lookup": True})
+    assert method_and_settings("tree:features+lookup") == ("tree", {"draft": "features", "lookup": True})
     for bad in ("tree:2x3", "tree:g3", "speculative:2x2x2", "tree:0x1x1"):
         with pytest.raises(SddError):
             method_and_settings(bad)

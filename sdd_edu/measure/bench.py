@@ -24,9 +24,11 @@ from .tree_plan import shape_of_row
 from .timing import device_description, median
 
 MODES = {"greedy": {"temperature": 0.0}, "topk50": {"temperature": 1.0, "top_k": 50}}
-VARIANTS = {"fixed": {"adaptive": False, "lookup": False}, "features": {"draft": "features"}}
+VARIANTS = {"fixed": {"adaptive": False, "lookup": False}, "features": {"draft": "features"},
+            "lookup": {"lookup": True}, "features+lookup": {"draft": "features", "lookup": True}}
 SHAPE_HELP = ("variants: fixed (the paper's fixed tree, no prompt lookup), features (speculative, tree: drafted by the "
-              "ladder's feature draft), auto (the tree planned for this device), "
+              "ladder's feature draft), lookup (prompt lookup mixed into the draft's distributions), features+lookup, "
+              "auto (the tree planned for this device), "
               "WxDxB (tree/staged: width x depth x budget) or gN (speculative: a chain of N), each fixed at every step")
 
 
