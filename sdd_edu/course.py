@@ -12,7 +12,8 @@ natural other way.  In the order of the series:
 ====  ==============================  =================================================================
   00  on_tokens                       ``record_batch``
   01  cache_bytes                     ``kv_cache_bytes``: what ``KVCache`` allocates, on no memory
-  01  gqa                             ``gqa``: the kv heads repeated for their groups
+  01  greedy_with_cache               ``greedy_with_cache``: the package's prefill and decode_one_token
+  01  gqa                             ``gqa``: the query heads of a group stacked as one matrix
   01  attention_with_cache            ``attention_with_cache``: the model's RoPE tables and attention
   01  entropy                         ``entropy``
   02  flops_bf16, bytes_bf16          ``bf16_flops_and_bytes``: ``forward_counts`` in bf16
@@ -81,6 +82,21 @@ def kv_cache_bytes(config, slots: int, dtype=torch.float32) -> int:
     meta device (shapes and dtypes, no memory)."""
     cache = KVCache(config, slots, device="meta", dtype=dtype)
     return cache.k.nbytes + cache.v.nbytes
+
+
+def greedy_with_cache(model, prompt_ids, n_new: int) -> list[int]:
+    """Greedy decoding with a KV cache, by the package's own two steps: ``prefill`` the prompt, then
+    ``decode_one_token`` for every new token but the last."""
+    from .decoding import decode_one_token, prefill
+
+    cache = model.new_cache(len(prompt_ids) + n_new)
+    logits = prefill(model, cache, list(prompt_ids))
+    new = []
+    while len(new) < n_new:
+        new.append(int(logits.argmax()))
+        if len(new) < n_new:
+            logits = decode_one_token(model, cache, new[-1])
+    return new
 
 
 def gqa(q, k, v):

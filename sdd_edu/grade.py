@@ -99,6 +99,36 @@ def _record_batches(on_tokens, ns) -> None:
         ns["batches"] = before
 
 
+def _greedy_with_cache(greedy_with_cache, ns) -> None:
+    import torch
+
+    from .decoding import baseline_decode
+    from .loading import LoadedModel
+    from .model import ModelConfig, Transformer
+
+    torch.manual_seed(17)
+    config = ModelConfig(family="llama", vocab_size=41, n_layer=2, n_head=4, n_kv_head=2, d_model=32, d_ff=48,
+                         max_seq_len=128)
+    model = Transformer(config).eval()
+    with torch.no_grad():  # weights large enough that the greedy text does not repeat one token
+        for w in model.parameters():
+            w.mul_(3)
+    sizes = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: sizes.append((args[0] if args else kwargs["input_ids"]).shape[1]), with_kwargs=True)
+    try:
+        for prompt, n in (([3, 9, 27, 1], 7), ([5], 3), (list(range(2, 20)), 1)):
+            want = baseline_decode(LoadedModel("tiny", model, None, "test"), prompt, n, stop_at_eos=False).token_ids
+            sizes.clear()
+            with torch.inference_mode():
+                got = [int(t) for t in greedy_with_cache(model, prompt, n)]
+            assert got == want, f"another model, prompt {prompt}, {n} tokens: {got}, not {want}"
+            assert sizes[:1] == [len(prompt)] and set(sizes[1:]) <= {1} and len(sizes) - 1 in (n - 1, n), \
+                f"prompt of {len(prompt)}, {n} tokens: forwards over {sizes} tokens, not the prompt then one at a time"
+    finally:
+        hook.remove()
+
+
 def _gqa(gqa, ns) -> None:
     import torch
 
@@ -583,6 +613,7 @@ def _acceptance_by_depth(acceptance_by_depth, ns) -> None:
 
 HIDDEN = [
     Hidden("00", "on_tokens", _record_batches),
+    Hidden("01", "greedy_with_cache", _greedy_with_cache, ("baseline_decode", "generate", "decode_one_token", "prefill")),
     Hidden("01", "gqa", _gqa, ("attention", "scaled_dot_product_attention")),
     Hidden("01", "attention_with_cache", _attention_with_cache),
     Hidden("01", "entropy", _entropy),

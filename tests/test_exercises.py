@@ -214,6 +214,33 @@ with torch.inference_mode():
                                attention_mask=mask)[0]
 """
 
+SETUP_01_LOOP = SETUP_01 + """
+from types import SimpleNamespace
+from sdd_edu.decoding import baseline_decode
+from sdd_edu.loading import LoadedModel
+from sdd_edu.notebook import pick
+with torch.no_grad():  # weights large enough that the greedy text does not repeat one token
+    for w in model.parameters():
+        w.mul_(3)
+model.eval()
+target = LoadedModel("tiny", model, None, "test")
+prompt_ids = [5, 17, 33, 2, 40, 11, 8]
+def generate(loaded, ids, max_new_tokens, stop_at_eos=True):  # the package's baseline, as sdd_edu.generate runs it
+    out = baseline_decode(loaded, ids, max_new_tokens, stop_at_eos=stop_at_eos)
+    return SimpleNamespace(token_ids=out.token_ids, text="", stats=SimpleNamespace(summary=lambda: ""))
+sdd_edu = SimpleNamespace(generate=generate)
+"""
+
+LOOP_BLOCK = """cache = model.new_cache(len(prompt_ids) + n_new)
+logits = model(torch.tensor([prompt_ids]), cache, last_only=True)[0, -1]
+new = []
+for _ in range(n_new):
+    new.append(int({pick}))
+    if len(new) < n_new:
+        logits = {step}
+return new"""
+RIGHT_LOOP = {"pick": "logits.argmax()", "step": "model(torch.tensor([[new[-1]]]), cache)[0, -1]"}
+
 SETUP_01_CACHE = SETUP_01 + """
 from sdd_edu.model import attention
 def gqa(q, k, v):  # exercise 2's, right
@@ -589,6 +616,33 @@ EXERCISES = {
         "the length without start": KEEP_BLOCK.format(**{**RIGHT_KEEP, "length": "len(src)"}),
         "the kept slots in reverse order": KEEP_BLOCK.format(**{**RIGHT_KEEP, "order": "[::-1]"}),
         "only the length set, nothing moved": "return start + len(slots)",
+    }),
+    "01 greedy decoding with the cache": Exercise("01_engine_and_kv_cache", "the prompt's forward fills the cache",
+                                                  SETUP_01_LOOP, {
+        "no cache: the whole sequence read again for every token": (
+            "ids = list(prompt_ids)\n"
+            "for _ in range(n_new):\n"
+            "    ids.append(int(model(torch.tensor([ids]), last_only=True)[0, -1].argmax()))\n"
+            "return ids[len(prompt_ids):]"),
+        "the whole sequence fed to the cache again": (
+            "cache = model.new_cache(4096)\n"
+            "logits = model(torch.tensor([prompt_ids]), cache, last_only=True)[0, -1]\n"
+            "new = []\n"
+            "for _ in range(n_new):\n"
+            "    new.append(int(logits.argmax()))\n"
+            "    logits = model(torch.tensor([prompt_ids + new]), cache, last_only=True)[0, -1]\n"
+            "return new"),
+        "the prompt's first row, not its last": (
+            "cache = model.new_cache(len(prompt_ids) + n_new)\n"
+            "logits = model(torch.tensor([prompt_ids]), cache)[0, 0]\n"
+            "new = []\n"
+            "for _ in range(n_new):\n"
+            "    new.append(int(logits.argmax()))\n"
+            "    logits = model(torch.tensor([[new[-1]]]), cache)[0, -1]\n"
+            "return new"),
+        "the last prompt token read twice": LOOP_BLOCK.format(**{**RIGHT_LOOP, "step": (
+            "model(torch.tensor([[prompt_ids[-1]] if len(new) == 1 else [new[-2]]]), cache)[0, -1]")}),
+        "the logits never updated": LOOP_BLOCK.format(**{**RIGHT_LOOP, "step": "logits"}),
     }),
     "01 attention with the cache": Exercise("01_engine_and_kv_cache", "attn.qkv(x).view", SETUP_01_CACHE, {
         "k left unrotated": CACHE_BLOCK.format(**{**RIGHT_CACHE, "k": "k"}),
