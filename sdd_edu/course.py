@@ -16,7 +16,7 @@ natural other way.  In the order of the series:
   01  gqa                             ``gqa``: the query heads of a group stacked as one matrix
   01  attention_with_cache            ``attention_with_cache``: the model's RoPE tables and attention
   01  entropy                         ``entropy``
-  02  flops_bf16, bytes_bf16          ``bf16_flops_and_bytes``: ``forward_counts`` in bf16
+  02  flops_bf16, bytes_bf16          ``bf16_flops_and_bytes``: ``forward_counts`` in bf16, cache included
   02  largest                         ``largest_within``: a bisection
   02  run_recorded (optional)         ``run_recorded``: the input filled in place, a replay, the output copied
   03  speculative_samples             ``speculative_samples``: min(1, p/q) as a keep probability
@@ -131,11 +131,11 @@ def entropy(p) -> float:
 
 # ----------------------------------------------------------------------------- 02 · why decoding is slow
 
-def bf16_flops_and_bytes(config) -> tuple[int, int]:
-    """FLOPs of one token's matrix multiplies and the bytes of the weights it reads, in bf16: the package's
-    ``forward_counts``."""
-    counts = forward_counts(config, tokens=1, context=0, dtype="bf16")
-    return counts["flops_matmul"], counts["bytes_weights"]
+def bf16_flops_and_bytes(config, context: int) -> tuple[int, int]:
+    """FLOPs of one token's forward after ``context`` cached ones (matrices and attention) and the bytes of the
+    weights and the KV cache it reads, in bf16: the package's ``forward_counts``."""
+    counts = forward_counts(config, tokens=1, context=context, dtype="bf16")
+    return counts["flops"], counts["bytes_weights"] + counts["bytes_kv_read"]
 
 
 def largest_within(cost: Callable[[int], float], limit: float, most: int = 4096) -> int:

@@ -80,6 +80,15 @@ model = Transformer(cfg)
 first_logits = torch.randn(61, generator=torch.Generator().manual_seed(0)) * 3
 """
 
+SETUP_02_CONTEXT = SETUP_02 + """
+context = 2048
+"""
+BF16_BLOCK = """slots = {slots}
+flops_bf16 = 2 * matmul_weights + {attention}
+bytes_bf16 = {bytes} * (matmul_weights + 2 * L * d + 2 * d) + {bytes} * L * {pair} * {kv_heads} * hd * slots"""
+RIGHT_BF16 = {"slots": "context + 1", "attention": "L * 2 * 2 * cfg.n_head * hd * slots", "bytes": "2", "pair": "2",
+              "kv_heads": "cfg.n_kv_head"}
+
 SETUP_02_SEARCH = SETUP_02 + """
 from sdd_edu.measure.roofline import roofline_time
 ceil = {"peak_flops": 2e11, "bandwidth_bytes": 2.5e10}
@@ -888,10 +897,13 @@ EXERCISES = {
         "the target's own token left out": SHAPES_BLOCK.format(**{**RIGHT_SHAPES, "own": ""}),
         "the most tokens, the cost forgotten": SHAPES_BLOCK.format(**{**RIGHT_SHAPES, "per_cost": ""}),
     }),
-    "02 intensity in bf16": Exercise("02_why_decoding_is_slow", "2 FLOPs per matrix weight", SETUP_02, {
-        "the matrices alone": "flops_bf16 = 2 * matmul_weights\nbytes_bf16 = 2 * matmul_weights",
-        "4 bytes per weight": "flops_bf16 = 2 * matmul_weights\nbytes_bf16 = 4 * (matmul_weights + 2 * L * d + 2 * d)",
-        "one FLOP per weight": "flops_bf16 = matmul_weights\nbytes_bf16 = 2 * (matmul_weights + 2 * L * d + 2 * d)",
+    "02 intensity in bf16": Exercise("02_why_decoding_is_slow", "slots = context + 1; FLOPs", SETUP_02_CONTEXT, {
+        "attention's FLOPs left out": BF16_BLOCK.format(**{**RIGHT_BF16, "attention": "0"}),
+        "the cache counted per query head": BF16_BLOCK.format(**{**RIGHT_BF16, "kv_heads": "cfg.n_head"}),
+        "the cached slots only, not the new one": BF16_BLOCK.format(**{**RIGHT_BF16, "slots": "context"}),
+        "keys only": BF16_BLOCK.format(**{**RIGHT_BF16, "pair": "1"}),  # a key and no value per slot
+        "4 bytes a number": BF16_BLOCK.format(**{**RIGHT_BF16, "bytes": "4"}),
+        "the weights alone": BF16_BLOCK.format(**{**RIGHT_BF16, "pair": "0"}),
     }),
     "03 the acceptance rule as a sampler": Exercise("03_speculative_decoding", "x = n draws from q", SETUP_03, {
         "draws from p and flags at random": (
