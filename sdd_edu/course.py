@@ -9,46 +9,46 @@ Where the package already computes the answer, the name here is the package's ow
 below); otherwise a small function, written another way than the notebook's solution where there is a
 natural other way.  In the order of the series:
 
-====  ==============================  =================================================================
-  00  on_tokens                       ``record_batch``
-  01  cache_bytes                     ``kv_cache_bytes``: what ``KVCache`` allocates, on no memory
-  01  greedy_with_cache               ``greedy_with_cache``: the package's prefill and decode_one_token
-  01  gqa                             ``gqa``: the query heads of a group stacked as one matrix
-  01  attention_with_cache            ``attention_with_cache``: the model's RoPE tables and attention
-  01  entropy                         ``entropy``
-  02  flops_bf16, bytes_bf16          ``bf16_flops_and_bytes``: ``forward_counts`` in bf16, cache included
-  02  largest                         ``largest_within``: a bisection
-  02  run_recorded (optional)         ``run_recorded``: the input filled in place, a replay, the output copied
-  03  speculative_samples             ``speculative_samples``: min(1, p/q) as a keep probability
-  03  by_hand                         ``expected_tokens_by_depth``
-  03  best_gamma                      ``best_draft_length``
-  03  draft_step                      ``draft_step``: a common prefix, ``truncate``, one forward per token
-  04  grow_tree                       ``grown_tree``: the package's ``Drafter._grow`` on a made-up draft
-  04  tree_mask                       ``tree_attention_mask`` (its mask)
-  04  depth                           ``TokenTree.depth``
-  04  greedy_walk                     ``greedy_walk``: the package's ``verify``, greedy
-  04  keep                            ``keep``: ``KVCache.keep``'s ``index_select``, on k and v
-  04  multi_candidate                 ``multi_candidate_step``
-  04  sees, ex_positions              ``sees_and_positions``: ``TokenTree.path`` and ``depth``
-  04  my_prediction                   ``expected_accepted`` (ranks in sibling order)
-  04  my_decode                       ``greedy_tree_step``: one step of the package's loop
-  04  sampled_walk                    ``sampled_walk``: the package's ``verify``, sampled
-  05  left, lower                     ``backed_off_masses``: the trigram's own probabilities
-  05  free_chain                      ``free_chain``: a lookup by (parent, token)
-  05  staged_tree                     ``staged_tree``: ``Drafter._grow`` with the guessed nodes' distributions
-  05  tree_forwards, ...              ``draft_forwards_saved``: the runs' own counters
-  06  step_seconds, estimate          ``tokens_per_second_estimate``
-  06  break_even                      ``break_even``: a bisection
-  06  gpu_break_even, ...             ``chain_accounting``: ``break_even``, then the step in target forwards
-  06  weight_read_ms, ...             ``weights_share_of_token``
-  07  tokens_per_step, ...            ``chain_or_tree``: ``autotree.tokens_per_forward``, ``draft_forward_sizes``
-  07  acceptance, disagree, total_variation  ``acceptance_and_total_variation``
-  07  my_planner (the capstone)       ``planned_tree``: ``autotree.optimal_tree`` per size and depth, priced
-  08  feature_forward                 ``feature_forward``: fc's weight split in two, then the layer and the head
-  08  training_loss                   ``training_loss``: the package's ``feature_loss``
-  08  acceptance_by_depth             ``acceptance_by_depth``: the steps that reached each depth, kept or not
-  08  predicted, winner               ``predicted_chain_speedups``
-====  ==============================  =================================================================
+====  ========================================  =================================================================
+  00  on_tokens                                 ``record_batch``
+  01  cache_bytes                               ``kv_cache_bytes``: what ``KVCache`` allocates, on no memory
+  01  greedy_with_cache                         ``greedy_with_cache``: the package's prefill and decode_one_token
+  01  gqa                                       ``gqa``: the query heads of a group stacked as one matrix
+  01  attention_with_cache                      ``attention_with_cache``: the model's RoPE tables and attention
+  01  entropy                                   ``entropy``
+  02  flops_bf16, bytes_bf16                    ``bf16_flops_and_bytes``: ``forward_counts`` in bf16, cache included
+  02  largest                                   ``largest_within``: a bisection
+  02  run_recorded (optional)                   ``run_recorded``: the input filled in place, a replay, the output copied
+  03  speculative_samples                       ``speculative_samples``: min(1, p/q) as a keep probability
+  03  by_hand                                   ``expected_tokens_by_depth``
+  03  best_gamma                                ``best_draft_length``
+  03  draft_step                                ``draft_step``: a common prefix, ``truncate``, one forward per token
+  04  grow_tree                                 ``grown_tree``: the package's ``Drafter._grow`` on a made-up draft
+  04  tree_mask                                 ``tree_attention_mask`` (its mask)
+  04  depth                                     ``TokenTree.depth``
+  04  greedy_walk                               ``greedy_walk``: the package's ``verify``, greedy
+  04  keep                                      ``keep``: ``KVCache.keep``'s ``index_select``, on k and v
+  04  multi_candidate                           ``multi_candidate_step``
+  04  sees, ex_positions                        ``sees_and_positions``: ``TokenTree.path`` and ``depth``
+  04  my_prediction                             ``expected_accepted`` (ranks in sibling order)
+  04  my_decode                                 ``greedy_tree_step``: one step of the package's loop
+  04  sampled_walk                              ``sampled_walk``: the package's ``verify``, sampled
+  05  left, lower                               ``backed_off_masses``: the trigram's own probabilities
+  05  free_chain                                ``free_chain``: a lookup by (parent, token)
+  05  staged_tree                               ``staged_tree``: ``Drafter._grow`` with the guessed nodes' distributions
+  05  tree_forwards, ...                        ``draft_forwards_saved``: the runs' own counters
+  06  step_seconds, estimate                    ``tokens_per_second_estimate``
+  06  break_even                                ``break_even``: a bisection
+  06  gpu_break_even, ...                       ``chain_accounting``: ``break_even``, then the step in target forwards
+  06  weight_read_ms, ...                       ``weights_share_of_token``
+  07  tokens_per_step, ...                      ``chain_or_tree``: ``autotree.tokens_per_forward``, ``draft_forward_sizes``
+  07  acceptance, disagree, total_variation     ``acceptance_and_total_variation``
+  07  my_planner (the capstone)                 ``planned_tree``: ``autotree.optimal_tree`` per size and depth, priced
+  08  feature_forward                           ``feature_forward``: fc's weight split in two, then the layer and the head
+  08  training_loss                             ``training_loss``: the package's ``feature_loss``
+  08  acceptance_by_depth                       ``acceptance_by_depth``: the steps that reached each depth, kept or not
+  08  predicted, winner                         ``predicted_chain_speedups``
+====  ========================================  =================================================================
 """
 
 from __future__ import annotations

@@ -64,34 +64,45 @@ def _has_subplot_titles(fig: go.Figure) -> bool:
     return bool(_panel_titles(fig))
 
 
+def _panel_domains(fig: go.Figure) -> list[tuple]:
+    """(x domain, y domain, x axis name) of every panel of a make_subplots figure, [] for another figure."""
+    panels = []
+    for row in getattr(fig, "_grid_ref", None) or []:
+        for cell in row:
+            if cell:
+                x_name, y_name = cell[0].layout_keys
+                panels.append((tuple(fig.layout[x_name].domain), tuple(fig.layout[y_name].domain), x_name))
+    return panels
+
+
+def _share(width: float) -> int:
+    """Characters of a title over a panel ``width`` (a fraction of the plot's width) wide."""
+    return max(12, round(TITLE_CHARS * width))
+
+
 def _wrap_panel_titles(fig: go.Figure) -> int:
-    """Break each panel title to its share of ``TITLE_CHARS`` (the panels beside it share the width) and set
-    its font; the number of lines of the top row's titles, which stand in the figure's top margin."""
+    """Break each panel title to the width of its panel (a share of ``TITLE_CHARS``) and set its font; the
+    number of lines of the top row's titles, which stand in the figure's top margin."""
     titles = _panel_titles(fig)
-    rows: dict = {}
+    panels = _panel_domains(fig)
     for a in titles:
-        rows.setdefault(round(a.y, 6), []).append(a)
-    top_lines = 0
-    for y, row in rows.items():
-        for a in row:
-            a.text = _wrap(a.text, max(12, TITLE_CHARS // len(row)))
-            a.font = dict(size=PANEL_TITLE_FONT_PX)
-        if y == max(rows):
-            top_lines = max(a.text.count("<br>") + 1 for a in row)
-    return top_lines
+        # the panel under the title: make_subplots centres it over the panel's x domain, on its top edge
+        width = min(((abs((x[0] + x[1]) / 2 - a.x) + abs(y[1] - a.y), x[1] - x[0]) for x, y, _ in panels),
+                    default=(0, 1.0))[1]
+        a.text = _wrap(a.text.replace("<br>", " "), _share(width))
+        a.font = dict(size=PANEL_TITLE_FONT_PX)
+    top = max((a.y for a in titles), default=None)
+    return max((a.text.count("<br>") + 1 for a in titles if a.y == top), default=0)
 
 
 def _wrap_axis_titles(fig: go.Figure) -> None:
-    """Side by side panels share the width: each x axis title is broken to its share of ``TITLE_CHARS``."""
-    grid = getattr(fig, "_grid_ref", None)  # make_subplots' grid: rows of cells
-    columns = len(grid[0]) if grid else 1
-    if columns < 2:
-        return
-    for name in fig.layout:
+    """Each x axis title broken to its panel's width, where panels share the width (14 px axis text: a few
+    characters fewer than a panel title)."""
+    for x_domain, _, name in _panel_domains(fig):
         axis = fig.layout[name]
-        if name.startswith("xaxis") and axis.title.text:
-            # 14 px axis text, beside the plot's own margins: a few characters fewer than a panel title
-            wrapped = _wrap(axis.title.text.replace("<br>", " "), max(10, TITLE_CHARS // columns - 4))
+        width = x_domain[1] - x_domain[0]
+        if axis.title.text and width < 0.9:
+            wrapped = _wrap(axis.title.text.replace("<br>", " "), max(10, _share(width) - 4))
             if wrapped != axis.title.text:
                 axis.title.text = wrapped
                 axis.automargin = True  # room under the axis for the title's lines

@@ -1139,3 +1139,17 @@ def test_a_function_that_calls_the_course_answer_scores_nothing(name):
     assert not result["passed"] and "course" in result["note"], result
     with pytest.raises(AssertionError, match="calls sdd_edu.course"):
         exec(f'from sdd_edu.notebook import solved\nsolved("{exercise_name(ex)}")', namespace)
+
+
+def test_a_loop_that_calls_model_forward_passes_the_checks_and_the_hidden_tests():
+    """The forwards are counted through the model's own forward, which model(...) and model.forward(...) both
+    reach: a right answer written the second way is not rejected."""
+    from sdd_edu.grade import HIDDEN
+
+    ex = EXERCISES["01 greedy decoding with the cache"]
+    by_forward = LOOP_BLOCK.replace("model(", "model.forward(").format(
+        **{**RIGHT_LOOP, "step": "model.forward(torch.tensor([[new[-1]]]), cache)[0, -1]"})
+    assert "model(" not in by_forward
+    ns = run_exercise(ex, by_forward)
+    hidden, = [h for h in HIDDEN if h.name == "greedy_with_cache"]
+    hidden.test(ns["greedy_with_cache"], ns)

@@ -327,6 +327,14 @@ def test_panel_and_axis_titles_take_their_share_of_the_width():
         plots.PANEL_TITLE_LINE_PX
     axes = [fig.layout[name] for name in fig.layout if name.startswith("xaxis") and fig.layout[name].title.text]
     assert axes and all(len(line) <= plots.TITLE_CHARS // 2 for a in axes for line in a.title.text.split("<br>"))
+    # a title beside an empty one still gets its panel's width, not the row's
+    from plotly.subplots import make_subplots
+
+    lone = make_subplots(rows=1, cols=2, subplot_titles=("one long title that runs well past half the width", ""))
+    plots._layout(lone, "a figure")
+    title, = [a for a in lone.layout.annotations if is_panel_title(a)]
+    assert len(title.text.split("<br>")) > 1 and all(len(line) <= plots.TITLE_CHARS // 2
+                                                     for line in title.text.split("<br>"))
     # one panel to a row: its titles keep the whole width
     one = plots.latency_bars_figure(bench_of(["baseline", "speculative", "tree"]))
     assert all("<br>" not in a.text for a in one.layout.annotations if is_panel_title(a))
