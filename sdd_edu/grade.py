@@ -105,6 +105,7 @@ def _greedy_with_cache(greedy_with_cache, ns) -> None:
     from .decoding import baseline_decode
     from .loading import LoadedModel
     from .model import ModelConfig, Transformer
+    from .notebook import forward_sizes
 
     torch.manual_seed(17)
     config = ModelConfig(family="llama", vocab_size=41, n_layer=2, n_head=4, n_kv_head=2, d_model=32, d_ff=48,
@@ -113,24 +114,14 @@ def _greedy_with_cache(greedy_with_cache, ns) -> None:
     with torch.no_grad():  # weights large enough that the greedy text does not repeat one token
         for w in model.parameters():
             w.mul_(3)
-    sizes, forward = [], model.forward
-
-    def counted(*args, **kwargs):  # model(...) and model.forward(...) both come here
-        sizes.append((args[0] if args else kwargs["input_ids"]).shape[1])
-        return forward(*args, **kwargs)
-
-    model.forward = counted
-    try:
-        for prompt, n in (([3, 9, 27, 1], 7), ([5], 3), (list(range(2, 20)), 1)):
-            want = baseline_decode(LoadedModel("tiny", model, None, "test"), prompt, n, stop_at_eos=False).token_ids
-            sizes.clear()
-            with torch.inference_mode():
-                got = [int(t) for t in greedy_with_cache(model, prompt, n)]
-            assert got == want, f"another model, prompt {prompt}, {n} tokens: {got}, not {want}"
-            assert sizes[:1] == [len(prompt)] and set(sizes[1:]) <= {1} and len(sizes) - 1 in (n - 1, n), \
-                f"prompt of {len(prompt)}, {n} tokens: forwards over {sizes} tokens, not the prompt then one at a time"
-    finally:
-        del model.forward
+    for prompt, n in (([3, 9, 27, 1], 7), ([5], 3), (list(range(2, 20)), 1)):
+        want = baseline_decode(LoadedModel("tiny", model, None, "test"), prompt, n, stop_at_eos=False).token_ids
+        got = []
+        with torch.inference_mode():
+            sizes = forward_sizes(model, lambda: got.extend(int(t) for t in greedy_with_cache(model, prompt, n)))
+        assert got == want, f"another model, prompt {prompt}, {n} tokens: {got}, not {want}"
+        assert sizes[:1] == [len(prompt)] and set(sizes[1:]) <= {1} and len(sizes) - 1 in (n - 1, n), \
+            f"prompt of {len(prompt)}, {n} tokens: forwards over {sizes} tokens, not the prompt then one at a time"
 
 
 def _gqa(gqa, ns) -> None:

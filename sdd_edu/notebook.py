@@ -152,8 +152,6 @@ def check(condition, message: str, hint: str = "") -> None:
     print(f"✓ {message}")
 
 
-# ----------------------------------------------------------------------------- keeping notebooks clean
-
 def largest_copy(fn) -> int:
     """The most elements held in memory by any tensor that a torch call inside ``fn()`` returned (a view counts
     the memory it views: an expanded tensor, its source's; a copy, its own): what a check reads to see whether
@@ -176,6 +174,26 @@ def largest_copy(fn) -> int:
         fn()
     return largest
 
+
+def forward_sizes(model, fn) -> list[int]:
+    """The tokens each forward of ``model`` read while ``fn()`` ran: what a check reads to see that a decoding loop
+    reads the prompt once and then one token a forward.  Counted in the model's own ``forward``, which
+    ``model(...)`` and ``model.forward(...)`` both reach."""
+    sizes, forward = [], model.forward
+
+    def counted(*args, **kwargs):
+        sizes.append((args[0] if args else kwargs["input_ids"]).shape[1])
+        return forward(*args, **kwargs)
+
+    model.forward = counted
+    try:
+        fn()
+    finally:
+        del model.forward  # the class's forward again
+    return sizes
+
+
+# ----------------------------------------------------------------------------- keeping notebooks clean
 
 def dirty_parts(nb) -> list[str]:
     """What a committed notebook should not carry: outputs, execution counts, widget state."""

@@ -12,18 +12,20 @@ from ..decoding.common import synchronize
 from ..loading import cpu_features, device_description  # noqa: F401 -- where the measurements name the machine
 
 
+def _seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """One call of ``fn``, timed between device synchronisations."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0
+
+
 def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 5, warmup: int = 1) -> list[float]:
     """Seconds per call of ``fn``, each measured between device synchronisations, after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return times
+    return [_seconds(fn, device) for _ in range(repeats)]
 
 
 def fastest_call(fn: Callable[[], object], device: torch.device, repeats: int = 5, warmup: int = 1,
@@ -36,11 +38,7 @@ def fastest_call(fn: Callable[[], object], device: torch.device, repeats: int = 
         fn()
     best, calls, start = float("inf"), 0, time.perf_counter()
     while calls < repeats or (time.perf_counter() - start < min_seconds and calls < max_calls):
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, _seconds(fn, device))
         calls += 1
     return best
 
