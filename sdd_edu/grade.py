@@ -368,6 +368,7 @@ def _draft_step(draft_step, ns) -> None:
     from .decoding import baseline_decode
     from .loading import LoadedModel
     from .model import ModelConfig, Transformer
+    from .notebook import forward_sizes
 
     def tiny(seed):
         torch.manual_seed(seed)
@@ -387,33 +388,29 @@ def _draft_step(draft_step, ns) -> None:
     for gamma, prompt in ((2, [5, 9, 1, 33]), (4, [7, 7, 2, 40, 11, 3, 18])):
         truth = baseline_decode(target, prompt, 40, stop_at_eos=False).token_ids
         net = draft.model
-        cache, fed = net.new_cache(200), []
-        hook = net.register_forward_pre_hook(lambda module, args: fed.append(args[0].shape[1]))
+        cache = net.new_cache(200)
         seen, context, held = [], list(prompt), []
-        try:
-            while len(context) - len(prompt) < 30:
-                fed.clear()
-                drafted = list(draft_step(net, cache, seen, context, gamma))
-                reads = sum(fed)
-                shared = next((i for i, (a, b) in enumerate(zip(held, context[:-1])) if a != b),
-                              min(len(held), len(context) - 1))
-                right = baseline_decode(draft, context, gamma, stop_at_eos=False).token_ids
-                where = f"gamma {gamma}, after {len(context) - len(prompt)} new tokens"
-                assert drafted == right, f"{where}: drafted {drafted}, the draft's greedy continuation is {right}"
-                held = context + drafted[:-1]
-                assert list(seen) == held and cache.length == len(held), \
-                    f"{where}: the cache holds {cache.length} tokens, seen {len(seen)}; it should hold {len(held)}: " \
-                    "the context and the drafts but the last"
-                assert reads == len(context) - shared + gamma - 1, \
-                    f"{where}: the draft read {reads} tokens; {len(context) - shared} were unread and " \
-                    f"{gamma - 1} drafts are fed back"
-                done = len(context) - len(prompt)
-                accepted = 0
-                while accepted < gamma and drafted[accepted] == truth[done + accepted]:
-                    accepted += 1
-                context += drafted[:accepted] + [truth[done + accepted]]
-        finally:
-            hook.remove()
+        while len(context) - len(prompt) < 30:
+            drafted = []
+            fed = forward_sizes(net, lambda: drafted.extend(draft_step(net, cache, seen, context, gamma)))
+            reads = sum(fed)
+            shared = next((i for i, (a, b) in enumerate(zip(held, context[:-1])) if a != b),
+                          min(len(held), len(context) - 1))
+            right = baseline_decode(draft, context, gamma, stop_at_eos=False).token_ids
+            where = f"gamma {gamma}, after {len(context) - len(prompt)} new tokens"
+            assert drafted == right, f"{where}: drafted {drafted}, the draft's greedy continuation is {right}"
+            held = context + drafted[:-1]
+            assert list(seen) == held and cache.length == len(held), \
+                f"{where}: the cache holds {cache.length} tokens, seen {len(seen)}; it should hold {len(held)}: " \
+                "the context and the drafts but the last"
+            assert reads == len(context) - shared + gamma - 1, \
+                f"{where}: the draft read {reads} tokens; {len(context) - shared} were unread and " \
+                f"{gamma - 1} drafts are fed back"
+            done = len(context) - len(prompt)
+            accepted = 0
+            while accepted < gamma and drafted[accepted] == truth[done + accepted]:
+                accepted += 1
+            context += drafted[:accepted] + [truth[done + accepted]]
 
 
 def _grow_tree(grow_tree, ns) -> None:

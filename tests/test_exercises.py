@@ -228,6 +228,8 @@ from types import SimpleNamespace
 from sdd_edu.decoding import baseline_decode
 from sdd_edu.loading import LoadedModel
 from sdd_edu.notebook import pick
+torch.manual_seed(23)  # the same model whatever ran before: every mutant is judged on the same weights
+model = Transformer(cfg)
 with torch.no_grad():  # weights large enough that the greedy text does not repeat one token
     for w in model.parameters():
         w.mul_(3)
@@ -775,6 +777,7 @@ EXERCISES = {
         "group size and group count swapped": (
             "w = (q.reshape(nh // nkv, nkv * N, hs) @ k.transpose(-1, -2) / math.sqrt(hs)).softmax(-1)\n"
             "return (w @ v).reshape(nh, N, hs)"),
+        "the package's attention called": "return attention(q[None], k[None], v[None], None)[0]",
         "right, but k and v copied per query head": (
             "g = nh // nkv\n"
             "k, v = k.repeat_interleave(g, dim=0), v.repeat_interleave(g, dim=0)\n"
@@ -1153,3 +1156,8 @@ def test_a_loop_that_calls_model_forward_passes_the_checks_and_the_hidden_tests(
     ns = run_exercise(ex, by_forward)
     hidden, = [h for h in HIDDEN if h.name == "greedy_with_cache"]
     hidden.test(ns["greedy_with_cache"], ns)
+
+
+def test_a_copy_kept_as_a_tuple_passes_the_stream_checks():
+    """A batch kept as a tuple is a copy too: the checks compare the tokens, not the container."""
+    run_exercise(EXERCISES["00 a streaming callback"], "batches.append(tuple(ids))")
