@@ -60,10 +60,6 @@ def _panel_titles(fig: go.Figure) -> list:
             if a.xref == "paper" and a.yref == "paper" and a.yanchor == "bottom" and a.showarrow is False]
 
 
-def _has_subplot_titles(fig: go.Figure) -> bool:
-    return bool(_panel_titles(fig))
-
-
 def _panel_domains(fig: go.Figure) -> list[tuple]:
     """(x domain, y domain, x axis name) of every panel of a make_subplots figure, [] for another figure."""
     panels = []
