@@ -50,8 +50,6 @@ class Hidden:
     notebook: str  # "04"
     name: str  # the exercise's name: the function the student writes
     test: Callable
-    # the package's own answers the function may not call (sdd_edu.course, the course's answers, for every one)
-    forbidden: tuple = ()
 
 
 def _close(a, b, atol=1e-5) -> bool:
@@ -605,26 +603,26 @@ def _acceptance_by_depth(acceptance_by_depth, ns) -> None:
 
 HIDDEN = [
     Hidden("00", "on_tokens", _record_batches),
-    Hidden("01", "greedy_with_cache", _greedy_with_cache, ("baseline_decode", "generate", "decode_one_token", "prefill")),
-    Hidden("01", "gqa", _gqa, ("attention", "scaled_dot_product_attention")),
+    Hidden("01", "greedy_with_cache", _greedy_with_cache),
+    Hidden("01", "gqa", _gqa),
     Hidden("01", "attention_with_cache", _attention_with_cache),
     Hidden("01", "entropy", _entropy),
     Hidden("02", "run_recorded", _run_recorded),
     Hidden("03", "speculative_samples", _speculative_samples),
     Hidden("03", "draft_step", _draft_step),
-    Hidden("04", "grow_tree", _grow_tree, ("_grow", "optimal_tree")),
-    Hidden("04", "tree_mask", _tree_mask, ("tree_attention_mask",)),
-    Hidden("04", "depth", _depth, ("TokenTree",)),
-    Hidden("04", "greedy_walk", _greedy_walk, ("verify",)),
+    Hidden("04", "grow_tree", _grow_tree),
+    Hidden("04", "tree_mask", _tree_mask),
+    Hidden("04", "depth", _depth),
+    Hidden("04", "greedy_walk", _greedy_walk),
     Hidden("04", "keep", _keep),
     Hidden("04", "multi_candidate", _multi_candidate),
-    Hidden("04", "my_decode", _my_decode, ("verify", "generate", "greedy_tree_step")),
-    Hidden("04", "sampled_walk", _sampled_walk, ("verify", "_recursive_rejection")),
+    Hidden("04", "my_decode", _my_decode),
+    Hidden("04", "sampled_walk", _sampled_walk),
     Hidden("05", "free_chain", _free_chain),
-    Hidden("05", "staged_tree", _staged_tree, ("_grow",)),
-    Hidden("07", "my_planner", _my_planner, ("optimal_tree", "plan_tree", "_choose")),
+    Hidden("05", "staged_tree", _staged_tree),
+    Hidden("07", "my_planner", _my_planner),
     Hidden("08", "feature_forward", _feature_forward),
-    Hidden("08", "training_loss", _training_loss, ("feature_loss",)),
+    Hidden("08", "training_loss", _training_loss),
     Hidden("08", "acceptance_by_depth", _acceptance_by_depth),
 ]
 
@@ -652,7 +650,7 @@ def hidden_results(notebook: str, namespace: dict, seconds: int = TEST_SECONDS) 
     """Each hidden-tested exercise of ``notebook`` ("04"): {"passed": bool, "note": why not}, run on the
     functions the student defined in ``namespace`` (a kernel's globals).  A function that still holds its stub
     fails without running."""
-    from .notebook import calls_unsolved, names_used
+    from .notebook import PACKAGE_ANSWERS, calls_unsolved, names_used
 
     results = {}
     for hidden in (h for h in HIDDEN if h.notebook == notebook):
@@ -664,7 +662,7 @@ def hidden_results(notebook: str, namespace: dict, seconds: int = TEST_SECONDS) 
         if calls_unsolved(code, hidden.name):
             results[hidden.name] = {"passed": False, "note": "not solved: the stub gives sdd-edu's answer"}
             continue
-        answers = sorted(({"course"} | set(hidden.forbidden)) & names_used(code))
+        answers = sorted(({"course"} | set(PACKAGE_ANSWERS.get(hidden.name, ()))) & names_used(code))
         if answers:
             results[hidden.name] = {"passed": False, "note": f"calls the package's own answer: {', '.join(answers)}"}
             continue
@@ -830,7 +828,7 @@ def grade_submission(submission: Submission, out_folder: Path, timeout: int, qui
     nb, where = graded_copy(submitted, tutorial_nb, number)
     problem = ""
     with tempfile.TemporaryDirectory(prefix="sdd-edu-grade-") as work, \
-            environment(SDD_EDU_QUICK="1" if quick else "0"):  # the kernel starts in both
+            environment(SDD_EDU_QUICK="1" if quick else "0", SDD_EDU_GRADING="1"):  # the kernel starts in both
         try:
             client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
                                     resources={"metadata": {"path": work}})

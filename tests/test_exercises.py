@@ -1080,9 +1080,18 @@ def test_the_student_edition_runs_on_the_fallback_and_its_check_says_unsolved(na
     notice = f"⚠ exercise '{exercise_name}' is not solved yet: the cells below use sdd-edu's own answer"
     assert capsys.readouterr().out.count(notice) == 1  # once, whether the stub ran in its cell or in the checks
     # the solution written in the student's cell (its first line kept), the cell run again: the checks pass
-    exec(cell.split("\n", 1)[0] + "\n" + exercise_cells(ex)[0], namespace)
+    run_cell(cell.split("\n", 1)[0] + "\n" + exercise_cells(ex)[0], namespace, f"<{name} solved>")
     exec(checks, namespace)
     assert notice not in capsys.readouterr().out
+
+
+def run_cell(source: str, namespace: dict, filename: str) -> None:
+    """Run ``source`` as a kernel runs a cell: its text kept in linecache under the code's file name, where
+    ``exercise(...)`` reads which names the cell uses."""
+    import linecache
+
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(compile(source, filename, "exec"), namespace)
 
 
 @pytest.mark.parametrize("name, mutant", [(n, m) for n, ex in EXERCISES.items() for m in ex.mutants])
@@ -1161,3 +1170,24 @@ def test_a_loop_that_calls_model_forward_passes_the_checks_and_the_hidden_tests(
 def test_a_copy_kept_as_a_tuple_passes_the_stream_checks():
     """A batch kept as a tuple is a copy too: the checks compare the tokens, not the container."""
     run_exercise(EXERCISES["00 a streaming callback"], "batches.append(tuple(ids))")
+
+
+def is_function_exercise(ex: Exercise) -> bool:
+    return bool(re.search(rf"^\s*def {re.escape(exercise_name(ex))}\(", exercise_cells(ex)[0], re.M))
+
+
+@pytest.mark.parametrize("name", [n for n, ex in EXERCISES.items() if not is_function_exercise(ex)])
+def test_a_cell_that_writes_the_course_answer_in_place_of_the_stub_is_not_solved(name):
+    """Outside a function, deleting the unsolved(...) wrapper and keeping the course's call does not count."""
+    ex = EXERCISES[name]
+    imports, cell, checks = student_cells(ex)
+    block = exercise_cells(ex)[2]
+    lines = cell.split("\n")
+    stub = next(k for k, line in enumerate(lines) if "unsolved(" in line)
+    lines[stub] = block.indent + block.fallback
+    namespace: dict = {}
+    exec(ex.setup, namespace)
+    exec(imports, namespace)
+    run_cell("\n".join(lines), namespace, f"<{name} with the course's call>")
+    with pytest.raises(AssertionError, match=f"^✗ exercise '{re.escape(exercise_name(ex))}' calls sdd_edu.course"):
+        exec(checks, namespace)

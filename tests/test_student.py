@@ -300,3 +300,71 @@ def test_the_student_edition_carries_the_readme_its_notebooks_point_to(tmp_path)
     first_exercises = next(c for c in nbformat.read(out / "00_setup_and_tour.ipynb", as_version=4).cells
                            if c.cell_type == "markdown" and c.source.startswith("## Exercises"))
     assert "How the exercises work" in first_exercises.source and "<!--" not in first_exercises.source
+
+
+def run_cell(source: str, namespace: dict, filename: str) -> None:
+    """Run ``source`` as a kernel runs a cell: its text kept in linecache under the code's file name."""
+    import linecache
+
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(compile(source, filename, "exec"), namespace)
+
+
+def test_a_cell_that_computes_with_the_package_answer_is_not_solved(namespace):
+    """Outside a function, the cell's own text tells the student's computation from a call of the answer."""
+    import torch
+
+    from sdd_edu.notebook import check
+
+    namespace.update(check=check, course=type("course", (), {"twice": staticmethod(lambda y: y + y)}))
+    run_cell('exercise("w")\nw = course.twice(2)', namespace, "<cell-w-1>")
+    with pytest.raises(AssertionError, match="^✗ exercise 'w' calls sdd_edu.course"):
+        exec('solved("w")', namespace)
+    run_cell('exercise("cache_bytes")\nimport torch\ncache_bytes = 2 * torch.zeros(3).nbytes', namespace, "<c-2>")
+    exec('solved("cache_bytes")', namespace)  # its own arithmetic
+    namespace["model"] = type("m", (), {"new_cache": lambda self, n: torch.zeros(n)})()
+    run_cell('exercise("cache_bytes")\ncache_bytes = 2 * model.new_cache(3).nbytes', namespace, "<c-3>")
+    with pytest.raises(AssertionError, match=r"calls the package's own answer \(new_cache\)"):
+        exec('solved("cache_bytes")', namespace)
+    # another exercise's stub in the same cell does not count against this one
+    run_cell('exercise("w")\nw = 4\nv = unsolved("v", lambda: course.twice(1))', namespace, "<cell-w-2>")
+    exec('solved("w")', namespace)
+
+
+def test_in_a_readers_kernel_an_unsolved_check_cell_says_so_and_runs_on(namespace, capsys, monkeypatch):
+    from sdd_edu.notebook import check
+
+    monkeypatch.setattr(notebook, "RUN_ON_WHEN_UNSOLVED", True)
+    namespace["check"] = check
+    exec(student_source("# BEGIN SOLUTION (hint: 5)\nw = 5\n# END SOLUTION (fallback: w = 5)"), namespace)
+    capsys.readouterr()
+    exec('solved("w")\ncheck(w == 5, "w is five")', namespace)  # no error: Run All goes on
+    assert capsys.readouterr().out == ("✗ exercise 'w' is not solved yet: the cells above used sdd-edu's own answer "
+                                       "(its checks below run silently on sdd-edu's answer)\n")
+    notebook._speak_again()  # the kernel's next cell
+    check(True, "heard again")
+    assert capsys.readouterr().out == "✓ heard again\n"
+    monkeypatch.setenv("SDD_EDU_GRADING", "1")  # the grader: an unsolved exercise fails its check cell
+    with pytest.raises(AssertionError, match="not solved yet"):
+        exec('solved("w")', namespace)
+    notebook._speak_again()
+
+
+def test_run_all_reaches_the_end_of_a_student_edition_with_every_exercise_unsolved(tmp_path):
+    """In a real kernel, without allowing errors: the unsolved exercises' check cells do not stop the run."""
+    from nbclient import NotebookClient
+
+    nb = exercise_notebook("import sdd_edu\nfrom sdd_edu.notebook import setup, check\nenv = setup()",
+                           SOLVED_IN_A_FUNCTION,
+                           "check(z == 8, 'z is twice twice x')",
+                           "# BEGIN SOLUTION (hint: 5)\nw = 5\n# END SOLUTION (fallback: w = 5)",
+                           "check(w == 5, 'w is five')",
+                           "print('the last cell ran', z + w)")
+    student = student_edition(nb)
+    student.cells[2].source = student.cells[2].source.replace("course_twice", "(lambda y: y + y)")
+    NotebookClient(student, timeout=120, kernel_name="python3", allow_errors=False,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    out = ["".join(o.get("text", "") for o in c.get("outputs", [])) for c in student.cells]
+    assert "✗ exercise 'f' is not solved yet" in out[3] and "✓" not in out[3]
+    assert "✗ exercise 'w' is not solved yet" in out[5] and "✓" not in out[5]
+    assert out[6] == "the last cell ran 13\n"
