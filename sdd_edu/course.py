@@ -10,8 +10,9 @@ below); otherwise a small function, written another way than the notebook's solu
 natural other way.  In the order of the series:
 
 ====  ========================================  =================================================================
+  00  same_tokens, fewer_forwards               ``tour_predictions``
   00  on_tokens                                 ``record_batch``
-  01  cache_bytes                               ``kv_cache_bytes``: what ``KVCache`` allocates, on no memory
+  01  cache_bytes, cache_bytes_mha              ``kv_cache_bytes``: what ``KVCache`` allocates, on no memory
   01  greedy_with_cache                         ``greedy_with_cache``: the package's prefill and decode_one_token
   01  gqa                                       ``gqa``: the query heads of a group stacked as one matrix
   01  attention_with_cache                      ``attention_with_cache``: the model's RoPE tables and attention
@@ -70,6 +71,12 @@ from .sampling import Sampling
 
 # ----------------------------------------------------------------------------- 00 · the tour
 
+def tour_predictions() -> tuple[bool, bool]:
+    """The tour's predictions for a speculative method under greedy decoding: the baseline's tokens, and (on
+    HumanEval's code, where the draft guesses well) fewer target forwards."""
+    return True, True
+
+
 def record_batch(batches: list, ids) -> None:
     """A stream callback's work: keep a copy of each batch of token ids, in order."""
     batches.append([int(t) for t in ids])
@@ -77,9 +84,13 @@ def record_batch(batches: list, ids) -> None:
 
 # ----------------------------------------------------------------------------- 01 · the engine and the KV cache
 
-def kv_cache_bytes(config, slots: int, dtype=torch.float32) -> int:
+def kv_cache_bytes(config, slots: int, dtype=torch.float32, heads: int | None = None) -> int:
     """The bytes of keys and values a ``KVCache`` of ``slots`` slots allocates, read off one made on the
-    meta device (shapes and dtypes, no memory)."""
+    meta device (shapes and dtypes, no memory); with ``heads``, for that many key/value heads."""
+    import dataclasses
+
+    if heads is not None:
+        config = dataclasses.replace(config, n_kv_head=heads)
     cache = KVCache(config, slots, device="meta", dtype=dtype)
     return cache.k.nbytes + cache.v.nbytes
 

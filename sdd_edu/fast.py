@@ -268,20 +268,50 @@ class RecordedGraph:
     """A CUDA graph's contract, kept on any device: ``capture(fn)`` runs ``fn`` once and records it; ``replay()``
     runs the recorded work again on whatever its input tensors hold now and writes the result into the same
     output tensor.  On a CPU there are no launches to save, so this stand-in saves nothing; code written
-    against it (fill the inputs in place, replay, copy the output out) runs unchanged with ``torch.cuda.CUDAGraph``."""
+    against it (fill the inputs in place, replay, copy the output out) runs unchanged with ``torch.cuda.CUDAGraph``.
+
+    A CUDA graph reads its inputs at the addresses they had when it was captured, so ``replay`` refuses to run
+    once one of them has moved (``x.set_(y)``, ``x.data = y``): a real graph would have read the old memory."""
 
     def __init__(self):
-        self._fn, self.output = None, None
+        self._fn, self.output, self._inputs = None, None, []
 
     def capture(self, fn):
-        with torch.no_grad():
+        with torch.no_grad(), _InputsRead() as read:
             self.output = fn()
         self._fn = fn
+        self._inputs = [(t, t.data_ptr()) for t in read.inputs]
         return self.output
 
     def replay(self) -> None:
+        moved = sum(t.data_ptr() != ptr for t, ptr in self._inputs)
+        if moved:
+            raise RuntimeError(f"{moved} of the graph's input tensors moved to other memory since the capture "
+                               "(set_ or .data =): a CUDA graph reads the old addresses; fill inputs in place "
+                               "with copy_")
         with torch.no_grad():
             self.output.copy_(self._fn())
+
+
+class _InputsRead(torch.overrides.TorchFunctionMode):
+    """The tensors a function reads that it did not make itself: its inputs, weights included."""
+
+    def __init__(self):
+        super().__init__()
+        self.inputs, self._seen, self._made = [], set(), set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for value in (*args, *kwargs.values()):
+            for t in (value if isinstance(value, (list, tuple)) else (value,)):
+                if isinstance(t, torch.Tensor) and id(t) not in self._made and id(t) not in self._seen:
+                    self._seen.add(id(t))
+                    self.inputs.append(t)
+        out = func(*args, **kwargs)
+        for t in (out if isinstance(out, (list, tuple)) else (out,)):
+            if isinstance(t, torch.Tensor):
+                self._made.add(id(t))
+        return out
 
 
 def record(fn, device, pool=None) -> tuple:

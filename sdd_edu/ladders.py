@@ -207,6 +207,32 @@ def make_ladder(target: LoadedModel, draft: Optional[LoadedModel] = None, ngram=
     return LoadedLadder(lad, target, draft, ngram if ngram is not None else PromptLookup(), feature_draft)
 
 
+def near_random_ladder(seed: int = 67, vocab: int = 50, spread: float = 0.02) -> LoadedLadder:
+    """A small random target and a draft near it (the target's weights plus a little noise: it agrees at most
+    positions, not all), with prompt lookup: a ladder on which a wrong position, a missing mask or a lost cache
+    slot changes the text, where the embedded ladder's confident greedy text may hide it.  Checks run on it."""
+    import torch
+
+    from .model import ModelConfig, Transformer
+
+    def tiny(name):
+        torch.manual_seed(seed)
+        config = ModelConfig(family="llama", vocab_size=vocab, n_layer=2, n_head=4, n_kv_head=2, d_model=32,
+                             d_ff=48, max_seq_len=256)
+        model = Transformer(config).eval().requires_grad_(False)
+        with torch.no_grad():  # weights large enough that the greedy text does not repeat one token
+            for w in model.parameters():
+                w.normal_(0, 0.5)
+        return LoadedModel(f"{name}-{seed}", model, None, "random")
+
+    target, draft = tiny("near-target"), tiny("near-draft")
+    noise = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for w in draft.model.parameters():
+            w.add_(torch.randn(w.shape, generator=noise) * spread)
+    return make_ladder(target, draft, name=f"near-random-{seed}")
+
+
 def with_random_draft(ladder: LoadedLadder, seed: int = 0) -> LoadedLadder:
     """The ladder with its draft replaced by random weights of the same shape: a draft that costs the
     same and is always wrong, the worst case a speculation schedule must survive."""

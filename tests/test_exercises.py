@@ -195,6 +195,17 @@ def generate(*args, stream=None, **kwargs):  # batches as a speculative decoder 
 sdd_edu = SimpleNamespace(generate=generate)
 """
 
+SETUP_00_PREDICT = """
+from types import SimpleNamespace
+from sdd_edu.notebook import check, pick
+DTYPE = "fp32"
+def generate(model, task, method, **kwargs):  # a method that saves forwards, and the baseline
+    forwards = 4 if method == "baseline" else 2
+    return SimpleNamespace(token_ids=[5, 9, 2, 7], stats=SimpleNamespace(target_forwards=forwards,
+                                                                          summary=lambda: method))
+sdd_edu = SimpleNamespace(generate=generate)
+"""
+
 SETUP_04_RRS = """
 import torch
 from sdd_edu.notebook import check, pick
@@ -666,6 +677,10 @@ EXERCISES = {
             **{**RIGHT_DECODE, "commit": "cache.keep(start, [1 + i for i in accepted])"}),
         "node indices taken for tokens": DECODE_BLOCK.format(**RIGHT_DECODE).replace(
             "[tree.tokens[i] for i in accepted]", "accepted"),
+        "no positions: every node read at the next slot": DECODE_BLOCK.format(**RIGHT_DECODE).replace(
+            "position_ids=pos.to(model.device), ", ""),
+        "no mask: every node sees every other": DECODE_BLOCK.format(**RIGHT_DECODE).replace(
+            ", attention_mask=mask.to(model.device)", ""),
     }),
     "05 staged growth": Exercise("05_staged_speculative_decoding", "argmax of dist; look for i", SETUP_05_CHAIN, {
         "every token counted free": CHAIN_BLOCK.format(**{**RIGHT_CHAIN, "count": "free += 1", "late_count": ""}),
@@ -740,6 +755,11 @@ EXERCISES = {
             "        feed = drafted[-1:]\n"
             "    model(torch.tensor([feed], device=model.device), cache)\n"
             "    seen += feed"),
+    }),
+    "00 predictions before the run": Exercise("00_setup_and_tour", "does a guess change which token", SETUP_00_PREDICT, {
+        "the text changes with the method": "same_tokens = False\nfewer_forwards = True",
+        "no forward saved": "same_tokens = True\nfewer_forwards = False",
+        "a prediction left as a string": 'same_tokens = "yes"\nfewer_forwards = True',
     }),
     "00 a streaming callback": Exercise("00_setup_and_tour", "keep each batch of token ids", SETUP_00_STREAM, {
         "only the last batch": "batches[:] = [list(ids)]",
@@ -820,13 +840,19 @@ EXERCISES = {
             "lower = 1 - sum(stdlib.unigram[v] for v in after)"),
     }),
     "01 the KV cache's size": Exercise("01_engine_and_kv_cache", "keys and values (2) x layers", SETUP_01, {
-        "keys only": "cache_bytes = cfg.n_layer * cfg.n_kv_head * slots * cfg.head_dim * 4",
-        "a head per query head": "cache_bytes = 2 * cfg.n_layer * cfg.n_head * slots * cfg.head_dim * 4",
-        "2 bytes per number": "cache_bytes = 2 * cfg.n_layer * cfg.n_kv_head * slots * cfg.head_dim * 2",
+        "keys only": "cache_bytes = cfg.n_layer * cfg.n_kv_head * slots * cfg.head_dim * 4\ncache_bytes_mha = 2 * cfg.n_layer * cfg.n_head * slots * cfg.head_dim * 4",
+        "a head per query head": "cache_bytes = 2 * cfg.n_layer * cfg.n_head * slots * cfg.head_dim * 4\ncache_bytes_mha = 2 * cfg.n_layer * cfg.n_head * slots * cfg.head_dim * 4",
+        "2 bytes per number": "cache_bytes = 2 * cfg.n_layer * cfg.n_kv_head * slots * cfg.head_dim * 2\ncache_bytes_mha = 2 * cfg.n_layer * cfg.n_head * slots * cfg.head_dim * 4",
+        "without GQA: the same cache": "cache_bytes = 2 * cfg.n_layer * cfg.n_kv_head * slots * cfg.head_dim * 4\n"
+                                       "cache_bytes_mha = cache_bytes",
+        "without GQA: a head per group": "cache_bytes = 2 * cfg.n_layer * cfg.n_kv_head * slots * cfg.head_dim * 4\n"
+                                         "cache_bytes_mha = cache_bytes * cfg.n_kv_head",
     }),
     "01 entropy": Exercise("01_engine_and_kv_cache", "H(p) = -sum p log p", SETUP_01, {
         "in bits": "return float(-(p * p.log2()).sum())",
         "without the minus": "return float((p * p.log()).sum())",
+        "the min-entropy: the largest p alone": "return float(-p.max().log())",
+        "the collision entropy": "return float(-(p * p).sum().log())",
     }),
     "02 the largest tree within the limit": Exercise("02_why_decoding_is_slow", "the largest n in 1..4096",
                                                      SETUP_02_SEARCH, {
@@ -1191,3 +1217,26 @@ def test_a_cell_that_writes_the_course_answer_in_place_of_the_stub_is_not_solved
     run_cell("\n".join(lines), namespace, f"<{name} with the course's call>")
     with pytest.raises(AssertionError, match=f"^✗ exercise '{re.escape(exercise_name(ex))}' calls sdd_edu.course"):
         exec(checks, namespace)
+
+
+MOVED_INPUTS = {"the input's storage swapped, not written": "static_ids.set_(ids)",
+                "the input's data rebound": "static_ids.data = ids"}
+
+
+@pytest.mark.parametrize("mutant", MOVED_INPUTS)
+def test_a_recorded_forward_whose_input_moved_is_refused(mutant):
+    """On a CPU the stand-in for a CUDA graph would read the moved input; a real graph reads the old address.
+    The replay refuses, in the notebook's cell and in the hidden test alike."""
+    ex = EXERCISES["02 a recorded forward (optional)"]
+    code = f"{MOVED_INPUTS[mutant]}\ngraph.replay()\nreturn static_logits.clone()"
+    with pytest.raises(RuntimeError, match="moved to other memory"):
+        run_exercise(ex, code)
+    source, _, block = exercise_cells(ex)
+    lines = source.split("\n")
+    lines[block.first:block.last + 1] = [block.indent + line for line in code.split("\n")]
+    definition = "\n".join(lines[:lines.index("", block.last)])  # the function alone, not the cell's calls
+    namespace: dict = {}
+    exec(ex.setup, namespace)
+    exec(definition, namespace)
+    result = hidden_results("02", namespace)["run_recorded"]
+    assert not result["passed"] and "moved to other memory" in result["note"], result
