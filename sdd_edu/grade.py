@@ -182,6 +182,14 @@ def _speculative_samples(speculative_samples, ns) -> None:
         "another p and q: the draft is not kept with probability sum min(p, q)"
     assert _chi2_pvalue(torch.bincount(tokens[accepted], minlength=6), torch.minimum(p, q)) > 1e-4, \
         "another p and q: the kept tokens do not follow min(p, q)"
+    # a pair where the residual max(p - q, 0) is far from p itself on the tokens p favours
+    p = _distribution([0.05, 0.40, 0.05, 0.10, 0.25, 0.15]).float()
+    q = _distribution([0.30, 0.05, 0.25, 0.20, 0.15, 0.05]).float()
+    tokens, accepted = speculative_samples(p, q, n, torch.Generator().manual_seed(18))
+    tokens, accepted = torch.as_tensor(tokens).long(), torch.as_tensor(accepted).bool()
+    assert _chi2_pvalue(torch.bincount(tokens[~accepted], minlength=6), torch.clamp(p - q, min=0)) > 1e-4, \
+        "a third p and q: the tokens drawn after a rejection do not follow the residual max(p - q, 0)"
+    assert _chi2_pvalue(torch.bincount(tokens, minlength=6), p) > 1e-4, "a third p and q: the tokens do not follow p"
 
 
 def _random_parents(count: int, seed: int) -> list[int]:
@@ -484,20 +492,29 @@ def _free_chain(free_chain, ns) -> None:
 def _my_planner(my_planner, ns) -> None:
     from .decoding.autotree import best_tree, price_tree
 
-    for p_rank, slope, draft, most in (([0.45, 0.2, 0.1], 0.01, 2e-4, 16), ([0.8, 0.1], 0.04, 5e-5, 12),
-                                       ([0.3, 0.1, 0.05, 0.05], 0.0, 1e-4, 20)):
+    for p_rank, slope, draft, most, deepest in (
+            ([0.45, 0.2, 0.1], 0.01, 2e-4, 16, 6), ([0.8, 0.1], 0.04, 5e-5, 12, 6),
+            ([0.3, 0.1, 0.05, 0.05], 0.0, 1e-4, 20, 6),
+            ([0.7, 0.14, 0.08], 0.003, 1.2e-4, 20, 7),  # the best tree 4 levels deep: chances multiply down a path
+            ([0.9, 0.05], 0.002, 3e-5, 16, 5),  # a very cheap draft: max_depth cuts the tree short
+            ([0.25, 0.1], 0.15, 4e-4, 12, 4)):  # a poor, slow draft: no tree pays, the answer is []
         target = {n: 1e-3 * (1 + slope * (n - 1)) for n in (1, 64)}
         draft_curve = {n: draft * (1 + slope * (n - 1)) for n in (1, 64)}
 
         def rate(parents):
             return price_tree(list(parents), p_rank, target, draft_curve)["tokens_per_second"]
 
-        best = best_tree(p_rank, target, draft_curve, max_nodes=most, max_depth=6)
-        mine = list(my_planner(p_rank, rate, most, 6))
+        best = best_tree(p_rank, target, draft_curve, max_nodes=most, max_depth=deepest)
+        mine = list(my_planner(p_rank, rate, most, deepest))
         assert len(mine) <= most and all(-1 <= par < i for i, par in enumerate(mine)), \
             f"acceptance by rank {p_rank}: {mine} is no tree of at most {most} nodes"
+        levels: list[int] = []
+        for par in mine:
+            levels.append(1 if par == -1 else levels[par] + 1)
+        assert max(levels, default=0) <= deepest, \
+            f"acceptance by rank {p_rank}, max_depth {deepest}: a tree {max(levels)} levels deep"
         assert rate(mine) >= 0.999 * best["tokens_per_second"], \
-            f"acceptance by rank {p_rank}, forward cost +{slope:.0%} a token: {len(mine)} nodes at " \
+            f"acceptance by rank {p_rank}, forward cost +{slope:.1%} a token: {len(mine)} nodes at " \
             f"{rate(mine):.0f} tok/s, the package's planner {best['nodes']} at {best['tokens_per_second']:.0f}"
 
 
@@ -568,7 +585,7 @@ def _training_loss(training_loss, ns) -> None:
 
     from .feature_draft import feature_loss
 
-    for seed, weight in ((31, 0.1), (32, 0.5)):
+    for seed, weight in ((31, 0.1), (32, 0.5), (33, 1.0)):
         target, draft = _tiny_feature_draft(seed, 24, forward_forbidden=False)
         g = torch.Generator().manual_seed(seed)
         lengths = [7, 4, 6]
@@ -583,10 +600,14 @@ def _training_loss(training_loss, ns) -> None:
         got = float(mine.detach())
         assert abs(got - float(want.detach())) < 1e-5, \
             f"another draft and batch (lengths {lengths}, token weight {weight}): {got:.5f}, not {float(want.detach()):.5f}"
-        draft.zero_grad()
-        mine.backward()
-        assert draft.fc.weight.grad is not None and float(draft.fc.weight.grad.abs().sum()) > 0, \
-            "the loss does not reach the draft's weights: no gradient to train with"
+        weights = [draft.fc.weight, draft.block.attn.qkv.weight]  # the projection's and one of the layer's
+        assert mine.requires_grad, "the loss does not reach the draft's weights: no gradient to train with"
+        yours = torch.autograd.grad(mine, weights, allow_unused=True)
+        for part, g, w in zip(("projection", "layer"), yours, torch.autograd.grad(want, weights)):
+            assert g is not None and float((g - w).norm()) <= 1e-3 * float(w.norm()), \
+                f"another draft and batch (token weight {weight}): the loss's gradient on the draft's {part} is " \
+                "not the package's (both terms must reach the draft's weights: only the target's distribution " \
+                "is computed without gradient)"
 
 
 def _acceptance_by_depth(acceptance_by_depth, ns) -> None:
@@ -603,6 +624,12 @@ def _acceptance_by_depth(acceptance_by_depth, ns) -> None:
         assert len(mine) == gamma and all(abs(a - b) < 1e-9 for a, b in zip(mine, want)), \
             f"other steps (gamma {gamma}, some drafts cut short): {[round(x, 3) for x in mine]}, " \
             f"not {[round(x, 3) for x in want]}"
+    steps = [(3, 1), (5, 0), (2, 2), (4, 3)]  # no step reaches depths 5 and 6
+    mine = [float(x) for x in acceptance_by_depth(steps, 6)]
+    want = reference(steps, 6)
+    assert len(mine) == 6 and all(abs(a - b) < 1e-9 for a, b in zip(mine, want)), \
+        f"other steps (gamma 6, depths 5 and 6 never reached): {[round(x, 3) for x in mine]}, " \
+        f"not {[round(x, 3) for x in want]} (0.0 where no step reached a depth)"
 
 
 HIDDEN = [

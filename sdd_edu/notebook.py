@@ -587,6 +587,52 @@ def source_names(source: str) -> set:
     return names
 
 
+def _assignment_reads(source: str) -> dict:
+    """Each name a cell's source assigns -> the names its assignments read (``a, b = x, y`` pairs them up)."""
+    try:
+        tree = ast.parse("\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))))
+    except SyntaxError:
+        return {}
+    reads: dict = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)) or node.value is None:
+            continue
+        for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+            paired = isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple) \
+                and len(target.elts) == len(node.value.elts)
+            for part, value in zip(target.elts, node.value.elts) if paired else [(target, node.value)]:
+                used = {n.id for n in ast.walk(value) if isinstance(n, ast.Name)}
+                if isinstance(node, ast.AugAssign):
+                    used |= {n.id for n in ast.walk(part) if isinstance(n, ast.Name)}
+                for n in ast.walk(part):
+                    if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+                        reads.setdefault(n.id, set()).update(used)
+    return reads
+
+
+def computed_from(name: str, other: str, namespace: dict | None = None) -> bool:
+    """Whether the last cell run that assigns ``name`` computed it from ``other``, directly or through the cell's
+    other assignments (``acceptance = 1 - total_variation``): what a check reads where a number must be computed
+    on its own, not from the identity the exercise shows.  The cells run: IPython's ``In`` in ``namespace`` (by
+    default the caller's globals); False where there is none."""
+    history = (sys._getframe(1).f_globals if namespace is None else namespace).get("In")
+    if not isinstance(history, list):
+        return False
+    for source in reversed(history):
+        reads = _assignment_reads(source) if isinstance(source, str) else {}
+        if name in reads:
+            seen, todo = {name}, [name]
+            while todo:
+                for read in reads.get(todo.pop(), ()):
+                    if read == other:
+                        return True
+                    if read not in seen:
+                        seen.add(read)
+                        todo.append(read)
+            return False
+    return False
+
+
 def exercise(name: str) -> None:
     """The first line of an exercise's cell in the student edition: running the cell starts the exercise afresh
     (its mark is cleared; a stub that runs again marks it, and says so, again).  It also notes the names the

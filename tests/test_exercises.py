@@ -166,6 +166,11 @@ SETUP_04_MASK = SETUP_04 + """
 positions = tree_attention_mask([-1, 0, 0, -1, 3, 1], cached=3, chain=1)[1]  # exercise 2's, right
 """
 
+SETUP_04_DEPTH = SETUP_04 + """
+def tree_mask(parents, cached):  # exercise 1's, right
+    return tree_attention_mask(parents, cached=cached, chain=1)[0]
+"""
+
 SETUP_05_KATZ = """
 from collections import Counter
 import numpy as np
@@ -175,11 +180,14 @@ rng = np.random.default_rng(0)
 streams = [rng.choice(30, 60, p=np.arange(1, 31) / 465).tolist() for _ in range(60)]
 stdlib = KatzTrigram.fit(streams, 30)
 counts = Counter(t for s in streams for t in zip(s, s[1:], s[2:]))
-histories = Counter((x, y) for x, y, _ in counts)
-a, b = next(h for h, n in histories.most_common() if 3 <= n < 12)  # a history seen before some tokens
-after = {w: r for (x, y, w), r in counts.items() if (x, y) == (a, b)}
-c_ab = sum(after.values())
 d, k = stdlib.discounts[3], stdlib.max_discount_count
+histories = Counter((x, y) for x, y, _ in counts)
+def followers(h):
+    return {w: r for (x, y, w), r in counts.items() if (x, y) == h}
+# a history seen before some tokens, one of them more than k times (its count is not discounted)
+a, b = next(h for h, n in histories.most_common() if 3 <= n < 12 and max(followers(h).values()) > k)
+after = followers((a, b))
+c_ab = sum(after.values())
 target = type("Tokens", (), {"decode": staticmethod(lambda ids: " ".join(map(str, ids)))})()
 """
 
@@ -447,6 +455,26 @@ while frontier and len(parents) < max_nodes:
         heapq.heappush(frontier, (-chance[node] * p_rank[0], node, 0))
 """
 
+PLANNER_BLOCK = """best, best_rate = {start}
+for depth_limit in range(1, {depths}):
+    parents, chance, depth = [], [], []
+    frontier = [(-p_rank[0], -1, 0)]
+    while frontier and len(parents) < max_nodes:
+        minus_chance, parent, rank = heapq.heappop(frontier)
+        node = len(parents)
+        parents.append(parent)
+        chance.append(-minus_chance)
+        depth.append(1 if parent == -1 else depth[parent] + 1)
+        if rank + 1 < len(p_rank):
+            above = 1.0 if parent == -1 else chance[parent]
+            heapq.heappush(frontier, (-{above} * p_rank[rank + 1], parent, rank + 1))
+        if depth[node] < depth_limit:
+            heapq.heappush(frontier, (-{own} * p_rank[0], node, 0))
+        if rate(parents) > best_rate * (1 + 1e-12):
+            best, best_rate = list(parents), rate(parents)
+return best"""
+RIGHT_PLANNER = dict(start="[], rate([])", depths="max_depth + 1", above="above", own="chance[node]")
+
 SETUP_04_SAMPLED = """
 import torch
 from sdd_edu import course
@@ -687,6 +715,12 @@ EXERCISES = {
         "a guess anywhere in the subtree": CHAIN_BLOCK.format(**{**RIGHT_CHAIN, "match": "t == token"}),
         "the unguessed token left out": CHAIN_BLOCK.format(
             **{**RIGHT_CHAIN, "append": "", "late_append": "chain.append(token)"}),
+           "free: the chain's length less one": CHAIN_BLOCK.format(**RIGHT_CHAIN) + "\nfree = len(chain) - 1",
+        "guesses matched by level, not by parent": (
+            "level = []\n"
+            "for pp in g_parents:\n"
+            "    level.append(0 if pp == -1 else level[pp] + 1)\n"
+            + CHAIN_BLOCK.format(**{**RIGHT_CHAIN, "match": "level[i] == len(chain) - 1 and t == token"})),
     }),
     "04 the greedy walk": Exercise("04_token_trees", "from ROOT, take the argmax of the node's row", SETUP_04_WALK, {
         "the first child, whatever the target says": (
@@ -820,6 +854,17 @@ EXERCISES = {
         "a chain's causal mask": (
             "n = 1 + len(parents)\n"
             "return torch.ones(n, cached + n, dtype=torch.bool).tril(cached)"),
+           "ancestors up to the grandparent": (
+            "n = 1 + len(parents)\n"
+            "mask = torch.zeros(n, cached + n, dtype=torch.bool)\n"
+            "mask[:, :cached + 1] = True\n"
+            "for i in range(len(parents)):\n"
+            "    mask[1 + i, cached + 1 + i] = True\n"
+            "    if parents[i] != -1:\n"
+            "        mask[1 + i, cached + 1 + parents[i]] = True\n"
+            "        if parents[parents[i]] != -1:\n"
+            "            mask[1 + i, cached + 1 + parents[parents[i]]] = True\n"
+            "return mask"),
     }),
     "04 a mask and positions by hand": Exercise("04_token_trees", "sees: each node -> itself and its ancestors",
                                                 SETUP_04, {
@@ -838,6 +883,12 @@ EXERCISES = {
         "the unigram in place of the bigram": (
             "left = 1 - sum((d[r] if r <= k else 1.0) * r / c_ab for r in after.values())\n"
             "lower = 1 - sum(stdlib.unigram[v] for v in after)"),
+           "counts above k discounted as k": (
+            "left = 1 - sum(d[min(r, k)] * r / c_ab for r in after.values())\n"
+            "lower = 1 - sum(stdlib.prob([b], v) for v in after)"),
+        "every count discounted by d[1]": (
+            "left = 1 - sum(d[1] * r / c_ab for r in after.values())\n"
+            "lower = 1 - sum(stdlib.prob([b], v) for v in after)"),
     }),
     "01 the KV cache's size": Exercise("01_engine_and_kv_cache", "keys and values (2) x layers", SETUP_01, {
         "keys only": "cache_bytes = cfg.n_layer * cfg.n_kv_head * slots * cfg.head_dim * 4\ncache_bytes_mha = 2 * cfg.n_layer * cfg.n_head * slots * cfg.head_dim * 4",
@@ -875,7 +926,7 @@ EXERCISES = {
             "best_gamma = max(range(1, 33), key=lambda k: expected_tokens_per_forward(alpha, k))"),
         "the smallest cost": "best_gamma = min(range(1, 33), key=lambda k: k * c + 1)",
     }, from_block=True),
-    "04 node depths": Exercise("04_token_trees", "one more than the parent's depth", SETUP_04, {
+    "04 node depths": Exercise("04_token_trees", "one more than the parent's depth", SETUP_04_DEPTH, {
         "the parent's depth": "return 0 if i == -1 else depth(parents[i])",
         "the root at depth 1": "return 1 if i == -1 else 1 + depth(parents[i])",
     }),
@@ -949,6 +1000,12 @@ EXERCISES = {
             "residual = torch.clamp(p - q, min=0)\n"
             "again = torch.multinomial(residual / residual.sum(), n, replacement=True, generator=generator)\n"
             "return torch.where(accepted, x, again), accepted"),
+        "the residual: p where p > q": (
+            "x = torch.multinomial(q, n, replacement=True, generator=generator)\n"
+            "accepted = torch.rand(n, generator=generator) * q[x] < p[x]\n"
+            "residual = p * (p > q)\n"
+            "again = torch.multinomial(residual / residual.sum(), n, replacement=True, generator=generator)\n"
+            "return torch.where(accepted, x, again), accepted"),
     }),
     "05 draft forwards saved": Exercise("05_staged_speculative_decoding", "add up step['draft_forwards']", SETUP_05, {
         "counts steps, not forwards": (
@@ -967,6 +1024,10 @@ EXERCISES = {
         "the most tokens per forward, the cost forgotten": (
             "from sdd_edu.decoding.autotree import optimal_tree\n"
             "return optimal_tree(p_rank, max_nodes, max_depth)[0]"),
+        "a node's chance its own rank's alone, not the path's product": PLANNER_BLOCK.format(
+            **{**RIGHT_PLANNER, "above": "1.0", "own": "1.0"}),
+        "one depth limit past max_depth": PLANNER_BLOCK.format(**{**RIGHT_PLANNER, "depths": "max_depth + 2"}),
+        "never a baseline step []": PLANNER_BLOCK.format(**{**RIGHT_PLANNER, "start": "None, -1"}),
     }),
     "07 acceptance is 1 - TV": Exercise("07_beyond_the_paper", "the sum of min(p, q)", SETUP_07, {
         "the identity, not the quantities": "acceptance, disagree, total_variation = 1.0, p > q, 0.0",
@@ -984,6 +1045,12 @@ EXERCISES = {
             "total_variation = 1 - acceptance"),
         "the overlap of the wrong pair": (
             "acceptance = torch.maximum(p, q).sum().item() - 1\ndisagree = p > q\ntotal_variation = 1 - acceptance"),
+        "the acceptance from the identity, 1 - TV": (
+            "disagree = p > q\ntotal_variation = (p[disagree].sum() - q[disagree].sum()).item()\n"
+            "acceptance = 1 - total_variation"),
+        "TV from the identity, with the right set": (
+            "acceptance = torch.minimum(p, q).sum().item()\ndisagree = p > q\ntv = 1 - acceptance\n"
+            "total_variation = tv"),
     }, from_block=True),
     "02 a recorded forward (optional)": Exercise("02_why_decoding_is_slow", "fill one, replay, copy the other",
                                                  SETUP_02_GRAPH, {
@@ -1011,6 +1078,10 @@ EXERCISES = {
             **{**RIGHT_LOSS, "regression": 'F.mse_loss(predicted, wanted, reduction="none").mean(-1)'}),
         "the regression weighted too": LOSS_BLOCK.format(
             **{**RIGHT_LOSS, "total": "(token_weight * (regression + cross) * pairs).sum() / pairs.sum()"}),
+        "the cross-entropy under no_grad (no gradient from the tokens)": LOSS_BLOCK.format(**RIGHT_LOSS).replace(
+            "\ncross = ", "\n    cross = "),
+        "the regression under no_grad (no gradient from the features)": LOSS_BLOCK.format(**RIGHT_LOSS).replace(
+            "regression = F.smooth", "with torch.no_grad():\n    regression = F.smooth"),
     }),
     "08 acceptance by depth": Exercise("08_feature_drafts", "depth d is reached when the step drafted", SETUP_08_DEPTH, {
         "over every step, reached or not": (
@@ -1026,6 +1097,12 @@ EXERCISES = {
             "for d in range(1, gamma + 1):\n"
             "    reached = [a for p, a in steps if p >= d and a >= d]\n"
             "    shares.append(sum(a >= d for a in reached) / len(reached) if reached else 0.0)\n"
+            "return shares"),
+        "1.0 where no step reached the depth": (
+            "shares = []\n"
+            "for d in range(1, gamma + 1):\n"
+            "    reached = [a for p, a in steps if p >= d and a >= d - 1]\n"
+            "    shares.append(sum(a >= d for a in reached) / len(reached) if reached else 1.0)\n"
             "return shares"),
     }),
     "08 which draft wins": Exercise("08_feature_drafts", "a product of the acceptances down to each depth",
@@ -1067,6 +1144,7 @@ def run_exercise(ex: Exercise, replacement=None, stub: bool = False, checks_too:
         lines = source.split("\n")
         lines[block.first:block.last + 1] = [block.indent + line for line in replacement.split("\n")]
         source = "\n".join(lines)
+    namespace["In"] = ["", source]  # IPython's history of the cells run, which notebook.computed_from reads
     exec(source, namespace)
     if checks_too:
         exec(checks, namespace)
