@@ -22,7 +22,7 @@ natural other way.  In the order of the series:
   02  run_recorded (optional)                   ``run_recorded``: the input filled in place, a replay, the output copied
   03  speculative_samples                       ``speculative_samples``: min(1, p/q) as a keep probability
   03  by_hand                                   ``expected_tokens_by_depth``
-  03  best_gamma                                ``best_draft_length``
+  03  best_gamma, speedup                       ``best_draft_length``, ``chain_speedup``
   03  draft_step                                ``draft_step``: a common prefix, ``truncate``, one forward per token
   04  grow_tree                                 ``grown_tree``: the package's ``Drafter._grow`` on a made-up draft
   04  tree_mask                                 ``tree_attention_mask`` (its mask)
@@ -197,6 +197,14 @@ def expected_tokens_by_depth(alphas) -> float:
         reach *= a
         tokens += reach
     return tokens
+
+
+def chain_speedup(alpha: float, gamma: int, c: float) -> float:
+    """Speculative decoding's expected speedup with a chain of ``gamma``: E(alpha, gamma) tokens a step, for
+    ``gamma`` draft forwards of ``c`` and one target forward."""
+    from .measure.acceptance import expected_tokens_per_forward
+
+    return expected_tokens_per_forward(alpha, gamma) / (gamma * c + 1)
 
 
 def best_draft_length(speedup_of: Callable[[int], float], lengths: Iterable[int]) -> int:

@@ -580,6 +580,9 @@ def source_names(source: str) -> set:
             names.add(node.id)
         elif isinstance(node, ast.Attribute):
             names.add(node.attr)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):  # what is imported counts, under any alias
+            for module in [getattr(node, "module", None) or ""] + [alias.name for alias in node.names]:
+                names.update(part for part in module.split(".") if part)
         for child in ast.iter_child_nodes(node):
             visit(child)
 
@@ -650,7 +653,7 @@ def unsolved(name: str, fallback):
     if name not in UNSOLVED:
         UNSOLVED.add(name)
         print(f"⚠ exercise {name!r} is not solved yet: the cells below use sdd-edu's own answer; "
-              "its check fails until you write yours")
+              "its check says so until you write yours")
     return fallback()
 
 
@@ -691,8 +694,9 @@ def solved(name: str) -> None:
 
 
 def names_used(code: CodeType) -> set:
-    """The global and attribute names ``code`` (and every function defined in it) refers to."""
-    names = set(code.co_names)
+    """The global and attribute names ``code`` (and every function defined in it) refers to; a dotted module
+    name it imports counts by its parts (``from sdd_edu.course import gqa as mine`` uses ``course``)."""
+    names = {part for name in code.co_names for part in name.split(".")}
     for const in code.co_consts:
         if isinstance(const, CodeType):
             names |= names_used(const)

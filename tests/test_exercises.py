@@ -101,8 +101,6 @@ import torch
 from sdd_edu.measure.acceptance import expected_tokens_per_forward
 from sdd_edu.notebook import check
 alpha, c = 0.7, 0.15
-def speedup(alpha, gamma, c):
-    return expected_tokens_per_forward(alpha, gamma) / (gamma * c + 1)
 """
 
 SETUP_04 = """
@@ -923,8 +921,13 @@ EXERCISES = {
     "03 the best draft length": Exercise("03_speculative_decoding", "evaluate speedup(alpha, gamma, c)",
                                          SETUP_03_FORMULAS, {
         "tokens per forward, the cost forgotten": (
+            "def speedup(alpha, gamma, c):\n    return expected_tokens_per_forward(alpha, gamma) / (gamma * c + 1)\n"
             "best_gamma = max(range(1, 33), key=lambda k: expected_tokens_per_forward(alpha, k))"),
-        "the smallest cost": "best_gamma = min(range(1, 33), key=lambda k: k * c + 1)",
+        "the smallest cost": "def speedup(alpha, gamma, c):\n    return expected_tokens_per_forward(alpha, gamma) / (gamma * c + 1)\nbest_gamma = min(range(1, 33), key=lambda k: k * c + 1)",
+        "the verification forward forgotten": (
+            "def speedup(alpha, gamma, c):\n    return expected_tokens_per_forward(alpha, gamma) / (gamma * c)\nbest_gamma = max(range(1, 33), key=lambda k: speedup(alpha, k, c))"),
+        "the draft's forwards counted once": (
+            "def speedup(alpha, gamma, c):\n    return expected_tokens_per_forward(alpha, gamma) / (c + 1)\nbest_gamma = max(range(1, 33), key=lambda k: speedup(alpha, k, c))"),
     }, from_block=True),
     "04 node depths": Exercise("04_token_trees", "one more than the parent's depth", SETUP_04_DEPTH, {
         "the parent's depth": "return 0 if i == -1 else depth(parents[i])",
@@ -953,6 +956,8 @@ EXERCISES = {
             "break_even = next(a / 1000 for a in range(1001) if speedup(a / 1000) > 0)"),
         "the draft's cost left out": (
             "break_even = next(a / 1000 for a in range(1001) if speedup(a / 1000, c=0) >= 1)"),
+           "the largest acceptance that is still slower": (
+            "break_even = max(a / 1000 for a in range(1001) if speedup(a / 1000) < 1)"),
     }),
     "06 the H100 table's accounting": Exercise("06_reproducing_the_paper", "count a step in target forwards",
                                                SETUP_06_GPU, {

@@ -74,7 +74,7 @@ def test_a_stub_with_a_fallback_returns_its_value_and_says_so_once(namespace, ca
     assert namespace["z"] == 8  # the cell ran on, with the fallback's values
     out = capsys.readouterr().out
     assert out == ("⚠ exercise 'f' is not solved yet: the cells below use sdd-edu's own answer; "
-                   "its check fails until you write yours\n")  # one line, though f ran twice
+                   "its check says so until you write yours\n")  # one line, though f ran twice
     with pytest.raises(AssertionError, match="^✗ exercise 'f' is not solved yet"):
         solved("f")
     exercise("f")  # the cell run again: the mark is cleared, and a stub that runs says so again
@@ -326,6 +326,15 @@ def test_a_cell_that_computes_with_the_package_answer_is_not_solved(namespace):
     run_cell('exercise("cache_bytes")\ncache_bytes = 2 * model.new_cache(3).nbytes', namespace, "<c-3>")
     with pytest.raises(AssertionError, match=r"calls the package's own answer \(new_cache\)"):
         exec('solved("cache_bytes")', namespace)
+    # the course imported under another name is still the course, in a cell and in a function
+    for source in ("from sdd_edu.course import entropy as mine\nw = 4", "import sdd_edu.course as C\nw = 4",
+                   "from sdd_edu import course as helpers\nw = 4"):
+        run_cell('exercise("w")\n' + source, namespace, f"<cell-w-{hash(source)}>")
+        with pytest.raises(AssertionError, match="calls sdd_edu.course"):
+            exec('solved("w")', namespace)
+    exec("def g(q):\n    from sdd_edu.course import entropy as mine\n    return mine(q)", namespace)
+    with pytest.raises(AssertionError, match="calls sdd_edu.course"):
+        exec('solved("g")', namespace)
     # another exercise's stub in the same cell does not count against this one
     run_cell('exercise("w")\nw = 4\nv = unsolved("v", lambda: course.twice(1))', namespace, "<cell-w-2>")
     exec('solved("w")', namespace)
