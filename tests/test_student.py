@@ -350,6 +350,8 @@ def test_in_a_readers_kernel_an_unsolved_check_cell_says_so_and_runs_on(namespac
     exec('solved("w")\ncheck(w == 5, "w is five")', namespace)  # no error: Run All goes on
     assert capsys.readouterr().out == ("✗ exercise 'w' is not solved yet: the cells above used sdd-edu's own answer "
                                        "(its checks below run silently on sdd-edu's answer)\n")
+    check(False, "a prediction sdd-edu made for another task")  # on sdd-edu's answer: a line, not an error
+    assert capsys.readouterr().out == "  (on sdd-edu's answer, not yours: ✗ a prediction sdd-edu made for another task)\n"
     notebook._speak_again()  # the kernel's next cell
     check(True, "heard again")
     assert capsys.readouterr().out == "✓ heard again\n"
@@ -368,7 +370,7 @@ def test_run_all_reaches_the_end_of_a_student_edition_with_every_exercise_unsolv
                            "check(z == 8, 'z is twice twice x')",
                            "# BEGIN SOLUTION (hint: 5)\nw = 5\n# END SOLUTION (fallback: w = 5)",
                            "check(w == 5, 'w is five')",
-                           "print('the last cell ran', z + w)")
+                           "print('the last cell ran', z + w)\ncheck(True, 'a later check speaks again')")
     student = student_edition(nb)
     student.cells[2].source = student.cells[2].source.replace("course_twice", "(lambda y: y + y)")
     NotebookClient(student, timeout=120, kernel_name="python3", allow_errors=False,
@@ -376,4 +378,4 @@ def test_run_all_reaches_the_end_of_a_student_edition_with_every_exercise_unsolv
     out = ["".join(o.get("text", "") for o in c.get("outputs", [])) for c in student.cells]
     assert "✗ exercise 'f' is not solved yet" in out[3] and "✓" not in out[3]
     assert "✗ exercise 'w' is not solved yet" in out[5] and "✓" not in out[5]
-    assert out[6] == "the last cell ran 13\n"
+    assert out[6] == "the last cell ran 13\n✓ a later check speaks again\n"
