@@ -1056,6 +1056,9 @@ EXERCISES = {
         "TV from the identity, with the right set": (
             "acceptance = torch.minimum(p, q).sum().item()\ndisagree = p > q\ntv = 1 - acceptance\n"
             "total_variation = tv"),
+           "the acceptance as 1 - TV written out": (
+            "disagree = p > q\nacceptance = 1 - (p[disagree].sum() - q[disagree].sum()).item()\n"
+            "total_variation = (p[disagree].sum() - q[disagree].sum()).item()"),
     }, from_block=True),
     "02 a recorded forward (optional)": Exercise("02_why_decoding_is_slow", "fill one, replay, copy the other",
                                                  SETUP_02_GRAPH, {
