@@ -523,6 +523,7 @@ def _with_helpers(source: str) -> str:
 # The student edition's helpers, run in the reader's kernel.
 UNSOLVED: set[str] = set()  # the exercises whose stub gave sdd-edu's answer since their cell last ran
 EXERCISE_NAMES: dict[str, set] = {}  # an exercise outside a function -> the names its cell used when it last ran
+STUB_VALUES: dict[str, list] = {}  # an exercise -> the objects its stub last gave (sdd-edu's answer)
 
 # What an exercise may not call besides sdd_edu.course: the package's own answer to it, or a shortcut around
 # what it asks the student to compute (the grader's hidden tests read the same list)
@@ -659,7 +660,12 @@ def unsolved(name: str, fallback):
         UNSOLVED.add(name)
         print(f"⚠ exercise {name!r} is not solved yet: the cells below use sdd-edu's own answer; "
               "its check says so until you write yours")
-    return fallback()
+    value = fallback()
+    # kept to recognise a name the student's cell no longer binds, still holding this very object (numbers that
+    # Python shares between equal values, and strings, cannot be told apart and are left out)
+    parts = value if isinstance(value, tuple) else (value,)
+    STUB_VALUES[name] = [v for v in parts if v is not None and not isinstance(v, (bool, int, str))]
+    return value
 
 
 def unsolved_reason(name: str, namespace: dict) -> str:
@@ -680,6 +686,13 @@ def unsolved_reason(name: str, namespace: dict) -> str:
             f"the package's own answer ({', '.join(answers)})"
         return (f"✗ exercise {name!r} calls {what}"
                 "\nHint: compute it yourself; the package's answer is only the stub's fallback")
+    if not isinstance(code, CodeType):
+        stale = sorted(key for key, held in namespace.items() if not key.startswith("_")
+                       and any(held is v for v in STUB_VALUES.get(name, ())))
+        if stale:
+            return (f"✗ exercise {name!r}: {', '.join(stale)} still hold{'s' if len(stale) == 1 else ''} sdd-edu's "
+                    "answer from the stub, not yours"
+                    f"\nHint: compute {', '.join(stale)} in the exercise's cell too, then run that cell again")
     return ""
 
 

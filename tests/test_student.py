@@ -61,6 +61,7 @@ SOLVED_IN_A_FUNCTION = ("x = 2\n"
 def namespace():
     """A kernel's globals with the student edition's helpers and a stand-in for sdd_edu.course."""
     notebook.UNSOLVED.clear()
+    notebook.STUB_VALUES.clear()
     yield {"exercise": exercise, "solved": solved, "unsolved": unsolved, "course_twice": lambda y: y + y}
     notebook.UNSOLVED.clear()
 
@@ -379,3 +380,19 @@ def test_run_all_reaches_the_end_of_a_student_edition_with_every_exercise_unsolv
     assert "✗ exercise 'f' is not solved yet" in out[3] and "✓" not in out[3]
     assert "✗ exercise 'w' is not solved yet" in out[5] and "✓" not in out[5]
     assert out[6] == "the last cell ran 13\n✓ a later check speaks again\n"
+
+
+def test_a_name_the_stub_bound_and_the_solution_left_out_is_not_solved(namespace):
+    """A student who ran the stub, then wrote only part of the exercise: the other name still holds the stub's
+    object (sdd-edu's answer), and the check cell says so."""
+    import math
+
+    stub = student_source("# BEGIN SOLUTION (hint: h)\ndef speedup(a):\n    return a + 1\nbest = speedup(1)\n"
+                          "# END SOLUTION (fallback: best, speedup = 2, math.exp)")
+    namespace["math"] = math
+    exec('exercise("best")\n' + stub, namespace)  # the stub ran: speedup is math.exp, sdd-edu's
+    exec('exercise("best")\nbest = 2', namespace)  # only the search written
+    with pytest.raises(AssertionError, match="✗ exercise 'best': speedup still holds sdd-edu's answer"):
+        exec('solved("best")', namespace)
+    exec('exercise("best")\ndef speedup(a):\n    return a + 1\nbest = speedup(1)', namespace)  # all of it
+    exec('solved("best")', namespace)
