@@ -570,12 +570,19 @@ def _speak_again(*_) -> None:
     _CHECKS_SILENT = False
 
 
+def cell_tree(source: str):
+    """A code cell's syntax tree, its IPython lines (``%magic``, ``!shell``) left out; None where it does not parse."""
+    try:
+        return ast.parse("\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))))
+    except SyntaxError:
+        return None
+
+
 def source_names(source: str) -> set:
     """The names and attribute names a cell's source reads, the stubs' ``unsolved(...)`` calls left out (a cell
     may hold another exercise's stub)."""
-    try:
-        tree = ast.parse("\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))))
-    except SyntaxError:
+    tree = cell_tree(source)
+    if tree is None:
         return set()
     names: set = set()
 
@@ -598,9 +605,8 @@ def source_names(source: str) -> set:
 
 def _assignment_reads(source: str) -> dict:
     """Each name a cell's source assigns -> the names its assignments read (``a, b = x, y`` pairs them up)."""
-    try:
-        tree = ast.parse("\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))))
-    except SyntaxError:
+    tree = cell_tree(source)
+    if tree is None:
         return {}
     reads: dict = {}
     for node in ast.walk(tree):

@@ -14,7 +14,7 @@ import pytest
 
 from sdd_edu.cli import main
 from sdd_edu.grade import HIDDEN, SOLVED_LINE, find_submissions, graded_copy
-from sdd_edu.notebook import student_edition
+from sdd_edu.notebook import cell_tree, student_edition
 from tests.test_exercises import EXERCISES, SETUP_03, SETUP_03_FORMULAS, TUTORIALS, exercise_cells
 
 SAMPLER, SUM = EXERCISES["03 the acceptance rule as a sampler"], EXERCISES["03 expected tokens per forward"]
@@ -163,7 +163,7 @@ def _top_level_names(source: str) -> set:
             elif isinstance(node, (ast.Import, ast.ImportFrom)):
                 names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
 
-    walk(ast.parse("\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))).body)
+    walk(cell_tree(source).body)
     return names
 
 
