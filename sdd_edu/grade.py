@@ -373,28 +373,12 @@ def _made_up_draft(width: int, seed: int):
 
 
 def _draft_step(draft_step, ns) -> None:
-    import torch
-
     from .decoding import baseline_decode
-    from .loading import LoadedModel
-    from .model import ModelConfig, Transformer
+    from .ladders import near_random_ladder
     from .notebook import forward_sizes
 
-    def tiny(seed):
-        torch.manual_seed(seed)
-        config = ModelConfig(family="llama", vocab_size=50, n_layer=2, n_head=4, n_kv_head=2, d_model=32, d_ff=48,
-                             max_seq_len=256)
-        model = Transformer(config).eval().requires_grad_(False)
-        with torch.no_grad():  # weights large enough that the greedy text does not repeat one token
-            for w in model.parameters():
-                w.normal_(0, 0.5)
-        return LoadedModel(f"tiny-{seed}", model, None, "grader")
-
-    target, draft = tiny(41), tiny(41)
-    noise = torch.Generator().manual_seed(42)
-    with torch.no_grad():  # the draft near the target: it agrees at 60 to 80% of the positions
-        for w in draft.model.parameters():
-            w.add_(torch.randn(w.shape, generator=noise) * 0.02)
+    small = near_random_ladder(41)  # the draft near the target: it agrees at 60 to 80% of the positions
+    target, draft = small.target, small.draft
     for gamma, prompt in ((2, [5, 9, 1, 33]), (4, [7, 7, 2, 40, 11, 3, 18])):
         truth = baseline_decode(target, prompt, 40, stop_at_eos=False).token_ids
         net = draft.model

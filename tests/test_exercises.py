@@ -9,6 +9,7 @@ work, while the check cell's ``solved`` line says the exercise is unsolved until
 
 import dataclasses
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -438,7 +439,8 @@ plan = tree_plan._choose({"method": "tree", "device": "by hand", "dtype": "torch
                           "beam": 4, "guesses": 0, "rounds": 1, "staged_draft": None}, 7)
 """
 
-GROWN_BEST_FIRST = """parents, chance, depth = [], [], []
+# best-first growth, as 04's solution grows a tree; 07's planner runs it once per depth limit
+GROWTH = """parents, chance, depth = [], [], []
 frontier = [(-p_rank[0], -1, 0)]
 while frontier and len(parents) < max_nodes:
     minus_chance, parent, rank = heapq.heappop(frontier)
@@ -448,29 +450,17 @@ while frontier and len(parents) < max_nodes:
     depth.append(1 if parent == -1 else depth[parent] + 1)
     if rank + 1 < len(p_rank):
         above = 1.0 if parent == -1 else chance[parent]
-        heapq.heappush(frontier, (-above * p_rank[rank + 1], parent, rank + 1))
-    if depth[node] < max_depth:
-        heapq.heappush(frontier, (-chance[node] * p_rank[0], node, 0))
+        heapq.heappush(frontier, (-{above} * p_rank[rank + 1], parent, rank + 1))
+    if depth[node] < {limit}:
+        heapq.heappush(frontier, (-{own} * p_rank[0], node, 0))
 """
+GROWN_BEST_FIRST = GROWTH.format(above="above", own="chance[node]", limit="max_depth")
 
-PLANNER_BLOCK = """best, best_rate = {start}
-for depth_limit in range(1, {depths}):
-    parents, chance, depth = [], [], []
-    frontier = [(-p_rank[0], -1, 0)]
-    while frontier and len(parents) < max_nodes:
-        minus_chance, parent, rank = heapq.heappop(frontier)
-        node = len(parents)
-        parents.append(parent)
-        chance.append(-minus_chance)
-        depth.append(1 if parent == -1 else depth[parent] + 1)
-        if rank + 1 < len(p_rank):
-            above = 1.0 if parent == -1 else chance[parent]
-            heapq.heappush(frontier, (-{above} * p_rank[rank + 1], parent, rank + 1))
-        if depth[node] < depth_limit:
-            heapq.heappush(frontier, (-{own} * p_rank[0], node, 0))
-        if rate(parents) > best_rate * (1 + 1e-12):
-            best, best_rate = list(parents), rate(parents)
-return best"""
+PLANNER_BLOCK = ("best, best_rate = {start}\nfor depth_limit in range(1, {depths}):\n"
+                 + textwrap.indent(GROWTH.format(above="{above}", own="{own}", limit="depth_limit"), "    ")
+                 + "        if rate(parents) > best_rate * (1 + 1e-12):\n"
+                 "            best, best_rate = list(parents), rate(parents)\nreturn best")
+
 RIGHT_PLANNER = dict(start="[], rate([])", depths="max_depth + 1", above="above", own="chance[node]")
 
 SETUP_04_SAMPLED = """
