@@ -236,13 +236,14 @@ def cmd_train(args) -> None:
     deadline = time.time() + 60 * args.minutes if args.minutes else math.inf
     # one record per training session, for the model card: a resumed run may use other settings
     session = {"from_step": state.get("step", 0), "lr": args.lr, "batch_tokens": args.batch_tokens,
-               "noise": args.noise, "unroll": args.unroll, "sequences": len(examples), "tokens": n_tokens,
+               "noise": args.noise, "unroll": args.unroll, "token_weight": args.token_weight,
+               "sequences": len(examples), "tokens": n_tokens,
                "bf16": args.bf16, "seconds_before": state.get("seconds", 0.0)}
     sessions = state.setdefault("sessions", [])
     while state.get("step", 0) < steps and time.time() < deadline:  # a checkpoint every few minutes
         state = train_steps(draft, examples, steps, args.lr, args.batch_tokens, noise=args.noise, state=state,
                             deadline=min(deadline, time.time() + 60 * args.save_minutes), bf16=args.bf16,
-                            on_step=on_step, unroll=args.unroll)
+                            on_step=on_step, unroll=args.unroll, token_weight=args.token_weight)
         state["settings"] = {"lr": args.lr, "batch_tokens": args.batch_tokens, "noise": args.noise,
                              "sequences": len(examples), "tokens": n_tokens, "bf16": args.bf16}
         record = {**session, "to_step": state["step"],
@@ -330,7 +331,19 @@ def curve_table(curve: list[dict], rows: int = 12) -> str:
 def sessions_text(saved: dict) -> str:
     """The checkpoint's training sessions, in words."""
     return "".join(f"; steps {r['from_step']}-{r['to_step']}: {r['minutes']:.0f} min, peak learning rate {r['lr']}, "
-                   f"unroll {r['unroll']}, noise {r['noise']}" for r in saved.get("sessions", []))
+                   f"unroll {r['unroll']}, noise {r['noise']}, token weight {r.get('token_weight', 0.1)}"
+                   for r in saved.get("sessions", []))
+
+
+def weights_note(saved: dict) -> str:
+    """A line under the curve where sessions weighted the tokens differently (the loss column then jumps)."""
+    weights = [(r["from_step"], r.get("token_weight", 0.1)) for r in saved.get("sessions", [])]
+    if len({w for _, w in weights}) < 2:
+        return ""
+    changes = [f"from step {step + 1}: w = {w}" for i, (step, w) in enumerate(weights)
+               if i == 0 or w != weights[i - 1][1]]
+    return ("\nThe loss column weights the cross-entropy by its session's w (" + "; ".join(changes)
+            + "), so it jumps where w changes; the feature error and the cross-entropy columns compare throughout.\n")
 
 
 def write_model_card(result: dict, work: Path, path: Path) -> None:
@@ -360,7 +373,7 @@ so the shipped weights hold only the projection and the layer.
 | parameters | {result['draft_parameters'] / 1e6:.2f}M of its own (embedding and head read from the target) |
 | weights shipped | {size / 1e6:.1f} MB (fp16 safetensors) |
 | training data | {settings.get('sequences', '?')} sequences ({settings.get('tokens', 0) / 1e3:.0f}k tokens): signature + docstring prompts from the Python standard library's documented functions (never HumanEval) and the target's own continuations of them, sampled at temperature 0.7 (top-k 50), with the target's features at every position stored in fp16 |
-| objective | smooth-L1 between predicted and true features + 0.1 x cross-entropy to the target's distribution over the head's tokens (EAGLE-1); the features read carry uniform noise of half-width {settings.get('noise', '?')}; with unroll k, k passes, each reading the previous pass's predicted features (`feature_loss`) |
+| objective | smooth-L1 between predicted and true features + w x cross-entropy to the target's distribution over the head's tokens (EAGLE-1: w = 0.1; each session's w under training); the features read carry uniform noise of half-width {settings.get('noise', '?')}; with unroll k, k passes, each reading the previous pass's predicted features (`feature_loss`) |
 | training | {saved['step']} AdamW steps ({saved['epoch']} full epochs), batches of up to {settings.get('batch_tokens', '?')} tokens, {saved.get('seconds', 0) / 60:.0f} minutes on {device_description(torch.device('cpu'))}{sessions_text(saved)} |
 | greedy agreement with the target | {agreement}, along the target's own greedy continuations ({result['positions']} positions, HumanEval/0 to HumanEval/{result['prompts'] - 1}, {result['new_tokens']} tokens each; `sdd_edu.train_feature_draft.feature_agreement`, the positions of the small draft's card) |
 | cost of one forward | {result['draft_ms']:.2f} ms against {result['target_ms']:.1f} ms for the target ({result['cost_ratio']:.3f} of it), one new position after 256 cached, fp32, {result['threads']} threads |
@@ -370,7 +383,7 @@ so the shipped weights hold only the projection and the layer.
 Means over consecutive stretches of steps, on the training batches (the whole curve: `training-curve.json`).
 
 {curve_table(saved.get('curve', []))}
-
+{weights_note(saved)}
 Reproduce: `python -m sdd_edu.train_feature_draft data`, `train`, `export`, `eval --compare --card`.
 """)
 
@@ -430,6 +443,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-tokens", type=int, default=8192)
     p.add_argument("--noise", type=float, default=0.2)
     p.add_argument("--unroll", type=int, default=1, help="passes that read the draft's own predicted features")
+    p.add_argument("--token-weight", type=float, default=0.1,
+                   help="weight of the token cross-entropy beside the feature regression (EAGLE-1: 0.1)")
     p.add_argument("--head-size", type=int, default=8192)
     p.add_argument("--limit", type=int, default=0, help="use only this many sequences")
     p.add_argument("--minutes", type=float, default=0)
