@@ -143,6 +143,19 @@ def test_bench_compares_a_feature_draft_with_the_draft_in_one_run(tiny_text_ladd
         assert summary[label]["same_output_as_baseline"] == 1.0
         assert res["settings"][label]["draft"] == "features"
     assert "feature draft tiny-feature-draft" in res["ladder"]
+    # each draft's cost c, measured in the run, beside the methods that drafted with it
+    costs = res["draft_costs"]
+    assert costs["by_method"] == {"staged": "draft", "speculative:features": "feature draft",
+                                  "tree:features": "feature draft"}
+    for name, d in costs["drafts"].items():
+        assert d["ms"] > 0 and d["c"] == pytest.approx(d["ms"] / d["target_ms"])
+    assert summary["baseline"]["draft_cost"] is None
+    assert summary["tree:features"]["draft_cost"] == costs["drafts"]["feature draft"]["c"]
+    assert summary["staged"]["draft_cost"] == costs["drafts"]["draft"]["c"]
+    table = format_table(res)
+    assert "c: a draft forward's cost over the target's" in table
+    row = next(line for line in table.splitlines() if line.split()[2:3] == ["tree:features"])
+    assert f"{costs['drafts']['feature draft']['c']:.3f}" in row
     with pytest.raises(Exception, match="feature draft"):
         run_bench(tiny_text_ladder, methods=("tree:features",), modes=("greedy",), prompts=1, max_new_tokens=4,
                   progress=False)

@@ -136,10 +136,46 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
                          **settings.get(m, {}), **v}
                  for label, (m, v) in runs.items() if m != "baseline"}
     summary = summarize(rows, all_methods, modes)
+    costs = draft_costs(ladder, {label: effective.get(label, {}) for label in runs}, fast)
+    for s in summary:
+        which = costs["by_method"].get(s["method"])
+        s["draft_cost"] = costs["drafts"][which]["c"] if which else None
     return {"device": device_description(target.device), "dtype": str(target.dtype).replace("torch.", ""),
+            "draft_costs": costs,
             "threads": torch.get_num_threads(), "fast": fast, "ladder": ladder.describe(), "prompts": len(items), "repeats": repeats,
             "prompt_set": prompt_set_name, "max_new_tokens": max_new_tokens, "settings": effective, "rows": rows,
             "summary": summary, "predicted": predictions(ladder, runs, summary, fixed_steps)}
+
+
+def draft_costs(ladder, settings: dict, fast: bool, context: int = 256, repeats: int = 9) -> dict:
+    """Each draft's cost c in this run: its one-token forward after ``context`` cached tokens over the target's
+    (medians, on the path the methods decoded on), for the drafts the methods used.
+
+    ``settings``: each method label's effective settings.  Returns ``drafts`` ({name: ms, target_ms, c}) and
+    ``by_method`` ({label: name}; the baseline and n-gram-only methods have none)."""
+    from .roofline import latency_curve
+
+    by_method, models = {}, {}
+    for label, st in settings.items():
+        method = label.split(":")[0]
+        if method == "baseline" or method not in ("speculative", "tree", "staged"):
+            continue
+        if st.get("draft") == "features" and getattr(ladder, "feature_draft", None) is not None:
+            by_method[label], models["feature draft"] = "feature draft", ladder.feature_draft
+        elif ladder.draft is not None:
+            by_method[label], models["draft"] = "draft", ladder.draft
+    if not models:
+        return {"drafts": {}, "by_method": {}, "context": context}
+
+    def one_token_ms(model):
+        return latency_curve(model, (1,), context, repeats, fast=fast)[0]["ms"]
+
+    target_ms = one_token_ms(ladder.target)
+    drafts = {}
+    for name, model in models.items():
+        ms = one_token_ms(model)
+        drafts[name] = {"ms": ms, "target_ms": target_ms, "c": ms / target_ms}
+    return {"drafts": drafts, "by_method": by_method, "context": context}
 
 
 def predictions(ladder, runs, summary, fixed_steps: Optional[dict] = None) -> list[dict]:
@@ -233,6 +269,7 @@ def _summary(rs, mode, kind, method, base, base_rows) -> dict:
 
 def format_table(result: dict) -> str:
     kinds = list(dict.fromkeys(s["kind"] for s in result["summary"]))
+    width = max([18] + [len(s["method"]) + 2 for s in result["summary"]])  # the method column fits its labels
     what = "HumanEval prompts" if result.get("prompt_set", "humaneval") == "humaneval" else \
         f"hold-out prompts ({', '.join(kinds)})"
     lines = [f"bench: {result['ladder']}",
@@ -241,22 +278,28 @@ def format_table(result: dict) -> str:
              f"{result['max_new_tokens']} new tokens, medians over prompts"
              + (f" of each prompt's median of {result['repeats']} runs" if result.get("repeats", 1) > 1 else "")
              + " after a warm-up",
-             f"{'mode':<8}{'kind':<11}{'method':<18}{'tok/s':>7}{'speedup':>8}{'tok/fwd':>8}{'accept':>7}"
+             f"{'mode':<8}{'kind':<11}{'method':<{width}}{'tok/s':>7}{'speedup':>8}{'tok/fwd':>8}{'c':>6}{'accept':>7}"
              f"{'drafted':>8}{'lookup':>7}{'n-gram':>7}{'draft':>6}{'target':>7}{'  time: target/draft/n-gram/other':>34}"]
     for s in result["summary"]:
         o, t = s["origins"], s["time_split"]
         acc = f"{s['acceptance_rate']:.2f}" if s["acceptance_rate"] is not None else "-"
-        head = f"{s['mode']:<8}{s['kind']:<11}{s['method']:<18}{s['tokens_per_second']:>7.1f}{s['speedup']:>7.2f}x"
+        head = f"{s['mode']:<8}{s['kind']:<11}{s['method']:<{width}}{s['tokens_per_second']:>7.1f}{s['speedup']:>7.2f}x"
         if o is None:  # a transformers row: speed only
-            lines.append(f"{head}{'-':>8}{acc:>7}   (transformers' own generate)")
+            lines.append(f"{head}{'-':>8}{'-':>6}{acc:>7}   (transformers' own generate)")
             continue
         drafted = f"{s['drafted_steps']:.0%}" if s.get("drafted_steps") is not None else "-"
-        lines.append(f"{head}{s['tokens_per_target_forward']:>8.2f}{acc:>7}{drafted:>8}{o['lookup']:>7.0%}"
+        c = f"{s['draft_cost']:.3f}" if s.get("draft_cost") is not None else "-"
+        lines.append(f"{head}{s['tokens_per_target_forward']:>8.2f}{c:>6}{acc:>7}{drafted:>8}{o['lookup']:>7.0%}"
                      f"{o['ngram']:>7.0%}{o['draft']:>6.0%}{o['target']:>7.0%}   {t['target_seconds']:>6.0%} "
                      f"{t['draft_seconds']:>5.0%} {t['ngram_seconds']:>6.0%} {t['overhead_seconds']:>6.0%}")
     for method, st in result["settings"].items():
         lines.append(f"  {method}: " + ", ".join(f"{k}={v}" for k, v in st.items()))
     lines.append("drafted: the share of steps that sent a tree to the target (the adaptive schedule skips the rest)")
+    costs = result.get("draft_costs", {})
+    if costs.get("drafts"):
+        lines.append(f"c: a draft forward's cost over the target's, one new token after {costs['context']} cached, "
+                     "measured in this run: " + ", ".join(f"{name} {d['ms']:.2f} ms / {d['target_ms']:.2f} ms"
+                                                         for name, d in costs["drafts"].items()))
     if result.get("predicted"):
         lines.append("predicted (tree plan of this device) against measured, decoding only (prefill left out):")
         lines.append(f"  {'mode':<8}{'method':<18}{'shape':<34}{'tok/fwd pred / meas':>20}{'tok/s pred / meas':>19}"
