@@ -248,3 +248,30 @@ def test_bench_puts_predictions_beside_measurements(text_ladder):
         assert (again["shape"], again["predicted"], again["table"]) == (plan["shape"], plan["predicted"], plan["table"])
     finally:
         tree_plan._IN_PROCESS[key] = plan
+
+
+def test_a_feature_draft_gets_its_own_plan(ladder, plans):
+    """``draft="features"`` with ``budget="auto"``: the tree planned with the feature draft's own acceptance and
+    cost, kept apart from the small draft's plan; greedy decoding still emits the baseline's tokens."""
+    from sdd_edu.feature_draft import FeatureDraft, feature_draft_config
+    from sdd_edu.loading import LoadedModel
+
+    target = ladder.target
+    torch.manual_seed(3)
+    features = FeatureDraft(feature_draft_config(target.config, 0)).eval().requires_grad_(False).attach(target.model)
+    with_features = make_ladder(target, ladder.draft, ladder.ngram, name="tiny-plan-features",
+                                feature_draft=LoadedModel("tiny-feature-draft", features, None, "test"))
+    prompt = list(PROMPTS[1])
+    expected = baseline_decode(target, prompt, 16, stop_at_eos=False).token_ids
+    for method, auto in (("speculative", {"gamma": "auto"}), ("tree", {"budget": "auto"})):
+        res = generate(with_features, prompt, method=method, max_new_tokens=16, stop_at_eos=False, draft="features",
+                       **auto)
+        assert res.token_ids == expected
+        drafting = tree_plan.drafting_ladder(with_features, {"draft": "features"})
+        assert drafting.draft is with_features.feature_draft and with_features.draft is ladder.draft
+        plan = tree_plan.plan_tree(drafting, method, prompts=[prompt])  # the plan generate measured, reused
+        assert "draft tiny-feature-draft" in plan["ladder"]
+        assert plan["key"] != tree_plan.plan_tree(with_features, method, prompts=[prompt])["key"]
+        assert_predicts_its_own_shapes(plan)
+    with pytest.raises(SddError, match="feature draft"):
+        generate(with_features, prompt, method="staged", max_new_tokens=4, draft="features", budget="auto")

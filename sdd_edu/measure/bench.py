@@ -129,10 +129,10 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
         all_methods += use
     from ..decoding import defaults_for
 
-    from .tree_plan import cached_shape
+    from .tree_plan import cached_shape, drafting_ladder
 
     effective = {label: {**defaults_for(m, target.device, target.dtype),
-                         **({} if v.get("draft") == "features" else cached_shape(ladder, m)),  # (see generate)
+                         **cached_shape(drafting_ladder(ladder, {**settings.get(m, {}), **v}), m),  # (see generate)
                          **settings.get(m, {}), **v}
                  for label, (m, v) in runs.items() if m != "baseline"}
     summary = summarize(rows, all_methods, modes)
@@ -187,7 +187,7 @@ def predictions(ladder, runs, summary, fixed_steps: Optional[dict] = None) -> li
     separates the model's error from the difference between the probe's prompts and these."""
     from ..decoding.autotree import rank_acceptance_from_counts, rank_counts
     from ..decoding import SHAPE_KEYS
-    from .tree_plan import plan_tree, predict
+    from .tree_plan import drafting_ladder, plan_tree, predict
 
     here = {}
     for m, steps in (fixed_steps or {}).items():
@@ -198,7 +198,8 @@ def predictions(ladder, runs, summary, fixed_steps: Optional[dict] = None) -> li
     for label, (method, variant) in runs.items():
         if method not in SHAPE_KEYS or variant.get("adaptive", True) or not any(k in variant for k in SHAPE_KEYS[method]):
             continue
-        plan = plan_tree(ladder, method, save=False)  # predicting files no plan: that would change the defaults
+        # predicting files no plan: that would change the defaults
+        plan = plan_tree(drafting_ladder(ladder, variant), method, save=False)
         shape = plan["shape"] if "auto" in variant.values() else {k: variant[k] for k in SHAPE_KEYS[method]}
         guess = predict(plan, shape)
         for s in summary:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import functools
 from typing import Optional, Union
 
-from ..decoding import SHAPE_KEYS, GenerationResult, asks_for_a_plan
+from ..decoding import SHAPE_KEYS, GenerationResult, asks_for_a_plan, make_drafter
 from ..decoding import generate as decode
-from ..errors import SddError
 from ..fast import on_by_default
 from ..loading import LoadedModel
 from . import roofline
-from .tree_plan import PROBE_PROMPTS, filed_plan, plan_tree
+from .tree_plan import PROBE_PROMPTS, drafting_ladder, filed_plan, plan_tree
 
 
 def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Union[str, list[int]] = "",
@@ -39,18 +38,18 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
         ladder = load_ladder(ladder, device=device, dtype=dtype)
     target = ladder if isinstance(ladder, LoadedModel) else getattr(ladder, "target", None)
     plan = None
-    # plans are measured with the ladder's draft: a feature draft's trees keep the constant defaults
-    features = settings.get("draft") == "features"
-    if features and asks_for_a_plan(method, settings):
-        raise SddError("the tree planner measures the ladder's draft, not its feature draft: give the feature "
-                       "draft's shape (gamma; width, depth, budget), or leave it to the defaults")
-    if method in SHAPE_KEYS and not isinstance(ladder, LoadedModel) and target is not None and not features:
+    # a plan belongs to the draft it was measured with: draft="features" plans with the feature draft
+    if method in SHAPE_KEYS and not isinstance(ladder, LoadedModel) and target is not None:
+        drafting = drafting_ladder(ladder, settings)
+        if settings.get("draft") == "features" and (drafting is ladder or method == "staged"):
+            # no feature draft here, or staged with one: the drafter refuses it, in one line, before any plan
+            make_drafter(ladder, method, **{k: v for k, v in settings.items() if k not in SHAPE_KEYS[method]})
         if asks_for_a_plan(method, settings):
             # the probe prompts need a tokenizer; a model without one is probed on this prompt
             prompts = PROBE_PROMPTS if target.tokenizer is not None else [list(prompt)]
-            plan = plan_tree(ladder, method, prompts=prompts)
+            plan = plan_tree(drafting, method, prompts=prompts)
         else:
-            plan = filed_plan(ladder, method)
+            plan = filed_plan(drafting, method)
     if fast is None and target is not None:
         fast = on_by_default(target.device)
     return decode(ladder, prompt, method, max_new_tokens, temperature, top_k, top_p, seed, stream, stop_at_eos,

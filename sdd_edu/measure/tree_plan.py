@@ -27,6 +27,7 @@ plan also supplies the method's default shape on that device (``cached_shape``),
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -42,6 +43,16 @@ PROBE = {"width": 4, "depth": 4, "budget": 16}  # wide enough to see ranks 1..4 
 # it was not measured on.
 PROBE_PROMPTS = tuple(f"HumanEval/{i}" for i in range(10, 15))
 _IN_PROCESS: dict = {}
+
+
+def drafting_ladder(ladder, settings: dict):
+    """The ladder whose draft a method with ``settings`` drafts with: for ``draft="features"``, a copy whose draft
+    is the ladder's feature draft, so that its plans are measured with that draft and filed under its name."""
+    if settings.get("draft") != "features" or getattr(ladder, "feature_draft", None) is None:
+        return ladder
+    ladder = copy.copy(ladder)
+    ladder.draft = ladder.feature_draft
+    return ladder
 
 
 def _key(ladder, method: str) -> tuple[str, Optional[str]]:
