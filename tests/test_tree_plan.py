@@ -184,8 +184,14 @@ def test_bench_variants_name_shapes_and_auto():
     assert method_and_settings("speculative:auto") == ("speculative", {"gamma": "auto", "adaptive": False})
     assert method_and_settings("tree:lookup") == ("tree", {"lookup": True})
     assert method_and_settings("tree:features+lookup") == ("tree", {"draft": "features", "lookup": True})
-    for bad in ("tree:2x3", "tree:g3", "speculative:2x2x2", "tree:0x1x1"):
-        with pytest.raises(SddError):
+    # a draft variant, then one shape
+    assert method_and_settings("tree:features+lookup:auto") == (
+        "tree", {"draft": "features", "lookup": True, "budget": "auto", "adaptive": False})
+    assert method_and_settings("speculative:features:g2") == (
+        "speculative", {"draft": "features", "gamma": 2, "adaptive": False})
+    for bad in ("tree:2x3", "tree:g3", "speculative:2x2x2", "tree:0x1x1", "tree:auto:features", "tree:fixed:auto",
+                "tree:features:lookup", "tree:features:huge", "speculative:features:2x2x2"):
+        with pytest.raises(SddError, match="unknown method variant"):
             method_and_settings(bad)
 
 
@@ -267,7 +273,7 @@ def test_a_feature_draft_gets_its_own_plan(ladder, plans):
         res = generate(with_features, prompt, method=method, max_new_tokens=16, stop_at_eos=False, draft="features",
                        **auto)
         assert res.token_ids == expected
-        drafting = tree_plan.drafting_ladder(with_features, {"draft": "features"})
+        drafting = tree_plan.planning_ladder(with_features, method, {"draft": "features"})
         assert drafting.draft is with_features.feature_draft and with_features.draft is ladder.draft
         plan = tree_plan.plan_tree(drafting, method, prompts=[prompt])  # the plan generate measured, reused
         assert "draft tiny-feature-draft" in plan["ladder"]
@@ -275,3 +281,49 @@ def test_a_feature_draft_gets_its_own_plan(ladder, plans):
         assert_predicts_its_own_shapes(plan)
     with pytest.raises(SddError, match="feature draft"):
         generate(with_features, prompt, method="staged", max_new_tokens=4, draft="features", budget="auto")
+
+
+def test_bench_predicts_a_feature_drafts_fixed_shapes_from_its_own_plan(text_ladder):
+    """``tree:features:1x2x2`` beside ``tree:1x2x2``: each priced by the plan of the draft it drafted with, each
+    with the acceptance by rank of its own draft's steps."""
+    from sdd_edu.feature_draft import FeatureDraft, feature_draft_config
+    from sdd_edu.loading import LoadedModel
+
+    target = text_ladder.target
+    torch.manual_seed(5)
+    features = FeatureDraft(feature_draft_config(target.config, 0)).eval().requires_grad_(False).attach(target.model)
+    ladder = make_ladder(target, text_ladder.draft, text_ladder.ngram, name="tiny-text-features",
+                         feature_draft=LoadedModel("tiny-feature-draft", features, target.tokenizer, "test"))
+    for draft in (ladder, tree_plan.planning_ladder(ladder, "tree", {"draft": "features"})):
+        tree_plan.plan_tree(draft, "tree", prompts=tree_plan.PROBE_PROMPTS[:1], max_new_tokens=12, save=False)
+    res = run_bench(ladder, ["baseline", "tree:1x2x2", "tree:features:1x2x2"], ["greedy"], prompts=1,
+                    max_new_tokens=8, progress=False)
+    predicted = {r["method"]: r for r in res["predicted"]}
+    assert set(predicted) == {"tree:1x2x2", "tree:features:1x2x2"}
+    assert res["settings"]["tree:features:1x2x2"]["draft"] == "features"
+    assert all(s["same_output_as_baseline"] == 1.0 for s in res["summary"] if s["method"] != "baseline")
+    keys = set()
+    for label, settings in (("tree:1x2x2", {}), ("tree:features:1x2x2", {"draft": "features"})):
+        plan = tree_plan.plan_tree(tree_plan.planning_ladder(ladder, "tree", settings), "tree", save=False)
+        keys.add(plan["key"])
+        row = predicted[label]
+        assert row["predicted_tokens_per_second"] == pytest.approx(tree_plan.predict(plan, row["shape"])["tokens_per_second"])
+        assert row["predicted_here"] == pytest.approx(
+            tree_plan.predict({**plan, "rank_acceptance": row["rank_acceptance_here"]}, row["shape"])["tokens_per_second"])
+    assert len(keys) == 2  # two plans: one per draft
+
+
+def test_a_plan_with_prompt_lookup_is_measured_with_it_and_kept_apart(ladder, plans):
+    """tree with lookup=True (off by default for tree) plans with lookup in its probe, under its own key; the
+    method's default lookup plans as before, under the plain key."""
+    assert tree_plan.planning_ladder(ladder, "tree", {"lookup": False}) is ladder  # tree's default
+    assert tree_plan.planning_ladder(ladder, "staged", {"lookup": True}) is ladder  # staged's default
+    with_lookup = tree_plan.planning_ladder(ladder, "tree", {"lookup": True})
+    assert with_lookup.plan_lookup is True and with_lookup.draft is ladder.draft and not hasattr(ladder, "plan_lookup")
+    prompt = list(PROMPTS[1])
+    expected = baseline_decode(ladder.target, prompt, 16, stop_at_eos=False).token_ids
+    res = generate(ladder, prompt, method="tree", max_new_tokens=16, stop_at_eos=False, lookup=True, budget="auto")
+    assert res.token_ids == expected
+    plan = tree_plan.plan_tree(with_lookup, "tree", prompts=[prompt])  # the one generate measured
+    assert plan["probe"]["lookup"] is True and "lookup on" in plan["key"]
+    assert plan["key"] != plans["tree"]["key"] and "lookup" not in plans["tree"]["probe"]

@@ -29,16 +29,27 @@ VARIANTS = {"fixed": {"adaptive": False, "lookup": False}, "features": {"draft":
 SHAPE_HELP = ("variants: fixed (the paper's fixed tree, no prompt lookup), features (speculative, tree: drafted by the "
               "ladder's feature draft), lookup (prompt lookup mixed into the draft's distributions), features+lookup, "
               "auto (the tree planned for this device), "
-              "WxDxB (tree/staged: width x depth x budget) or gN (speculative: a chain of N), each fixed at every step")
+              "WxDxB (tree/staged: width x depth x budget) or gN (speculative: a chain of N), each fixed at every step; "
+              "a draft variant may come before a shape (tree:features+lookup:auto)")
 
 
 def method_and_settings(label: str) -> tuple[str, dict]:
     """'staged' -> ('staged', {}); 'staged:fixed' -> ('staged', VARIANTS['fixed']); 'tree:2x3x4' -> a fixed
     tree of width 2, depth 3 and 4 nodes; 'speculative:g5' -> a fixed chain of 5; 'tree:auto' -> the tree
-    planned for this device (``sdd_edu.measure.tree_plan``), fixed at every step."""
+    planned for this device (``sdd_edu.measure.tree_plan``), fixed at every step.  A draft variant and a shape
+    combine: 'tree:features+lookup:auto', 'speculative:features:g2'."""
     method, _, variant = label.partition(":")
     if variant and method == "baseline":
         raise SddError("baseline has no variants")
+    first, _, shape = variant.partition(":")
+    if shape:
+        if first not in VARIANTS or "fixed" in first or shape in VARIANTS:
+            raise SddError(f"unknown method variant {variant!r} in {label!r}: a draft variant (features, lookup, "
+                           f"features+lookup) may come before one shape; {SHAPE_HELP}")
+        try:
+            return method, {**VARIANTS[first], **method_and_settings(f"{method}:{shape}")[1]}
+        except SddError:
+            raise SddError(f"unknown method variant {shape!r} in {label!r}; {SHAPE_HELP}") from None
     if not variant or variant in VARIANTS:
         return method, dict(VARIANTS.get(variant, {}))
     fixed = {"adaptive": False}
@@ -96,7 +107,7 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
                                **MODES[mode], **{**settings.get(method, {}), **variant})
                 s, t = res.stats, trace_summary(res.trace)
                 if mode == "greedy" and variant.get("adaptive", True) is False:
-                    fixed_steps.setdefault(method, []).extend(res.trace)
+                    fixed_steps.setdefault(_drafted_by(method, variant), []).extend(res.trace)
                 rows.append({"mode": mode, "method": label, "task_id": task, "kind": kind, "repeat": rep,
                              "new_tokens": s.new_tokens,
                              "seconds": s.wall_seconds, "tokens_per_second": s.tokens_per_second,
@@ -129,10 +140,10 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
         all_methods += use
     from ..decoding import defaults_for
 
-    from .tree_plan import cached_shape, drafting_ladder
+    from .tree_plan import cached_shape, planning_ladder
 
     effective = {label: {**defaults_for(m, target.device, target.dtype),
-                         **cached_shape(drafting_ladder(ladder, {**settings.get(m, {}), **v}), m),  # (see generate)
+                         **cached_shape(planning_ladder(ladder, m, {**settings.get(m, {}), **v}), m),  # (see generate)
                          **settings.get(m, {}), **v}
                  for label, (m, v) in runs.items() if m != "baseline"}
     summary = summarize(rows, all_methods, modes)
@@ -178,16 +189,23 @@ def draft_costs(ladder, settings: dict, fast: bool, context: int = 256, repeats:
     return {"drafts": drafts, "by_method": by_method, "context": context}
 
 
+def _drafted_by(method: str, variant: dict) -> str:
+    """The method, the draft it drafts with and whether prompt lookup mixes in: the fixed shapes of one such
+    proposer pool their steps' acceptance by rank."""
+    parts = ["features"] * (variant.get("draft") == "features") + ["lookup"] * (variant.get("lookup") is True)
+    return ":".join([method, "+".join(parts)]) if parts else method  # named as the bench's variants are
+
+
 def predictions(ladder, runs, summary, fixed_steps: Optional[dict] = None) -> list[dict]:
     """Predicted against measured decoding speed (tok/s without the prefill) for every method run at a fixed
     shape (``METHOD:WxDxB``, ``METHOD:gN``, ``METHOD:auto``), from the device's tree plan (``tree_plan``).
 
-    With ``fixed_steps`` (the trace steps of the fixed-shape greedy runs, per method), each row also has
+    With ``fixed_steps`` (the trace steps of the fixed-shape greedy runs, per method and draft), each row also has
     ``predicted_here``: the same prediction with the acceptance by rank of the benchmark's own prompts, which
     separates the model's error from the difference between the probe's prompts and these."""
     from ..decoding.autotree import rank_acceptance_from_counts, rank_counts
     from ..decoding import SHAPE_KEYS
-    from .tree_plan import drafting_ladder, plan_tree, predict
+    from .tree_plan import plan_tree, planning_ladder, predict
 
     here = {}
     for m, steps in (fixed_steps or {}).items():
@@ -199,21 +217,23 @@ def predictions(ladder, runs, summary, fixed_steps: Optional[dict] = None) -> li
         if method not in SHAPE_KEYS or variant.get("adaptive", True) or not any(k in variant for k in SHAPE_KEYS[method]):
             continue
         # predicting files no plan: that would change the defaults
-        plan = plan_tree(drafting_ladder(ladder, variant), method, save=False)
+        plan = plan_tree(planning_ladder(ladder, method, variant), method, save=False)
         shape = plan["shape"] if "auto" in variant.values() else {k: variant[k] for k in SHAPE_KEYS[method]}
         guess = predict(plan, shape)
         for s in summary:
             if s["method"] == label:
                 out.append({"mode": s["mode"], "kind": s["kind"], "method": label, "shape": shape,
+                            "drafted_by": _drafted_by(method, variant),
                             "predicted_tokens_per_forward": guess["tokens_per_forward"],
                             "measured_tokens_per_forward": s["tokens_per_target_forward"],
                             "predicted_tokens_per_second": guess["tokens_per_second"],
                             "measured_tokens_per_second": s["decode_tokens_per_second"],
                             "error": guess["tokens_per_second"] / s["decode_tokens_per_second"] - 1
                             if s["decode_tokens_per_second"] else None})
-                if s["mode"] == "greedy" and method in here:
-                    local = predict({**plan, "rank_acceptance": here[method]}, shape)
-                    out[-1].update(rank_acceptance_here=here[method], predicted_here=local["tokens_per_second"],
+                mine = here.get(_drafted_by(method, variant))
+                if s["mode"] == "greedy" and mine is not None:
+                    local = predict({**plan, "rank_acceptance": mine}, shape)
+                    out[-1].update(rank_acceptance_here=mine, predicted_here=local["tokens_per_second"],
                                    predicted_tokens_per_forward_here=local["tokens_per_forward"],
                                    error_here=local["tokens_per_second"] / s["decode_tokens_per_second"] - 1
                                    if s["decode_tokens_per_second"] else None)
@@ -303,7 +323,8 @@ def format_table(result: dict) -> str:
                                                          for name, d in costs["drafts"].items()))
     if result.get("predicted"):
         lines.append("predicted (tree plan of this device) against measured, decoding only (prefill left out):")
-        lines.append(f"  {'mode':<8}{'method':<18}{'shape':<34}{'tok/fwd pred / meas':>20}{'tok/s pred / meas':>19}"
+        named = max([18] + [len(r["method"]) + 2 for r in result["predicted"]])
+        lines.append(f"  {'mode':<8}{'method':<{named}}{'shape':<34}{'tok/fwd pred / meas':>20}{'tok/s pred / meas':>19}"
                      f"{'error':>7}{'with p_k of these prompts':>27}")
         for r in result["predicted"]:
             shape = ", ".join(f"{k}={v}" for k, v in r["shape"].items())
@@ -311,11 +332,11 @@ def format_table(result: dict) -> str:
             here = "-"
             if r.get("error_here") is not None:
                 here = f"{r['predicted_here']:.1f} tok/s {r['error_here']:+.0%}"
-            lines.append(f"  {r['mode']:<8}{r['method']:<18}{shape:<34}"
+            lines.append(f"  {r['mode']:<8}{r['method']:<{named}}{shape:<34}"
                          f"{r['predicted_tokens_per_forward']:>10.2f} / {r['measured_tokens_per_forward']:<7.2f}"
                          f"{r['predicted_tokens_per_second']:>9.1f} / {r['measured_tokens_per_second']:<7.1f}{err:>7}"
                          f"{here:>27}")
-        p_here = {r["method"].split(":")[0]: r["rank_acceptance_here"] for r in result["predicted"]
+        p_here = {r.get("drafted_by", r["method"].split(":")[0]): r["rank_acceptance_here"] for r in result["predicted"]
                   if r.get("rank_acceptance_here")}
         for method, p in p_here.items():
             lines.append(f"  {method}: acceptance by rank on these prompts [" + ", ".join(f"{x:.2f}" for x in p)

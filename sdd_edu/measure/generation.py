@@ -17,7 +17,7 @@ from ..decoding import generate as decode
 from ..fast import on_by_default
 from ..loading import LoadedModel
 from . import roofline
-from .tree_plan import PROBE_PROMPTS, drafting_ladder, filed_plan, plan_tree
+from .tree_plan import PROBE_PROMPTS, filed_plan, plan_tree, planning_ladder
 
 
 def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Union[str, list[int]] = "",
@@ -38,18 +38,19 @@ def generate(ladder: Union[str, LoadedModel, "object"] = "embedded", prompt: Uni
         ladder = load_ladder(ladder, device=device, dtype=dtype)
     target = ladder if isinstance(ladder, LoadedModel) else getattr(ladder, "target", None)
     plan = None
-    # a plan belongs to the draft it was measured with: draft="features" plans with the feature draft
+    # a plan belongs to what it was measured with: the feature draft for draft="features", prompt lookup on or off
     if method in SHAPE_KEYS and not isinstance(ladder, LoadedModel) and target is not None:
-        drafting = drafting_ladder(ladder, settings)
-        if settings.get("draft") == "features" and (drafting is ladder or method == "staged"):
+        planned = planning_ladder(ladder, method, settings)
+        if settings.get("draft") == "features" and (getattr(ladder, "feature_draft", None) is None
+                                                    or method == "staged"):
             # no feature draft here, or staged with one: the drafter refuses it, in one line, before any plan
             make_drafter(ladder, method, **{k: v for k, v in settings.items() if k not in SHAPE_KEYS[method]})
         if asks_for_a_plan(method, settings):
             # the probe prompts need a tokenizer; a model without one is probed on this prompt
             prompts = PROBE_PROMPTS if target.tokenizer is not None else [list(prompt)]
-            plan = plan_tree(drafting, method, prompts=prompts)
+            plan = plan_tree(planned, method, prompts=prompts)
         else:
-            plan = filed_plan(drafting, method)
+            plan = filed_plan(planned, method)
     if fast is None and target is not None:
         fast = on_by_default(target.device)
     return decode(ladder, prompt, method, max_new_tokens, temperature, top_k, top_p, seed, stream, stop_at_eos,

@@ -45,13 +45,22 @@ PROBE_PROMPTS = tuple(f"HumanEval/{i}" for i in range(10, 15))
 _IN_PROCESS: dict = {}
 
 
-def drafting_ladder(ladder, settings: dict):
-    """The ladder whose draft a method with ``settings`` drafts with: for ``draft="features"``, a copy whose draft
-    is the ladder's feature draft, so that its plans are measured with that draft and filed under its name."""
-    if settings.get("draft") != "features" or getattr(ladder, "feature_draft", None) is None:
+def planning_ladder(ladder, method: str, settings: dict):
+    """The ladder as a plan for ``method`` with ``settings`` sees it: with ``draft="features"`` its draft is the
+    ladder's feature draft, and a ``lookup`` other than the method's default is kept with it, so that the
+    plan is measured with what will draft (the probe drafts so) and filed apart."""
+    from ..decoding import defaults_for
+
+    features = settings.get("draft") == "features" and getattr(ladder, "feature_draft", None) is not None
+    lookup = settings.get("lookup")
+    if lookup is not None and lookup == defaults_for(method, ladder.target.device, ladder.target.dtype)["lookup"]:
+        lookup = None
+    if not features and lookup is None:
         return ladder
     ladder = copy.copy(ladder)
-    ladder.draft = ladder.feature_draft
+    if features:
+        ladder.draft = ladder.feature_draft
+    ladder.plan_lookup = lookup
     return ladder
 
 
@@ -62,6 +71,8 @@ def _key(ladder, method: str) -> tuple[str, Optional[str]]:
     target, draft = ladder.target, ladder.draft
     parts = [device_description(target.device), str(target.dtype), method, f"{target.name}|{target.source}",
              f"{draft.name}|{draft.source}" if draft is not None else "no draft"]
+    if getattr(ladder, "plan_lookup", None) is not None:  # prompt lookup other than the method's default
+        parts.append(f"lookup {'on' if ladder.plan_lookup else 'off'}")
     named = target.name and target.source not in ("", "test") and (draft is None or draft.source not in ("", "test"))
     if not named:  # test models share names: in this process, the plan belongs to these very objects
         parts.append(f"objects {id(target.model)} {id(draft.model) if draft is not None else 0}")
@@ -156,6 +167,9 @@ def _measure(ladder, method, prompts, max_new_tokens, max_nodes, calibrate: bool
     products = row_block_label(target.device, target.model.dtype)
     defaults = defaults_for(method, target.device, target.dtype)
     probe = {"gamma": PROBE["depth"]} if method == "speculative" else dict(PROBE)
+    lookup = getattr(ladder, "plan_lookup", None)
+    if lookup is not None:
+        probe["lookup"] = lookup
     runs = [generate(ladder, p, method=method, max_new_tokens=max_new_tokens, stop_at_eos=False, adaptive=False,
                      **probe) for p in prompts]
     rank_acceptance = rank_acceptance_from_traces(runs)
@@ -165,7 +179,7 @@ def _measure(ladder, method, prompts, max_new_tokens, max_nodes, calibrate: bool
     beam = 1 if method == "speculative" else defaults.get("beam", 4)
     guesses = 0
     if method == "staged":  # the first draft forward also scores the n-gram's guesses (and the lookup's chain)
-        guesses = sum(defaults["ngram_fanout"]) + (PROBE["depth"] if defaults.get("lookup") else 0)
+        guesses = sum(defaults["ngram_fanout"]) + (PROBE["depth"] if probe.get("lookup", defaults.get("lookup")) else 0)
     target_ms = forward_latency_ms(target, max_nodes + 1)
     draft_ms = forward_latency_ms(draft, max(beam, 1 + guesses)) if draft is not None else None
     staged_draft = _staged_draft_cost(runs, draft_ms, beam) if method == "staged" else None
