@@ -147,7 +147,7 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
                          **settings.get(m, {}), **v}
                  for label, (m, v) in runs.items() if m != "baseline"}
     summary = summarize(rows, all_methods, modes)
-    costs = draft_costs(ladder, {label: effective.get(label, {}) for label in runs}, fast)
+    costs = costs_in_run(ladder, {label: effective.get(label, {}) for label in runs}, fast)
     for s in summary:
         which = costs["by_method"].get(s["method"])
         s["draft_cost"] = costs["drafts"][which]["c"] if which else None
@@ -158,9 +158,10 @@ def run_bench(ladder, methods=("baseline", "speculative", "tree", "staged"), mod
             "summary": summary, "predicted": predictions(ladder, runs, summary, fixed_steps)}
 
 
-def draft_costs(ladder, settings: dict, fast: bool, context: int = 256, repeats: int = 9) -> dict:
-    """Each draft's cost c in this run: its one-token forward after ``context`` cached tokens over the target's
-    (medians, on the path the methods decoded on), for the drafts the methods used.
+def costs_in_run(ladder, settings: dict, fast: bool, context: int = 256, repeats: int = 9) -> dict:
+    """Each draft's cost c in a benchmark run: its one-token forward after ``context`` cached tokens over the
+    target's (medians, on the path the methods decoded on), for the drafts the methods used.
+    (``gpu_check.draft_costs`` measures both paths, with profiles.)
 
     ``settings``: each method label's effective settings.  Returns ``drafts`` ({name: ms, target_ms, c}) and
     ``by_method`` ({label: name}; the baseline and n-gram-only methods have none)."""
@@ -168,8 +169,7 @@ def draft_costs(ladder, settings: dict, fast: bool, context: int = 256, repeats:
 
     by_method, models = {}, {}
     for label, st in settings.items():
-        method = label.split(":")[0]
-        if method == "baseline" or method not in ("speculative", "tree", "staged"):
+        if label.split(":")[0] not in ("speculative", "tree", "staged"):  # the baseline drafts nothing
             continue
         if st.get("draft") == "features" and getattr(ladder, "feature_draft", None) is not None:
             by_method[label], models["feature draft"] = "feature draft", ladder.feature_draft
