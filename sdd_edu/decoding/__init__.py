@@ -88,8 +88,7 @@ def make_drafter(ladder, method: str, **settings):
         if ladder.feature_draft is None:
             raise SddError(f"ladder {ladder.ladder.name!r} has no feature draft; draft='features' needs one "
                            "(the embedded ladder's: python -m sdd_edu.train_feature_draft --help)")
-        ladder = copy.copy(ladder)
-        ladder.draft = ladder.feature_draft
+        ladder = with_feature_draft(ladder)
     if ladder.draft is not None and reads_features(ladder.draft):
         if method == "staged":
             raise SddError(f"ladder {ladder.ladder.name!r} drafts with a feature draft, which reads its parent's "
@@ -120,6 +119,13 @@ def make_drafter(ladder, method: str, **settings):
                        "model with the n-gram stage; use method 'tree' or 'speculative' (n-gram drafts) here")
     return ModelDrafter(ladder.draft, width=s["width"], depth=s["depth"], budget=s["budget"], beam=s["beam"],
                         rounds=s["rounds"], ngram=ladder.ngram, ngram_fanout=tuple(s["ngram_fanout"]), lookup=lookup)
+
+
+def with_feature_draft(ladder):
+    """A copy of ``ladder`` whose draft is its feature draft: what ``draft="features"`` drafts with."""
+    ladder = copy.copy(ladder)
+    ladder.draft = ladder.feature_draft
+    return ladder
 
 
 def reads_features(draft: LoadedModel) -> bool:

@@ -49,7 +49,7 @@ def planning_ladder(ladder, method: str, settings: dict):
     """The ladder as a plan for ``method`` with ``settings`` sees it: with ``draft="features"`` its draft is the
     ladder's feature draft, and a ``lookup`` other than the method's default is kept with it, so that the
     plan is measured with what will draft (the probe drafts so) and filed apart."""
-    from ..decoding import defaults_for
+    from ..decoding import defaults_for, with_feature_draft
 
     features = settings.get("draft") == "features" and getattr(ladder, "feature_draft", None) is not None
     lookup = settings.get("lookup")
@@ -57,9 +57,7 @@ def planning_ladder(ladder, method: str, settings: dict):
         lookup = None
     if not features and lookup is None:
         return ladder
-    ladder = copy.copy(ladder)
-    if features:
-        ladder.draft = ladder.feature_draft
+    ladder = with_feature_draft(ladder) if features else copy.copy(ladder)
     ladder.plan_lookup = lookup
     return ladder
 
